@@ -1,0 +1,3 @@
+from knowctl.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The serving daemon: ASGI app, routes, upstream client, lifecycle, metrics."""

@@ -1,0 +1,105 @@
+"""Which Gemini / Vertex AI REST call a request path names, and where Google serves it.
+
+Three families of paths reach the gateway (see GEMINI_WIRE.md):
+
+- Gemini API: ``/{v1,v1beta,v1alpha}/models/{model}:{action}``
+- Vertex AI: ``/{v1,v1beta1}/projects/{p}/locations/{l}/publishers/google/models/{model}:{action}``
+- Vertex express: ``/{v1,v1beta1}/publishers/google/models/{model}:{action}``
+
+``GET`` on the model collections (and on one model) is a listing, forwarded as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Family(str, Enum):
+    GEMINI = "gemini"
+    VERTEX = "vertex"
+    EXPRESS = "express"
+
+
+class Action(str, Enum):
+    """Actions the gateway understands; any other action is forwarded unchanged."""
+
+    GENERATE = "generateContent"
+    STREAM = "streamGenerateContent"
+    COUNT_TOKENS = "countTokens"
+
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}"
+_MODEL = rf"(?P<model>{_NAME})(?::(?P<action>[A-Za-z]{{1,64}}))?"
+_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
+    (Family.GEMINI, re.compile(rf"/(?P<version>v1|v1beta|v1alpha)/models(?:/{_MODEL})?")),
+    (
+        Family.VERTEX,
+        re.compile(
+            rf"/(?P<version>v1|v1beta1)/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
+            rf"/publishers/google/models(?:/{_MODEL})?"
+        ),
+    ),
+    (Family.EXPRESS, re.compile(rf"/(?P<version>v1|v1beta1)/publishers/google/models(?:/{_MODEL})?")),
+)
+
+GEMINI_HOST = "https://generativelanguage.googleapis.com"
+VERTEX_GLOBAL_HOST = "https://aiplatform.googleapis.com"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCall:
+    """One parsed request path. ``model`` is None for a collection listing."""
+
+    family: Family
+    version: str
+    model: str | None
+    action: str | None
+    project: str | None = None
+    location: str | None = None
+
+    @property
+    def known_action(self) -> Action | None:
+        if self.action is None:
+            return None
+        try:
+            return Action(self.action)
+        except ValueError:
+            return None
+
+    @property
+    def generates(self) -> bool:
+        """A call that spends generation quota and whose answer may be cached."""
+        return self.action in (Action.GENERATE.value, Action.STREAM.value)
+
+
+def parse_path(path: str) -> ApiCall | None:
+    """The API call named by ``path`` (without query string), or None if it is not one."""
+    for family, pattern in _PATTERNS:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            groups = match.groupdict()
+            return ApiCall(
+                family=family,
+                version=groups["version"],
+                model=groups.get("model"),
+                action=groups.get("action"),
+                project=groups.get("project"),
+                location=groups.get("location"),
+            )
+    return None
+
+
+def allowed_methods(call: ApiCall) -> tuple[str, ...]:
+    """Model actions are POSTs; a model or a collection is read with GET."""
+    return ("POST",) if call.action is not None else ("GET",)
+
+
+def google_origin(call: ApiCall) -> str:
+    """Google's own host for the family: where the call goes when no upstream is configured."""
+    if call.family is Family.GEMINI:
+        return GEMINI_HOST
+    if call.family is Family.VERTEX and call.location and call.location != "global":
+        return f"https://{call.location}-aiplatform.googleapis.com"
+    return VERTEX_GLOBAL_HOST
