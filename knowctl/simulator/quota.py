@@ -1,0 +1,90 @@
+"""The simulator's own provider quota: requests and prompt tokens over a sliding window.
+
+Pure code with the clock passed in. The window is an exact log of admitted requests: an entry
+admitted at ``t`` counts for every instant in ``[t, t + window)``. So a request is admitted only
+when, counting it, no span of ``window`` seconds holds more than ``rpm`` requests or ``tpm``
+prompt tokens, and the retry delay of a refusal is the exact time until enough entries expire.
+
+The log is kept even without limits: it is what the stats' ``max_in_window`` and
+``max_tokens_in_window`` (the gateway's never-over-admit tests read them) are computed from.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request was refused and how long until it would fit."""
+
+    metric: str  # "requests" or "tokens"
+    limit: int
+    retry_after: float  # seconds; a whole window when the request can never fit
+    never_fits: bool = False
+
+
+class SlidingWindowQuota:
+    """Requests-per-window and tokens-per-window limits; 0 or None means unlimited."""
+
+    __slots__ = ("_times", "_tokens", "max_in_window", "max_tokens_in_window", "rpm", "token_sum", "tpm",
+                 "window")  # fmt: skip
+
+    def __init__(self, rpm: int | None, tpm: int | None, window: float) -> None:
+        if window <= 0:
+            raise ValueError("window must be positive")
+        self.rpm = rpm or 0
+        self.tpm = tpm or 0
+        self.window = window
+        # Two parallel deques rather than one of tuples: a third of the memory at benchmark rates.
+        self._times: deque[float] = deque()
+        self._tokens: deque[int] = deque()
+        self.token_sum = 0
+        self.max_in_window = 0
+        self.max_tokens_in_window = 0
+
+    def reset(self) -> None:
+        self._times.clear()
+        self._tokens.clear()
+        self.token_sum = 0
+        self.max_in_window = 0
+        self.max_tokens_in_window = 0
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.window
+        times = self._times
+        while times and times[0] <= cutoff:
+            times.popleft()
+            self.token_sum -= self._tokens.popleft()
+
+    def in_window(self, now: float) -> tuple[int, int]:
+        """Requests and tokens that still count at ``now``."""
+        self._expire(now)
+        return len(self._times), self.token_sum
+
+    def admit(self, now: float, tokens: int) -> Refusal | None:
+        """Record the request and return None, or refuse it (recording nothing)."""
+        self._expire(now)
+        times = self._times
+        if self.rpm and len(times) + 1 > self.rpm:
+            # The oldest entries must expire until one slot is free: entry len - rpm is the last one.
+            return Refusal("requests", self.rpm, times[len(times) - self.rpm] + self.window - now)
+        if self.tpm and self.token_sum + tokens > self.tpm:
+            if tokens > self.tpm:
+                return Refusal("tokens", self.tpm, self.window, never_fits=True)
+            need = self.token_sum + tokens - self.tpm
+            freed = 0
+            for t, n in zip(times, self._tokens, strict=True):
+                freed += n
+                if freed >= need:
+                    return Refusal("tokens", self.tpm, t + self.window - now)
+            raise AssertionError("unreachable: tokens <= tpm, so expiring every entry frees enough")
+        times.append(now)
+        self._tokens.append(tokens)
+        self.token_sum += tokens
+        if len(times) > self.max_in_window:
+            self.max_in_window = len(times)
+        if self.token_sum > self.max_tokens_in_window:
+            self.max_tokens_in_window = self.token_sum
+        return None
