@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Family(str, Enum):
+class Family(StrEnum):
     GEMINI = "gemini"
     VERTEX = "vertex"
     EXPRESS = "express"
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     """Actions the gateway understands; any other action is forwarded unchanged."""
 
     GENERATE = "generateContent"

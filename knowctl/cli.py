@@ -1,0 +1,47 @@
+"""The ``knowctl`` command: one Typer app, one sub-app per command group.
+
+Command modules import only Typer at module level; everything heavy (uvicorn, aiohttp,
+google-auth, httpx) is imported inside the command that needs it, so ``knowctl --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from knowctl import __version__
+from knowctl.commands import config as config_cmd
+from knowctl.commands import serve as serve_cmd
+from knowctl.commands import simulate as simulate_cmd
+
+app = typer.Typer(
+    name="knowctl",
+    help="Quota-and-cache gateway for Google's Gemini models, and the tool that runs it.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"knowctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Quota-and-cache gateway for Google's Gemini models, and the tool that runs it."""
+
+
+app.command("serve")(serve_cmd.serve)
+app.command("simulate")(simulate_cmd.simulate)
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    app()

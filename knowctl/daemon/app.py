@@ -1,0 +1,162 @@
+"""The gateway as one ASGI callable: lifecycle, dispatch by path, metrics per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from enum import StrEnum
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from knowctl.daemon import metrics
+from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, respond_json
+from knowctl.daemon.credentials import UpstreamCredentials
+from knowctl.daemon.proxy import ModelCallHandler
+from knowctl.daemon.upstream import UpstreamClient
+from knowctl.policy.paths import parse_path
+from knowctl.settings import Settings
+from knowctl.store import Store, StoreUnavailable, open_store
+
+log = logging.getLogger("knowctl.daemon")
+
+# In --simulate mode the built-in simulator answers under this prefix on the daemon's own
+# port, so the gateway reaches it over real loopback HTTP like any other upstream.
+SIMULATOR_PREFIX = "/_simulator/upstream"
+SIMULATOR_CONTROL = "/_simulator/"
+
+
+class Phase(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+class Gateway:
+    """Everything one daemon process holds, created at start-up and closed at shutdown."""
+
+    def __init__(self, settings: Settings, simulator: Any | None = None) -> None:
+        self.settings = settings
+        self.phase = Phase.STARTING
+        self.credentials = UpstreamCredentials.from_settings(settings)
+        self.upstream = UpstreamClient(settings, self.credentials)
+        self.store: Store = open_store(settings.store_url, timeout=settings.store_timeout)
+        self.model_calls = ModelCallHandler(settings, self.upstream)
+        self._simulator = simulator  # an ASGI app, only with --simulate
+
+    async def startup(self) -> None:
+        await self.upstream.start()
+        try:
+            await self.store.ping()
+        except StoreUnavailable as exc:
+            # Degraded, not fatal: the daemon serves with local state until the store returns.
+            metrics.STORE_UP.set(0)
+            log.warning("store %s unreachable at start-up: %s", self.store.describe(), exc)
+        self.phase = Phase.READY
+
+    async def shutdown(self) -> None:
+        self.phase = Phase.DRAINING
+        await self.upstream.close()
+        await self.store.close()
+
+    # --- ASGI ---------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("start-up failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        path: str = scope["path"]
+        route, status = "not_found", 404
+        try:
+            if path.startswith("/api/"):
+                route = path[5:] or "api"
+                status = await self._ops(route, scope, send)
+            elif self._simulator is not None and path.startswith(SIMULATOR_CONTROL):
+                route = "simulator"
+                status = await self._to_simulator(scope, receive, send)
+            else:
+                call = parse_path(path)
+                if call is None:
+                    await respond_error(send, 404, f"The requested path {path} was not found.")
+                else:
+                    route = call.action or "list_models"
+                    status = await self.model_calls(scope, receive, send, call)
+        finally:
+            metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
+            metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+
+    async def _ops(self, route: str, scope: Scope, send: Send) -> int:
+        if scope["method"] not in ("GET", "HEAD"):
+            await respond_error(send, 405, f"Method {scope['method']} is not allowed here.")
+            return 405
+        if route == "health":
+            await respond_json(send, 200, {"status": "ok"})
+            return 200
+        if route == "ready":
+            return await self._ready(send)
+        if route == "metrics":
+            await respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
+            return 200
+        await respond_error(send, 404, f"The requested path {scope['path']} was not found.")
+        return 404
+
+    async def _ready(self, send: Send) -> int:
+        """200 whenever the daemon can serve; 503 only while starting or draining."""
+        store: dict[str, Any] = {"backend": self.store.backend, "url": self.store.describe()}
+        try:
+            store["latency_ms"] = round(await self.store.ping() * 1000, 3)
+            store["ok"] = True
+            metrics.STORE_UP.set(1)
+        except StoreUnavailable as exc:
+            store.update(ok=False, error=str(exc))
+            metrics.STORE_UP.set(0)
+        status = 200 if self.phase is Phase.READY else 503
+        body = {
+            "status": self.phase.value,
+            "degraded": not store["ok"],
+            "dependencies": {
+                "store": store,
+                "upstream": {"target": self.upstream.target, "credentials": self.credentials.mode},
+            },
+        }
+        await respond_json(send, status, body)
+        return status
+
+    async def _to_simulator(self, scope: Scope, receive: Receive, send: Send) -> int:
+        assert self._simulator is not None
+        path: str = scope["path"]
+        if path.startswith(SIMULATOR_PREFIX + "/"):
+            inner = path[len(SIMULATOR_PREFIX):]
+            raw = scope.get("raw_path") or path.encode()
+            scope = {**scope, "path": inner, "raw_path": raw[len(SIMULATOR_PREFIX):]}
+        status = 200
+
+        async def recording_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self._simulator(scope, receive, recording_send)
+        return status

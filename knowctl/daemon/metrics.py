@@ -1,0 +1,47 @@
+"""Prometheus metrics of the daemon: every family is declared here, in one place.
+
+Names follow Prometheus conventions (``knowctl_`` namespace, base units, ``_total`` for
+counters). Dashboards and alert rules in ``templates/`` query only these names; a test
+scrapes a running daemon and checks that every name they use is really exported.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+HTTP_REQUESTS = Counter(
+    "knowctl_http_requests",
+    "HTTP requests answered by the daemon, by route and status code.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "knowctl_http_request_duration_seconds",
+    "Time from request to the end of the answer, by route.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_REQUESTS = Counter(
+    "knowctl_upstream_requests",
+    "Calls forwarded upstream, by model and outcome (HTTP status, or timeout / unreachable).",
+    ["model", "outcome"],
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "knowctl_upstream_duration_seconds",
+    "Upstream call latency until the answer's headers arrived, by model.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+STORE_UP = Gauge(
+    "knowctl_store_up",
+    "1 while the shared store answers, 0 while it is unreachable (the daemon runs degraded).",
+    registry=REGISTRY,
+)
+STORE_UP.set(1)

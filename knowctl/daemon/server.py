@@ -1,0 +1,111 @@
+"""Running the daemon: bind, banner, uvicorn with uvloop and httptools, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+from knowctl.daemon.app import SIMULATOR_PREFIX, Gateway, Phase
+from knowctl.logs import setup_logging
+from knowctl.settings import Settings, load_settings
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the gateway the moment a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self._gateway = gateway
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # Readiness turns 503 at once, so load balancers stop sending new work.
+        self._gateway.phase = Phase.DRAINING
+        super().handle_exit(sig, frame)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+        **extra,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Run until a stop signal; the caller has validated the settings."""
+    setup_logging(settings.log_level, settings.log_format)
+    sock = _bind(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    simulator = None
+    if settings.simulate:
+        from knowctl.simulator.app import SimulatorApp, SimulatorConfig
+
+        simulator = SimulatorApp(SimulatorConfig())
+        loopback = "[::1]" if ":" in settings.host else "127.0.0.1"
+        settings = settings.model_copy(
+            update={"upstream_url": f"http://{loopback}:{port}{SIMULATOR_PREFIX}"}
+        )
+    if settings.workers > 1:
+        _serve_workers(settings, sock)
+        return
+    gateway = Gateway(settings, simulator=simulator)
+    print_banner(settings, port, gateway)
+    server = GatewayServer(_uvicorn_config(gateway, settings), gateway)
+    server.run(sockets=[sock])
+
+
+def _serve_workers(settings: Settings, sock: socket.socket) -> None:
+    # Worker processes rebuild Settings from the environment; pass every resolved value.
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        os.environ[f"KNOWCTL_{name.upper()}"] = str(value)
+    config = _uvicorn_config(
+        "knowctl.daemon.server:app_from_environment", settings, factory=True, workers=settings.workers
+    )
+    from uvicorn.supervisors import Multiprocess
+
+    Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+
+
+def app_from_environment() -> Gateway:
+    """Factory for worker processes (``--workers N``)."""
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    return Gateway(settings)
+
+
+def print_banner(settings: Settings, port: int, gateway: Gateway) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    console.print(f"[bold]knowctl serve[/] listening on http://{settings.host}:{port}")
+    if settings.simulate:
+        console.print(
+            "[yellow]upstream: the built-in SIMULATOR (made-up answers, not Google; for trying knowctl)[/]"
+        )
+    else:
+        console.print(f"upstream: {gateway.upstream.target} (credentials: {gateway.credentials.mode})")
+    console.print(f"store: {gateway.store.describe()}")
+    if settings.admin_token is None:
+        console.print("admin API: no KNOWCTL_ADMIN_TOKEN set, so it answers on loopback only")
+    sys.stderr.flush()

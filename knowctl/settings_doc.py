@@ -1,0 +1,38 @@
+"""The configuration reference, generated from Settings so that it cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from knowctl.settings import ENV_PREFIX, SECRET_FIELDS, Settings
+
+START = "<!-- settings-reference:start -->"
+END = "<!-- settings-reference:end -->"
+
+
+def _default_text(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"`{value}`"
+
+
+def reference_table() -> str:
+    """A Markdown table: one row per setting, env var, default and meaning."""
+    rows = ["| env var | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        env = f"`{ENV_PREFIX}{name.upper()}`"
+        if name in SECRET_FIELDS:
+            env += f" or `{ENV_PREFIX}{name.upper()}_FILE`"
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| {env} | {_default_text(field.default)} | {description} |")
+    rows.append(f"| `{ENV_PREFIX}CONFIG` | unset | YAML config file with any of the settings above. |")
+    return "\n".join(rows) + "\n"
+
+
+def splice(document: str) -> str:
+    """``document`` with the text between the reference markers replaced by the table."""
+    head, _, rest = document.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{reference_table()}{END}{tail}"

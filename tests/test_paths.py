@@ -1,0 +1,82 @@
+"""Path parsing: every family the SDKs use, and everything else refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from knowctl.policy.paths import Action, ApiCall, Family, allowed_methods, google_origin, parse_path
+
+
+@pytest.mark.parametrize(
+    ("path", "family", "version", "model", "action"),
+    [
+        ("/v1/models/gemini-2.5-flash:generateContent", Family.GEMINI, "v1", "gemini-2.5-flash", "generateContent"),
+        ("/v1beta/models/gemini-2.5-flash:streamGenerateContent", Family.GEMINI, "v1beta", "gemini-2.5-flash",
+         "streamGenerateContent"),
+        ("/v1beta/models/gemini-2.0-flash-001:countTokens", Family.GEMINI, "v1beta", "gemini-2.0-flash-001",
+         "countTokens"),
+        ("/v1beta/models/text-embedding-004:embedContent", Family.GEMINI, "v1beta", "text-embedding-004",
+         "embedContent"),
+        ("/v1beta/models", Family.GEMINI, "v1beta", None, None),
+        ("/v1beta/models/gemini-2.5-pro", Family.GEMINI, "v1beta", "gemini-2.5-pro", None),
+        ("/v1beta1/projects/p-1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent",
+         Family.VERTEX, "v1beta1", "gemini-2.5-flash", "generateContent"),
+        ("/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-flash:countTokens",
+         Family.VERTEX, "v1", "gemini-2.5-flash", "countTokens"),
+        ("/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent", Family.EXPRESS, "v1beta1",
+         "gemini-2.5-flash", "streamGenerateContent"),
+        ("/v1/publishers/google/models", Family.EXPRESS, "v1", None, None),
+    ],
+)
+def test_known_paths(path: str, family: Family, version: str, model: str | None, action: str | None) -> None:
+    call = parse_path(path)
+    assert call is not None
+    assert (call.family, call.version, call.model, call.action) == (family, version, model, action)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/v2/models/gemini:generateContent",
+        "/v1beta1/models/gemini:generateContent",  # v1beta1 is Vertex's, not the Gemini API's
+        "/v1beta/models/gemini:generateContent/extra",
+        "/v1beta/models/../secrets:generateContent",
+        "/v1/projects/p/locations/l/publishers/other/models/m:generateContent",
+        "/v1beta/models/gem ini:generateContent",
+        "/v1beta/models/" + "a" * 200 + ":generateContent",
+        "/v1beta/models/gemini:generate-content",
+        "/api/unknown",
+    ],
+)
+def test_other_paths_are_not_api_calls(path: str) -> None:
+    assert parse_path(path) is None
+
+
+def test_vertex_project_and_location() -> None:
+    call = parse_path("/v1/projects/my-proj/locations/europe-west4/publishers/google/models/m:generateContent")
+    assert call is not None and (call.project, call.location) == ("my-proj", "europe-west4")
+    assert call.known_action is Action.GENERATE and call.generates
+
+
+def test_methods() -> None:
+    listing = parse_path("/v1beta/models")
+    action = parse_path("/v1beta/models/m:embedContent")
+    assert listing is not None and action is not None
+    assert allowed_methods(listing) == ("GET",)
+    assert allowed_methods(action) == ("POST",)
+    assert action.known_action is None and not action.generates
+
+
+@pytest.mark.parametrize(
+    ("call", "origin"),
+    [
+        (ApiCall(Family.GEMINI, "v1", "m", "generateContent"), "https://generativelanguage.googleapis.com"),
+        (ApiCall(Family.VERTEX, "v1", "m", "generateContent", "p", "us-central1"),
+         "https://us-central1-aiplatform.googleapis.com"),
+        (ApiCall(Family.VERTEX, "v1", "m", "generateContent", "p", "global"), "https://aiplatform.googleapis.com"),
+        (ApiCall(Family.EXPRESS, "v1beta1", "m", "generateContent"), "https://aiplatform.googleapis.com"),
+    ],
+)
+def test_google_origin(call: ApiCall, origin: str) -> None:
+    assert google_origin(call) == origin
