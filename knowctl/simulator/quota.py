@@ -11,6 +11,7 @@ The log is kept even without limits: it is what the stats' ``max_in_window`` and
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -58,6 +59,16 @@ class SlidingWindowQuota:
             times.popleft()
             self.token_sum -= self._tokens.popleft()
 
+    def _until_expired(self, t: float, now: float) -> float:
+        """Seconds from ``now`` until the entry admitted at ``t`` no longer counts.
+
+        Nudged up past float rounding, so that ``admit(now + delay)`` really finds it expired.
+        """
+        delay = t + self.window - now
+        while t > (now + delay) - self.window:
+            delay = math.nextafter(delay, math.inf)
+        return delay
+
     def in_window(self, now: float) -> tuple[int, int]:
         """Requests and tokens that still count at ``now``."""
         self._expire(now)
@@ -67,19 +78,26 @@ class SlidingWindowQuota:
         """Record the request and return None, or refuse it (recording nothing)."""
         self._expire(now)
         times = self._times
+        if self.tpm and tokens > self.tpm:
+            return Refusal("tokens", self.tpm, self.window, never_fits=True)
+        # Both limits free up as the oldest entries expire, so the later of the two delays
+        # is when the request really fits; the metric named is the one that binds longest.
+        refusal: Refusal | None = None
         if self.rpm and len(times) + 1 > self.rpm:
-            # The oldest entries must expire until one slot is free: entry len - rpm is the last one.
-            return Refusal("requests", self.rpm, times[len(times) - self.rpm] + self.window - now)
+            # Entries must expire until one slot is free: entry len - rpm is the last of them.
+            refusal = Refusal("requests", self.rpm, self._until_expired(times[len(times) - self.rpm], now))
         if self.tpm and self.token_sum + tokens > self.tpm:
-            if tokens > self.tpm:
-                return Refusal("tokens", self.tpm, self.window, never_fits=True)
             need = self.token_sum + tokens - self.tpm
             freed = 0
             for t, n in zip(times, self._tokens, strict=True):
                 freed += n
                 if freed >= need:
-                    return Refusal("tokens", self.tpm, t + self.window - now)
-            raise AssertionError("unreachable: tokens <= tpm, so expiring every entry frees enough")
+                    delay = self._until_expired(t, now)
+                    if refusal is None or delay > refusal.retry_after:
+                        refusal = Refusal("tokens", self.tpm, delay)
+                    break
+        if refusal is not None:
+            return refusal
         times.append(now)
         self._tokens.append(tokens)
         self.token_sum += tokens
