@@ -1,0 +1,218 @@
+"""The one interface every state backend implements, and the values it returns.
+
+Backends differ only in where state lives; the semantics (see knowctl.policy.windows) are
+the same, and tests/test_store.py runs every test against each backend.
+
+Room to grow: cache-index and lease operations (e.g. ``index_add``/``index_members`` for
+topic refresh, ``lease(name, ttl)``/``release(lease)`` for single-flight refresh) are to be
+added as further abstract methods next to the window operations, each backed by one Lua
+script on Redis whose keys come from :mod:`knowctl.store.keys`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from knowctl.policy.windows import Window
+
+__all__ = [
+    "Admission",
+    "Store",
+    "StoreUnavailable",
+    "Subscription",
+    "Window",
+    "WindowUsage",
+    "check_ttl",
+    "check_window_call",
+    "redact_url",
+]
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer in time or at all. Callers degrade; they never hang."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The outcome of :meth:`Store.acquire`; tuples are per window, in the order given."""
+
+    admitted: bool
+    # 0 when admitted. When refused: seconds until enough recorded usage has left every
+    # blocking window for this request to fit (math.inf if it can never fit at this share).
+    retry_after: float
+    # Usage after the call (including this request when admitted).
+    usage: tuple[int, ...]
+    limits: tuple[int, ...]
+    # Seconds until usage next drops: the oldest entry leaves a rolling window (0 if it is
+    # empty), or the next local midnight for a calendar window.
+    reset_after: tuple[float, ...]
+    # Names of the windows that refused the request (empty when admitted).
+    blocked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """One window's state for stats: nothing is recorded by reading it."""
+
+    name: str
+    used: int
+    limit: int
+    entries: int
+    reset_after: float
+
+
+class Subscription(AsyncIterator[bytes], ABC):
+    """Messages of one channel. ``async with`` (or :meth:`start`) subscribes before returning,
+    so a message published afterwards is never missed; plain iteration subscribes lazily."""
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Subscription:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class Store(ABC):
+    """Shared state: plain keys, sliding-window admission, and pub/sub notifications.
+
+    Every method is bounded by the store's timeout and raises :class:`StoreUnavailable`
+    when the backend cannot answer; none of them hangs.
+    """
+
+    backend: ClassVar[str]
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the state lives, safe to print: passwords are replaced by ``***``."""
+
+    @abstractmethod
+    async def ping(self) -> float:
+        """Round-trip time in seconds."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # --- plain keys (names from knowctl.store.keys) -------------------------------------
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (> 0)."""
+
+    @abstractmethod
+    async def delete(self, *keys: str) -> int:
+        """Remove keys; return how many existed."""
+
+    # --- sliding windows ------------------------------------------------------------------
+    @abstractmethod
+    async def acquire(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        amounts: Sequence[int],
+        *,
+        share: float = 1.0,
+        reservation_id: str,
+    ) -> Admission:
+        """One atomic step: admit iff ``usage_i + amounts[i] <= floor(limit_i * share)`` for
+        every window with ``amounts[i] > 0``, and if so record the amounts in every window.
+
+        ``reservation_id`` must be unique per request (a uuid4); an id already recorded is
+        treated as a replay of the same request and is not recorded twice.
+        """
+
+    @abstractmethod
+    async def adjust(
+        self, scope: str, windows: Sequence[Window], reservation_id: str, amounts: Sequence[int]
+    ) -> None:
+        """Set an earlier reservation's amounts (estimate -> actual), keeping its time.
+        Windows the reservation has already left are untouched."""
+
+    @abstractmethod
+    async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]: ...
+
+    # --- notifications -----------------------------------------------------------------
+    @abstractmethod
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
+    @abstractmethod
+    def subscribe(self, channel: str) -> Subscription: ...
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def check_window_call(
+    scope: str, windows: Sequence[Window], amounts: Sequence[int] | None, reservation_id: str | None
+) -> None:
+    """Argument checks shared by the backends, so both refuse the same calls."""
+    if not scope:
+        raise ValueError("scope must not be empty")
+    if not windows:
+        raise ValueError("at least one window is required")
+    names = [w.name for w in windows]
+    if len(set(names)) != len(names):
+        # Two windows of one name would share keys and count each request twice.
+        raise ValueError(f"window names must be unique: {names}")
+    if amounts is not None:
+        if len(amounts) != len(windows):
+            raise ValueError("one amount per window is required")
+        for a in amounts:
+            if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+                raise ValueError(f"amounts must be integers >= 0, got {a!r}")
+    if reservation_id is not None and not reservation_id:
+        raise ValueError("reservation_id must not be empty")
+
+
+def check_ttl(ttl: float) -> None:
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError("ttl must be a positive number of seconds")
+
+
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token", "ssl_password"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (userinfo or query) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "<unparseable store URL>"  # never echo a URL we cannot take apart safely
+    netloc = parts.netloc
+    if password is not None:
+        user = quote(parts.username or "", safe="")
+        hostport = host or ""
+        if ":" in hostport:  # IPv6 literal
+            hostport = f"[{hostport}]"
+        if port is not None:
+            hostport = f"{hostport}:{port}"
+        netloc = f"{user}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

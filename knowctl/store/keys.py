@@ -1,0 +1,95 @@
+"""Every store key and channel name knowctl uses, in one place.
+
+All names start with ``knowctl:`` so a shared Redis can be inspected or cleaned by prefix.
+Keys that one Lua script touches together share a Redis Cluster hash tag (the part in
+``{...}``), and nothing else does: one model's quota windows share ``{q:<model>}``, one
+user's limits share ``{u:<user>}``, one cache entry has ``{c:<digest>}``. A single global
+tag would put the whole gateway on one Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "knowctl:"
+
+# Scope kinds: the first part of a scope string, and so of its hash tag.
+QUOTA = "q"
+USER = "u"
+CACHE = "c"
+
+
+def _tag_safe(text: str) -> str:
+    # A '{' or '}' inside a tag would end it early (Redis hashes up to the first '}'), so
+    # percent-encode them, and '%' itself to keep the encoding reversible and collision-free.
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def quota_scope(model: str) -> str:
+    """Scope of one model's provider quota windows (RPM, TPM, RPD, TPD)."""
+    if not model:
+        raise ValueError("model must not be empty")
+    return f"{QUOTA}:{model}"
+
+
+def user_scope(user: str) -> str:
+    """Scope of one caller's per-user limits."""
+    if not user:
+        raise ValueError("user must not be empty")
+    return f"{USER}:{user}"
+
+
+def scope_tag(scope: str) -> str:
+    """The hash tag, braces included, that every key of ``scope`` carries."""
+    if not scope:
+        raise ValueError("scope must not be empty")
+    return "{" + _tag_safe(scope) + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowKeys:
+    """The three keys of one window's exact log (see knowctl/store/lua/_lib.lua)."""
+
+    log: str  # ZSET reservation id -> recording time (server microseconds)
+    amounts: str  # HASH reservation id -> amount
+    total: str  # STRING running sum of the amounts in the log
+
+    def as_list(self) -> list[str]:
+        return [self.log, self.amounts, self.total]
+
+
+def window_keys(scope: str, window_name: str) -> WindowKeys:
+    base = f"{PREFIX}{scope_tag(scope)}:w:{window_name}"
+    return WindowKeys(log=f"{base}:log", amounts=f"{base}:amt", total=f"{base}:sum")
+
+
+def cache_entry(digest: str) -> str:
+    """A cached answer; tagged per entry so entries spread over the Cluster."""
+    if not digest:
+        raise ValueError("digest must not be empty")
+    return f"{PREFIX}{{{CACHE}:{_tag_safe(digest)}}}:v"
+
+
+def channel(name: str) -> str:
+    """A pub/sub channel (e.g. ``channel("capacity")``). Channels are not keys: no tag."""
+    if not name:
+        raise ValueError("channel name must not be empty")
+    return f"{PREFIX}ch:{name}"
+
+
+def hash_tag(key: str) -> str | None:
+    """The part Redis Cluster hashes (between the first '{' and the next '}'), if any."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:  # no closing brace, or '{}': Redis hashes the whole key
+        return None
+    return key[start + 1 : end]
+
+
+def check(name: str) -> str:
+    """Refuse a key or channel not built here, so every name stays under the prefix."""
+    if not isinstance(name, str) or not name.startswith(PREFIX) or name == PREFIX:
+        raise ValueError(f"store keys and channels must be built by knowctl.store.keys: {name!r}")
+    return name

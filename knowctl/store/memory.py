@@ -1,0 +1,248 @@
+"""``memory://``: state in this process only (the embedded default, and each pod's fallback).
+
+Every operation runs without awaiting, so on one event loop it is atomic; a lock also makes
+it safe for loops in several threads. Same semantics as the Redis backend, with the clock
+injected so tests can drive time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from knowctl.policy.windows import Window, WindowLog, capacity, try_admit
+from knowctl.store import keys
+from knowctl.store.base import (
+    Admission,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    WindowUsage,
+    check_ttl,
+    check_window_call,
+)
+
+# A subscriber that falls this far behind loses its oldest messages rather than growing
+# without bound; messages are wake-up hints, and Redis drops slow subscribers too.
+SUBSCRIBER_BUFFER = 1024
+
+_CLOSED = object()  # queued to subscribers when the store closes: ends their iteration
+
+
+class MemoryStore(Store):
+    backend = "memory"
+
+    def __init__(self, url: str = "memory://", *, clock: Callable[[], float] = time.time) -> None:
+        self._url = url
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at)
+        self._logs: dict[tuple[str, str], WindowLog] = {}  # (scope, window name) -> log
+        self._subscribers: dict[str, set[_MemorySubscription]] = {}
+        self._closed = False
+        self._sweep_at = 1024
+
+    def describe(self) -> str:
+        return self._url  # no credentials in a memory URL
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("memory store is closed")
+
+    async def ping(self) -> float:
+        self._check_open()
+        started = time.perf_counter()
+        with self._lock:
+            pass
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            subs = [s for group in self._subscribers.values() for s in group]
+            self._subscribers.clear()
+        for sub in subs:
+            sub.push(_CLOSED)
+
+    # --- plain keys -------------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        keys.check(key)
+        self._check_open()
+        with self._lock:
+            item = self._values.get(key)
+            if item is None:
+                return None
+            if item[1] <= self._clock():
+                del self._values[key]
+                return None
+            return item[0]
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        keys.check(key)
+        check_ttl(ttl)
+        self._check_open()
+        with self._lock:
+            self._sweep()
+            self._values[key] = (bytes(value), self._clock() + ttl)
+
+    async def delete(self, *names: str) -> int:
+        for key in names:
+            keys.check(key)
+        self._check_open()
+        now = self._clock()
+        removed = 0
+        with self._lock:
+            for key in set(names):
+                item = self._values.pop(key, None)
+                if item is not None and item[1] > now:
+                    removed += 1
+        return removed
+
+    def _sweep(self) -> None:
+        # Expired keys nobody reads again would otherwise stay forever; an occasional full
+        # pass (when the dict has doubled) keeps that bounded at O(1) amortised per set.
+        if len(self._values) < self._sweep_at:
+            return
+        now = self._clock()
+        for key in [k for k, (_, exp) in self._values.items() if exp <= now]:
+            del self._values[key]
+        self._sweep_at = max(1024, 2 * len(self._values))
+
+    # --- sliding windows -------------------------------------------------------------------
+    def _window_logs(self, scope: str, windows: Sequence[Window]) -> list[WindowLog]:
+        return [self._logs.setdefault((scope, w.name), WindowLog()) for w in windows]
+
+    def _forget_empty(self, scope: str, windows: Sequence[Window], logs: Sequence[WindowLog]) -> None:
+        # Idle scopes leave nothing behind (the Redis keys expire likewise).
+        for w, log in zip(windows, logs, strict=True):
+            if not log:
+                self._logs.pop((scope, w.name), None)
+
+    async def acquire(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        amounts: Sequence[int],
+        *,
+        share: float = 1.0,
+        reservation_id: str,
+    ) -> Admission:
+        check_window_call(scope, windows, amounts, reservation_id)
+        caps = [capacity(w.limit, share) for w in windows]
+        self._check_open()
+        with self._lock:
+            logs = self._window_logs(scope, windows)
+            verdict = try_admit(logs, windows, amounts, caps, reservation_id, self._clock())
+            self._forget_empty(scope, windows, logs)
+        return Admission(
+            admitted=verdict.admitted,
+            retry_after=verdict.retry_after,
+            usage=verdict.usage,
+            limits=tuple(w.limit for w in windows),
+            reset_after=verdict.reset_after,
+            blocked=verdict.blocked,
+        )
+
+    async def adjust(
+        self, scope: str, windows: Sequence[Window], reservation_id: str, amounts: Sequence[int]
+    ) -> None:
+        check_window_call(scope, windows, amounts, reservation_id)
+        self._check_open()
+        with self._lock:
+            now = self._clock()
+            logs = self._window_logs(scope, windows)
+            for w, log, amount in zip(windows, logs, amounts, strict=True):
+                log.trim(w, now)
+                log.adjust(reservation_id, amount)
+            self._forget_empty(scope, windows, logs)
+
+    async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:
+        check_window_call(scope, windows, None, None)
+        self._check_open()
+        with self._lock:
+            now = self._clock()
+            logs = self._window_logs(scope, windows)
+            result = [
+                WindowUsage(w.name, log.trim(w, now), w.limit, len(log), log.reset_after(w, now))
+                for w, log in zip(windows, logs, strict=True)
+            ]
+            self._forget_empty(scope, windows, logs)
+        return result
+
+    # --- notifications ----------------------------------------------------------------------
+    async def publish(self, channel: str, message: bytes) -> None:
+        keys.check(channel)
+        self._check_open()
+        with self._lock:
+            subs = list(self._subscribers.get(channel, ()))
+        for sub in subs:
+            sub.push(bytes(message))
+
+    def subscribe(self, channel: str) -> Subscription:
+        keys.check(channel)
+        return _MemorySubscription(self, channel)
+
+    def _attach(self, sub: _MemorySubscription) -> None:
+        self._check_open()
+        with self._lock:
+            self._subscribers.setdefault(sub.channel, set()).add(sub)
+
+    def _detach(self, sub: _MemorySubscription) -> None:
+        with self._lock:
+            group = self._subscribers.get(sub.channel)
+            if group is not None:
+                group.discard(sub)
+                if not group:
+                    del self._subscribers[sub.channel]
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, store: MemoryStore, channel: str) -> None:
+        self._store = store
+        self.channel = channel
+        self._queue: asyncio.Queue[object] = asyncio.Queue(SUBSCRIBER_BUFFER)
+        self._started = False
+        self._done = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        if not self._started:
+            self._loop = asyncio.get_running_loop()
+            self._store._attach(self)
+            self._started = True
+
+    def push(self, item: object) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._put(item)
+        else:  # published from another thread's loop: hand over to the subscriber's loop
+            loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: object) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(item)
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        await self.start()
+        item = await self._queue.get()
+        if item is _CLOSED:
+            self._done = True
+            raise StopAsyncIteration
+        assert isinstance(item, bytes)
+        return item
+
+    async def aclose(self) -> None:
+        self._done = True
+        if self._started:
+            self._store._detach(self)

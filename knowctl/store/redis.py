@@ -1,0 +1,278 @@
+"""``redis://`` and ``rediss://``: state shared by every daemon, via redis.asyncio.
+
+Every check-and-update is one Lua script (``knowctl/store/lua``), so it is atomic however
+many daemons share the server, and it reads the server's clock (TIME), so pods with skewed
+clocks still agree on every window. Every call is bounded by ``timeout`` seconds and
+raises :class:`StoreUnavailable` instead of hanging.
+
+A call that times out after Redis ran its script may leave a reservation recorded that
+the caller never uses: that can only under-admit, never over-admit.
+
+Operational note: run Redis with ``maxmemory-policy noeviction`` (or no maxmemory) for
+quota state; an evicted window log would forget usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
+from typing import Any, TypeVar
+
+from redis import exceptions as rexc
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from knowctl.policy.windows import Window, capacity, day_boundaries
+from knowctl.store import keys
+from knowctl.store.base import (
+    Admission,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    WindowUsage,
+    check_ttl,
+    check_window_call,
+    redact_url,
+)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_CONNECTIONS = 64
+# How long one pub/sub read waits before looking again; bounds how late close() is noticed.
+_POLL_S = 1.0
+# Server errors that mean "not now" (failover, loading, out of memory), not "bad call".
+_TRANSIENT = ("OOM", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "READONLY")
+
+
+def load_script(name: str) -> str:
+    """A script from knowctl/store/lua, with the shared _lib.lua in front of it."""
+    lua = files("knowctl.store") / "lua"
+    lib = (lua / "_lib.lua").read_text(encoding="utf-8")
+    return lib + "\n" + (lua / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+class RedisStore(Store):
+    backend = "redis"
+
+    def __init__(self, url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self._url = url
+        self._timeout = timeout
+        # No client-side retries: a retry could outlast the timeout, and a retried script
+        # could run twice. Callers see StoreUnavailable at once and decide themselves.
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,  # wait for a free pooled connection at most this long
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._client: Redis = Redis.from_pool(pool)
+        # register_script only hashes the text; the first EVALSHA that meets NOSCRIPT (first
+        # use, server restart, SCRIPT FLUSH) loads the script and runs it again.
+        self._acquire = self._client.register_script(load_script("acquire"))
+        self._adjust = self._client.register_script(load_script("adjust"))
+        self._usage = self._client.register_script(load_script("usage"))
+        self._subscriptions: set[_RedisSubscription] = set()
+
+    def describe(self) -> str:
+        return redact_url(self._url)
+
+    async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation within the timeout, mapping outages to StoreUnavailable."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await make()
+        except (TimeoutError, rexc.TimeoutError) as exc:
+            raise StoreUnavailable(f"{self.describe()}: {op} timed out after {self._timeout:g}s") from exc
+        except (rexc.ConnectionError, OSError) as exc:
+            raise StoreUnavailable(f"{self.describe()}: {op} failed: {exc}") from exc
+        except rexc.ResponseError as exc:
+            if str(exc).startswith(_TRANSIENT) or isinstance(exc, rexc.ReadOnlyError):
+                raise StoreUnavailable(f"{self.describe()}: {op} failed: {exc}") from exc
+            raise
+
+    async def ping(self) -> float:
+        started = time.perf_counter()
+        await self._call("PING", self._client.ping)
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        for sub in list(self._subscriptions):
+            await sub.aclose()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._client.aclose()
+        except (TimeoutError, rexc.RedisError, OSError):
+            pass  # closing is best effort: the sockets are gone either way
+
+    # --- plain keys -------------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        keys.check(key)
+        value: Any = await self._call("GET", lambda: self._client.get(key))
+        return None if value is None else bytes(value)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        keys.check(key)
+        check_ttl(ttl)
+        ms = max(1, round(ttl * 1000))
+        await self._call("SET", lambda: self._client.set(key, value, px=ms))
+
+    async def delete(self, *names: str) -> int:
+        for key in names:
+            keys.check(key)
+        if not names:
+            return 0
+
+        # One DEL per key, pipelined: in Cluster the keys may live on different slots.
+        async def run() -> int:
+            pipe = self._client.pipeline(transaction=False)
+            for key in names:
+                pipe.delete(key)
+            return sum(int(n) for n in await pipe.execute())
+
+        return await self._call("DEL", run)
+
+    # --- sliding windows -------------------------------------------------------------------
+    def _script_input(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        reservation_id: str,
+        caps: Sequence[int],
+        amounts: Sequence[int],
+    ) -> tuple[list[str], list[str | int]]:
+        script_keys: list[str] = []
+        args: list[str | int] = [reservation_id, len(windows)]
+        around = time.time()  # only picks which midnights to send; the script uses TIME
+        for w, cap, amount in zip(windows, caps, amounts, strict=True):
+            script_keys += keys.window_keys(scope, w.name).as_list()
+            days = day_boundaries(w.calendar_tz, around) if w.calendar_tz else ()
+            args += [_us(w.length_s), cap, amount, len(days), *(_us(b) for b in days)]
+        return script_keys, args
+
+    async def acquire(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        amounts: Sequence[int],
+        *,
+        share: float = 1.0,
+        reservation_id: str,
+    ) -> Admission:
+        check_window_call(scope, windows, amounts, reservation_id)
+        caps = [capacity(w.limit, share) for w in windows]
+        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        raw: list[int] = await self._call("acquire", lambda: self._acquire(keys=script_keys, args=args))
+        per = raw[2:]
+        return Admission(
+            admitted=raw[0] == 1,
+            retry_after=float("inf") if raw[1] < 0 else raw[1] / 1e6,
+            usage=tuple(int(per[3 * i]) for i in range(len(windows))),
+            limits=tuple(w.limit for w in windows),
+            reset_after=tuple(per[3 * i + 1] / 1e6 for i in range(len(windows))),
+            blocked=tuple(w.name for i, w in enumerate(windows) if per[3 * i + 2] == 1),
+        )
+
+    async def adjust(
+        self, scope: str, windows: Sequence[Window], reservation_id: str, amounts: Sequence[int]
+    ) -> None:
+        check_window_call(scope, windows, amounts, reservation_id)
+        caps = [w.limit for w in windows]  # unused by adjust.lua
+        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        await self._call("adjust", lambda: self._adjust(keys=script_keys, args=args))
+
+    async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:
+        check_window_call(scope, windows, None, None)
+        zeros = [0] * len(windows)
+        script_keys, args = self._script_input(scope, windows, "-", zeros, zeros)
+        raw: list[int] = await self._call("usage", lambda: self._usage(keys=script_keys, args=args))
+        return [
+            WindowUsage(w.name, int(raw[3 * i]), w.limit, int(raw[3 * i + 1]), raw[3 * i + 2] / 1e6)
+            for i, w in enumerate(windows)
+        ]
+
+    # --- notifications ----------------------------------------------------------------------
+    async def publish(self, channel: str, message: bytes) -> None:
+        keys.check(channel)
+        await self._call("PUBLISH", lambda: self._client.publish(channel, message))
+
+    def subscribe(self, channel: str) -> Subscription:
+        keys.check(channel)
+        return _RedisSubscription(self, channel)
+
+
+class _RedisSubscription(Subscription):
+    """One channel on its own pooled connection. A lost connection ends iteration with
+    StoreUnavailable; the caller subscribes again (messages published meanwhile are lost,
+    as with any Redis pub/sub, so treat them as hints and re-check state after a gap)."""
+
+    def __init__(self, store: RedisStore, channel: str) -> None:
+        self._store = store
+        self._channel = channel
+        self._pubsub: PubSub | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._pubsub is not None:
+            return
+        if self._closed:
+            raise StoreUnavailable("subscription is closed")
+        pubsub = self._store._client.pubsub()
+        self._pubsub = pubsub
+        self._store._subscriptions.add(self)
+        try:
+            await self._store._call("SUBSCRIBE", lambda: self._subscribe(pubsub))
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def __anext__(self) -> bytes:
+        await self.start()
+        while not self._closed:
+            pubsub = self._pubsub
+            assert pubsub is not None
+            message = await self._read(pubsub)
+            if message is not None and message.get("type") == "message":
+                return bytes(message["data"])
+        raise StopAsyncIteration
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        # SUBSCRIBE only sends the command; wait for the server's confirmation so that a
+        # message published (on another connection) after start() returns is never missed.
+        await pubsub.subscribe(self._channel)
+        while True:
+            message: Any = await pubsub.get_message(timeout=self._store._timeout)
+            if message is not None and message.get("type") == "subscribe":
+                return
+
+    async def _read(self, pubsub: PubSub) -> Any:
+        # get_message with a timeout returns None after that long without a message; it
+        # does not fall back to the socket timeout, which would fire on a quiet channel.
+        try:
+            return await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            await self.aclose()
+            raise StoreUnavailable(f"{self._store.describe()}: subscription lost: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._store._subscriptions.discard(self)
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is None:
+            return
+        try:
+            async with asyncio.timeout(self._store._timeout):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        except (TimeoutError, rexc.RedisError, OSError):
+            pass
