@@ -93,13 +93,15 @@ def test_quota_error_reaches_the_sdk(make_client: ClientFactory, gateway: Gatewa
 
 @pytest.mark.parametrize("mode", ["gemini-api-key", "vertex-v1beta1"])
 def test_async_client(mode: str, gateway: Gateway, simulator: Simulator) -> None:
-    client = MODES[mode](gateway.url)
-    reference = MODES[mode](simulator.url).models.generate_content(model=MODEL, contents=PROMPT)
+    reference_client = MODES[mode](simulator.url)
+    reference = reference_client.models.generate_content(model=MODEL, contents=PROMPT)
 
     async def run() -> tuple[str | None, list[str]]:
-        answer = await client.aio.models.generate_content(model=MODEL, contents=PROMPT)
-        stream = await client.aio.models.generate_content_stream(model=MODEL, contents=PROMPT)
-        pieces = [chunk.text or "" async for chunk in stream]
+        client = MODES[mode](gateway.url)
+        async with client.aio as aio:
+            answer = await aio.models.generate_content(model=MODEL, contents=PROMPT)
+            stream = await aio.models.generate_content_stream(model=MODEL, contents=PROMPT)
+            pieces = [chunk.text or "" async for chunk in stream]
         return answer.text, pieces
 
     text, pieces = asyncio.run(run())
