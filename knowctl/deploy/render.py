@@ -1,0 +1,135 @@
+"""Render the Kubernetes or Compose templates with validated values.
+
+Files ending in ``.j2`` are Jinja templates (the suffix is dropped), files starting with
+``_`` are partials imported by them; every other file is
+copied unchanged, which is how the Grafana dashboards stay plain JSON: their legends use
+``{{label}}``, which Jinja would otherwise try to expand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from knowctl.deploy.templates import templates_root
+from knowctl.deploy.values import (
+    Values,
+    config_document,
+    gateway_settings,
+    grace_period,
+    redis_host,
+)
+from knowctl.settings import SECRET_FIELDS
+
+Target = Literal["k8s", "compose"]
+CONFIG_FILE = "knowctl.yaml"
+# Where the container finds its config file and secrets; the Dockerfile documents the same.
+CONFIG_DIR = "/etc/knowctl"
+SECRETS_DIR = "/run/secrets"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    path: str  # relative, POSIX separators
+    content: str
+
+
+def _cpu(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _compose_memory(quantity: str) -> str:
+    # Kubernetes' binary units are Docker's k/m/g (both 1024-based).
+    number, unit = quantity[:-2], quantity[-2:]
+    return number + {"Ki": "k", "Mi": "m", "Gi": "g", "Ti": "t"}[unit]
+
+
+def _quote(value: Any) -> str:
+    # JSON strings are valid YAML double-quoted scalars: safe for any value in any template.
+    return json.dumps(value)
+
+
+def _context(target: Target, values: Values) -> dict[str, Any]:
+    import yaml
+
+    settings = gateway_settings(values, target)
+    config_yaml = yaml.safe_dump(config_document(settings), sort_keys=False)
+    return {
+        "v": values,
+        "settings": settings,
+        "config_yaml": config_yaml,
+        # A changed ConfigMap must roll the pods: the checksum goes into the pod template.
+        "config_checksum": hashlib.sha256(config_yaml.encode()).hexdigest(),
+        "config_dir": CONFIG_DIR,
+        "config_file": CONFIG_FILE,
+        "secrets_dir": SECRETS_DIR,
+        "secret_fields": sorted(SECRET_FIELDS),
+        "grace_period": grace_period(values, settings),
+        "redis_host": redis_host(values, target),
+    }
+
+
+def render(target: Target, values: Values, root: Path | None = None) -> list[RenderedFile]:
+    """Every output file of ``target``, in a stable order."""
+    import jinja2
+
+    base = templates_root(root) / target
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(base)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - YAML, nginx and Prometheus files, never HTML
+    )
+    env.filters["q"] = _quote
+    env.filters["cpu"] = _cpu
+    env.filters["compose_memory"] = _compose_memory
+    env.filters["indent_block"] = lambda text, n: "\n".join(
+        (" " * n + line) if line else line for line in str(text).splitlines()
+    )
+    context = _context(target, values)
+    files: list[RenderedFile] = []
+    for source in sorted(p for p in base.rglob("*") if p.is_file()):
+        rel = source.relative_to(base).as_posix()
+        if source.name.startswith("_"):  # partials (macros) are imported, not rendered
+            continue
+        if rel.endswith(".j2"):
+            text = env.get_template(rel).render(context)
+            rel = rel[: -len(".j2")]
+        else:
+            text = source.read_text(encoding="utf-8")
+        if text.strip():  # a template switched off by values renders empty: no file
+            files.append(RenderedFile(rel, text if text.endswith("\n") else text + "\n"))
+    return files
+
+
+def write(files: list[RenderedFile], out: Path) -> list[Path]:
+    written = []
+    for item in files:
+        dest = out / item.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(item.content, encoding="utf-8")
+        written.append(dest)
+    return written
+
+
+def _is_yaml(path: str) -> bool:
+    return path.endswith((".yaml", ".yml", ".json"))
+
+
+def to_stream(files: list[RenderedFile]) -> tuple[str, list[str]]:
+    """One multi-document YAML stream (JSON is YAML), and the files it cannot hold."""
+    docs, skipped = [], []
+    for item in files:
+        if not _is_yaml(item.path):
+            skipped.append(item.path)
+            continue
+        body = item.content.strip("\n")
+        if body.startswith("---"):
+            body = body[3:].lstrip("\n")
+        docs.append(f"# Source: {item.path}\n{body}\n")
+    return "---\n".join(docs), skipped

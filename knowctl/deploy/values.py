@@ -1,0 +1,366 @@
+"""The values schema for ``knowctl deploy render``: every knob, its default and its meaning.
+
+Defaults here are the documented production defaults. A values file (YAML) and
+``--set a.b=c`` overrides are merged on top and validated; a bad value is a
+:class:`ValuesError` whose message names the dotted key. Gateway *settings* are not
+re-declared here: ``settings`` is checked against :class:`knowctl.settings.Settings`
+itself, so the ConfigMap always carries exactly the options the daemon knows.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from knowctl import __version__
+from knowctl.settings import SECRET_FIELDS, Settings
+
+_CPU = re.compile(r"^(\d+m|\d+(\.\d+)?)$")
+_MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti)$")
+_DURATION = re.compile(r"^\d+(ms|s|m|h|d)$")
+
+
+class ValuesError(ValueError):
+    """Values that cannot be rendered; the message names every offending key."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos: reject them rather than silently render defaults.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(_Strict):
+    """Kubernetes-style quantities; Compose gets the same numbers converted."""
+
+    cpu_request: str = Field(default="250m", description="CPU request (Kubernetes quantity, e.g. 250m).")
+    memory_request: str = Field(default="256Mi", description="Memory request (Ki/Mi/Gi/Ti).")
+    cpu_limit: str = Field(default="1", description="CPU limit.")
+    memory_limit: str = Field(default="512Mi", description="Memory limit.")
+
+    @field_validator("cpu_request", "cpu_limit")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        if not _CPU.match(value):
+            raise ValueError("must be a CPU quantity such as 250m or 1.5")
+        return value
+
+    @field_validator("memory_request", "memory_limit")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if not _MEMORY.match(value):
+            raise ValueError("must be a memory quantity such as 256Mi or 1Gi")
+        return value
+
+
+class Image(_Strict):
+    repository: str = Field(default="ghcr.io/knowctl/knowctl", description="Gateway image repository.")
+    tag: str = Field(
+        default=__version__, description="Gateway image tag; 'latest' is refused (not reproducible)."
+    )
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(default="IfNotPresent")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        if not value or value == "latest":
+            raise ValueError("must be a pinned tag, not empty or 'latest'")
+        return value
+
+
+class Autoscaling(_Strict):
+    enabled: bool = Field(default=True, description="Render a HorizontalPodAutoscaler (autoscaling/v2).")
+    min_replicas: int = Field(default=3, ge=1)
+    max_replicas: int = Field(default=10, ge=1)
+    cpu_percent: int = Field(default=70, ge=1, le=100, description="Target average CPU utilisation.")
+    memory_percent: int = Field(default=80, ge=1, le=100, description="Target average memory utilisation.")
+
+
+class Gateway(_Strict):
+    replicas: int = Field(default=3, ge=1, description="Gateway pods (Kubernetes) or containers (Compose).")
+    port: int = Field(default=8080, ge=1, le=65535, description="Container port of the daemon.")
+    resources: Resources = Field(default_factory=Resources)
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    min_available: int = Field(default=2, ge=0, description="PodDisruptionBudget minAvailable.")
+    pre_stop_seconds: int = Field(
+        default=10, ge=0, description="preStop sleep, so endpoints drop the pod before SIGTERM arrives."
+    )
+    queue_timeout_seconds: int = Field(
+        default=30, ge=0, description="Longest a queued request may wait; part of the grace period."
+    )
+    extra_grace_seconds: int = Field(default=5, ge=0, description="Slack added to the computed grace period.")
+    service_account_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="ServiceAccount annotations, e.g. iam.gke.io/gcp-service-account for Workload Identity.",
+    )
+
+
+class Redis(_Strict):
+    enabled: bool = Field(
+        default=True, description="Run Redis with the gateway (else set settings.store_url)."
+    )
+    image: str = Field(default="redis:7.4.2-alpine", description="Redis image with a pinned tag.")
+    storage: str = Field(default="5Gi", description="PersistentVolumeClaim size.")
+    storage_class: str | None = Field(
+        default=None, description="StorageClass; unset uses the cluster default."
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpu_request="100m", memory_request="256Mi", cpu_limit="1", memory_limit="1Gi"
+        )
+    )
+    maxmemory: str = Field(default="768mb", description="Redis maxmemory (keep below the memory limit).")
+    appendonly: bool = Field(default=True, description="AOF persistence (see docs/redis.md).")
+    maxmemory_policy: Literal["noeviction", "volatile-lru", "volatile-ttl", "allkeys-lru"] = Field(
+        default="noeviction",
+        description="What Redis does when full; noeviction never drops quota windows (see docs/redis.md).",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        if not _MEMORY.match(value):
+            raise ValueError("must be a size such as 5Gi")
+        return value
+
+
+class Ingress(_Strict):
+    enabled: bool = Field(default=True)
+    host: str = Field(default="knowctl.example.com", description="Public host name.")
+    class_name: str = Field(default="nginx", description="IngressClass (annotations target ingress-nginx).")
+    tls_secret: str = Field(default="knowctl-tls", description="TLS Secret (e.g. made by cert-manager).")
+    rate_limit_rps: int = Field(default=50, ge=1, description="Per-client requests/second at the edge.")
+    cors_allow_origin: str = Field(default="*", description="CORS allowed origin(s), comma separated.")
+    max_body_size: str = Field(default="10m", description="Largest request body at the edge (nginx size).")
+
+
+class NetworkPolicy(_Strict):
+    enabled: bool = Field(default=True)
+    ingress_namespace: str = Field(
+        default="ingress-nginx",
+        description="Namespace of the ingress controller allowed to reach the gateway.",
+    )
+    egress_cidrs: list[str] = Field(
+        default=["0.0.0.0/0"],
+        description="Where the gateway may open HTTPS (Google APIs have no fixed range).",
+    )
+    egress_except: list[str] = Field(
+        default=["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"],
+        description="Ranges excluded from HTTPS egress (cluster and metadata addresses).",
+    )
+    metrics_namespace: str | None = Field(
+        default=None, description="Namespace whose Prometheus may scrape the gateway; unset: none may."
+    )
+
+
+class Secret(_Strict):
+    create: bool = Field(
+        default=True,
+        description="Render a placeholder Secret; false when sealed-secrets/External Secrets own it.",
+    )
+    name: str = Field(default="knowctl-secrets", description="Secret holding the gateway's secret settings.")
+    fields: list[str] = Field(
+        default_factory=lambda: sorted(SECRET_FIELDS),
+        description="Secret settings mounted as files (KNOWCTL_<NAME>_FILE); each must be in the Secret.",
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - SECRET_FIELDS)
+        if unknown:
+            raise ValueError(f"not secret settings: {', '.join(unknown)}")
+        return value
+
+
+class Nginx(_Strict):
+    image: str = Field(default="nginx:1.27.3-alpine")
+    http_port: int = Field(default=80, ge=1, le=65535, description="Host port published for HTTP.")
+    https_port: int = Field(default=443, ge=1, le=65535, description="Host port published for HTTPS.")
+    tls: bool = Field(default=False, description="Terminate TLS (certificate files under ./tls/).")
+    server_name: str = Field(default="_", description="nginx server_name.")
+    upstream_servers: list[str] = Field(
+        default=["gateway:8080"],
+        description="Gateway addresses; the Compose DNS name resolves every replica.",
+    )
+    cors_allow_origin: str = Field(default="*")
+    max_body_size: str = Field(default="10m")
+    listen_host: str = Field(default="", description="Host address the published ports bind (empty: all).")
+    dynamic_dns: bool = Field(
+        default=True,
+        description="Re-resolve upstream names through Docker's DNS (needs nginx 1.27.3+); "
+        "false for fixed addresses.",
+    )
+
+
+class Monitoring(_Strict):
+    prometheus_image: str = Field(default="prom/prometheus:v2.55.1")
+    grafana_image: str = Field(default="grafana/grafana:11.4.0")
+    scrape_interval: str = Field(default="15s")
+    error_rate_threshold: float = Field(default=0.01, gt=0, lt=1, description="Alert above this 5xx share.")
+    quota_usage_threshold: float = Field(default=0.8, gt=0, le=1, description="Alert above this quota share.")
+    cache_hit_threshold: float = Field(default=0.8, gt=0, le=1, description="Alert below this hit rate.")
+    gateway_targets: list[str] = Field(
+        default=[], description="Static scrape targets; empty discovers every replica through DNS."
+    )
+
+    @field_validator("scrape_interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError("must be a Prometheus duration such as 15s")
+        return value
+
+
+class Compose(_Strict):
+    project: str = Field(default="knowctl", description="Compose project name (container labels use it).")
+    nginx: Nginx = Field(default_factory=Nginx)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+
+
+class Values(_Strict):
+    """Everything ``knowctl deploy render`` reads. See docs/deploy-*.md."""
+
+    name: str = Field(
+        default="knowctl", pattern=r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$", description="Object name."
+    )
+    namespace: str = Field(default="knowctl", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    image: Image = Field(default_factory=Image)
+    gateway: Gateway = Field(default_factory=Gateway)
+    redis: Redis = Field(default_factory=Redis)
+    ingress: Ingress = Field(default_factory=Ingress)
+    network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
+    secret: Secret = Field(default_factory=Secret)
+    compose: Compose = Field(default_factory=Compose)
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Gateway settings (names as in knowctl.settings.Settings); secrets are refused.",
+    )
+
+    @field_validator("settings")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        leaked = sorted(set(value) & SECRET_FIELDS)
+        if leaked:
+            raise ValueError(f"{', '.join(leaked)} is a secret: put it in the Secret, never in values")
+        unknown = sorted(set(value) - set(Settings.model_fields))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
+        return value
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "values"
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValuesError(f"--set {dotted}: {part} is not a mapping")
+        node = child
+    node[leaf] = value
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``a.b=c`` strings into a nested mapping; values are YAML scalars (5 is an int)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise ValuesError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ValuesError(f"--set {key}: value is not valid YAML: {exc}") from exc
+        _set_path(out, key, value)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_values(values_file: Path | None = None, sets: list[str] | None = None) -> Values:
+    """Defaults, then the YAML file, then ``--set`` items; validated as one."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if values_file is not None:
+        try:
+            loaded = yaml.safe_load(values_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValuesError(f"cannot read values file {values_file}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ValuesError(f"values file {values_file} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValuesError(f"values file {values_file} must hold a mapping")
+        data = loaded or {}
+    data = _merge(data, parse_set(sets or []))
+    try:
+        values = Values.model_validate(data)
+    except ValidationError as exc:
+        raise ValuesError("; ".join(f"{_loc(err['loc'])}: {err['msg']}" for err in exc.errors())) from exc
+    # The gateway's own settings are validated by Settings itself (types and validators).
+    gateway_settings(values)
+    return values
+
+
+class _IsolatedSettings(Settings):
+    """Settings built only from given values: the renderer's own env and files must not leak in."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def grace_period(values: Values, settings: Settings) -> int:
+    """terminationGracePeriodSeconds: preStop + queue wait + one upstream call, plus slack."""
+    g = values.gateway
+    return int(
+        g.pre_stop_seconds + g.queue_timeout_seconds + settings.upstream_timeout + g.extra_grace_seconds
+    )
+
+
+def redis_host(values: Values, target: Literal["k8s", "compose"]) -> str:
+    """The Redis Service (Kubernetes) or Compose service name the gateway connects to."""
+    return f"{values.name}-redis" if target == "k8s" else "redis"
+
+
+def gateway_settings(values: Values, target: Literal["k8s", "compose"] = "k8s") -> Settings:
+    """The daemon's Settings in the container: defaults, what a deployment needs, then values."""
+    base: dict[str, Any] = {"host": "0.0.0.0", "port": values.gateway.port, "log_format": "json"}
+    if values.redis.enabled:
+        base["store_url"] = f"redis://{redis_host(values, target)}:6379/0"
+    try:
+        return _IsolatedSettings(**{**base, **values.settings})
+    except ValidationError as exc:
+        raise ValuesError(
+            "; ".join(f"settings.{_loc(err['loc'])}: {err['msg']}" for err in exc.errors())
+        ) from exc
+
+
+def config_document(settings: Settings) -> dict[str, Any]:
+    """Every non-secret setting, as the YAML config file the daemon reads (KNOWCTL_CONFIG)."""
+    dumped = settings.model_dump(mode="json")
+    return {name: dumped[name] for name in Settings.model_fields if name not in SECRET_FIELDS}
