@@ -319,7 +319,7 @@ def load_values(values_file: Path | None = None, sets: list[str] | None = None) 
     return values
 
 
-class _IsolatedSettings(Settings):
+class IsolatedSettings(Settings):
     """Settings built only from given values: the renderer's own env and files must not leak in."""
 
     @classmethod
@@ -353,7 +353,7 @@ def gateway_settings(values: Values, target: Literal["k8s", "compose"] = "k8s") 
     if values.redis.enabled:
         base["store_url"] = f"redis://{redis_host(values, target)}:6379/0"
     try:
-        return _IsolatedSettings(**{**base, **values.settings})
+        return IsolatedSettings(**{**base, **values.settings})
     except ValidationError as exc:
         raise ValuesError(
             "; ".join(f"settings.{_loc(err['loc'])}: {err['msg']}" for err in exc.errors())
