@@ -60,7 +60,7 @@ def knowctl(*args: str, ready: str) -> Iterator[None]:
 def wrk(url: str, concurrency: int, duration: float) -> dict[str, float]:
     threads = 1 if concurrency < 8 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{duration}s", "--timeout", "10s",
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
          "-s", str(HERE / "post.lua"), url],
         capture_output=True, text=True, check=True,
     ).stdout

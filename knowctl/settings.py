@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from knowctl.policy.limits import parse_limits
+from knowctl.policy.priority import parse_shares
+from knowctl.policy.windows import zone
 
 ENV_PREFIX = "KNOWCTL_"
 
@@ -85,6 +89,32 @@ def _env_config_path() -> Path | None:
     return Path(raw) if raw else None
 
 
+class TierConfig(BaseModel):
+    """A named set of per-user limits and a priority cap, given to keys of that tier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limits: str = Field(description="Limits of each user of the tier, e.g. 100/minute,1000/day.")
+    max_priority: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] | None = None
+
+    @field_validator("limits")
+    @classmethod
+    def _check_limits(cls, value: str) -> str:
+        parse_limits(value)
+        return value
+
+
+class ModelQuota(BaseModel):
+    """One model's provider limits; unset fields take the KNOWCTL_QUOTA_* defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1)
+    rpd: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    tpd: int | None = Field(None, ge=1)
+
+
 class Settings(BaseSettings):
     """Every option of the daemon and the admin CLI. Field docs become the reference."""
 
@@ -137,8 +167,131 @@ class Settings(BaseSettings):
         description="Shared state: memory:// (one process), redis://, rediss:// "
         "(redis+sentinel:// and redis+cluster:// planned).",
     )
-    store_timeout: float = Field(
-        0.25, gt=0, description="Seconds any single store (Redis) call may take."
+    store_timeout: float = Field(0.25, gt=0, description="Seconds any single store (Redis) call may take.")
+
+    # --- callers -------------------------------------------------------------------
+    auth_mode: Literal["keys", "passthrough", "anonymous"] | None = Field(
+        None,
+        description="Who callers are: keys (gateway-issued keys), passthrough (their own Google "
+        "credentials), anonymous (client IP). Unset: keys when the gateway holds Google "
+        "credentials, passthrough when it holds none, anonymous with --simulate.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or CIDRs whose X-Forwarded-For is believed "
+        "(e.g. 10.0.0.0/8). Empty: the direct peer is the client.",
+    )
+    user_limits: str = Field(
+        "10/minute,100/hour,500/day",
+        description="Per-user sliding-window limits (COUNT/PERIOD, comma-separated); none turns them off.",
+    )
+    ip_limits: str = Field("none", description="Per-client-IP limits, same syntax as user_limits.")
+    tiers: dict[str, TierConfig] = Field(
+        default_factory=dict,
+        description="Named tiers (config file): {name: {limits: '100/minute', max_priority: HIGH}}.",
+    )
+    metrics_require_token: bool = Field(
+        False, description="Put /api/metrics behind the admin token too (open by default for Prometheus)."
+    )
+
+    # --- provider quota -------------------------------------------------------------
+    quota_rpm: int | None = Field(None, ge=1, description="Requests per minute per model. Unset: unlimited.")
+    quota_rpd: int | None = Field(None, ge=1, description="Requests per day per model. Unset: unlimited.")
+    quota_tpm: int | None = Field(None, ge=1, description="Tokens per minute per model. Unset: unlimited.")
+    quota_tpd: int | None = Field(None, ge=1, description="Tokens per day per model. Unset: unlimited.")
+    quota_models: dict[str, ModelQuota] = Field(
+        default_factory=dict,
+        description="Per-model limits (config file): {model: {rpm, rpd, tpm, tpd}}; "
+        "unset keys use the defaults.",
+    )
+    quota_minute_s: float = Field(60.0, gt=0, description="Length of the 'minute' windows, in seconds.")
+    quota_day_s: float = Field(86400.0, gt=0, description="Length of the rolling 'day' windows, in seconds.")
+    quota_day_tz: str | None = Field(
+        None,
+        description="Make the day windows calendar days that reset at midnight in this zone "
+        "(the Gemini API: America/Los_Angeles). Unset: rolling windows.",
+    )
+    quota_tokens: Literal["input", "total"] = Field(
+        "input", description="What TPM/TPD count: input (prompt) tokens, as Google does, or total tokens."
+    )
+    token_estimator: Literal["bytes", "count_tokens"] = Field(
+        "bytes",
+        description="How tokens are reserved before a call: UTF-8 bytes / token_bytes_per_token, "
+        "or an exact countTokens call upstream.",
+    )
+    token_bytes_per_token: float = Field(4.0, gt=0, description="Divisor of the bytes estimator.")
+    default_max_output_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Output tokens reserved in total-token mode when a request sets no maxOutputTokens.",
+    )
+    priority_shares: str = Field(
+        "LOW=0.6,MEDIUM=1.0,HIGH=1.0,CRITICAL=1.0",
+        description="Share of each window a priority may fill (headroom for higher priorities).",
+    )
+    default_priority: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = Field(
+        "MEDIUM", description="Priority of requests without an X-Knowctl-Priority header."
+    )
+    queue_size: int = Field(100, ge=0, description="Requests that may wait for quota, per daemon.")
+    queue_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait for quota before a 429.")
+    upstream_backoff_s: float = Field(
+        1.0, gt=0, description="First back-off after an upstream 429 without RetryInfo; doubles per repeat."
+    )
+    upstream_backoff_max_s: float = Field(60.0, gt=0, description="Longest back-off after upstream 429s.")
+
+    # --- cache ------------------------------------------------------------------------
+    cache_enabled: bool = Field(True, description="Cache complete successful answers.")
+    cache_l1_ttl: float = Field(600.0, gt=0, description="Seconds an answer stays in the in-process cache.")
+    cache_l1_max_entries: int = Field(10_000, ge=0, description="Entries kept in the in-process cache.")
+    cache_l1_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Bytes kept in the in-process cache.")
+    cache_l2_ttl: float = Field(3600.0, gt=0, description="Seconds an answer stays in the shared store.")
+    cache_stale_ttl: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds a stale copy is kept past the TTL, for fallback when quota runs out.",
+    )
+    cache_scope: Literal["shared", "user", "tier"] = Field(
+        "shared", description="With gateway keys: share cached answers among all callers, or per user / tier."
+    )
+    coalesce_timeout: float = Field(
+        30.0, gt=0, description="Seconds identical concurrent requests wait for the first one's answer."
+    )
+
+    # --- topics -----------------------------------------------------------------------
+    topics_model: str = Field("gemini-2.5-flash", description="Model that generates topic content.")
+    topics_prompt_template: str = Field(
+        "Write a clear, accurate introduction to {{ topic }} for a curious reader, in about 200 words.",
+        description="Jinja template of the topic prompt; {{ topic }} is the topic name.",
+    )
+    topics_public: bool = Field(True, description="Serve topics with public browser/CDN cache headers.")
+    topics_browser_max_age: int = Field(300, ge=0, description="Cache-Control max-age of topic answers.")
+    topics_cdn_max_age: int = Field(1800, ge=0, description="CDN-Cache-Control max-age of topic answers.")
+    topics_popular_threshold: int = Field(
+        10, ge=1, description="Requests within the popularity window that make a topic popular."
+    )
+    topics_popular_window_s: float = Field(3600.0, gt=0, description="Window of the topic request counts.")
+    topics_refresh_fraction: float = Field(
+        0.8, gt=0, lt=1, description="Refresh a popular topic once this fraction of its TTL has passed."
+    )
+    topics_refresh_interval: float = Field(
+        300.0, gt=0, description="Seconds between popular-topic refresh checks."
+    )
+    vertex_project: str | None = Field(
+        None, description="Vertex project for topic generation (else Gemini API)."
+    )
+    vertex_location: str = Field("global", description="Vertex location for topic generation.")
+    cdn_purge_url: str | None = Field(
+        None,
+        description="Cloudflare-style purge API base (https://api.cloudflare.com/client/v4); "
+        "unset: no CDN purge.",
+    )
+    cdn_zone_id: str | None = Field(None, description="CDN zone whose cache is purged.")
+    cdn_api_token: SecretStr | None = Field(
+        None, description="CDN API token (or KNOWCTL_CDN_API_TOKEN_FILE)."
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="Public URL of the gateway, used to name purged topic URLs (https://gw.example.com).",
     )
 
     # --- admin -------------------------------------------------------------------
@@ -147,9 +300,7 @@ class Settings(BaseSettings):
         description="Bearer token for the admin API (or KNOWCTL_ADMIN_TOKEN_FILE). Unset: admin "
         "endpoints answer only on loopback.",
     )
-    url: str = Field(
-        "http://127.0.0.1:8080", description="Where the admin CLI finds the daemon."
-    )
+    url: str = Field("http://127.0.0.1:8080", description="Where the admin CLI finds the daemon.")
 
     @field_validator("upstream_url")
     @classmethod
@@ -168,6 +319,45 @@ class Settings(BaseSettings):
         if scheme not in ("memory", "redis", "rediss"):
             raise ValueError("must be memory://, redis://host:port/db or rediss://...")
         return value
+
+    @field_validator("user_limits", "ip_limits")
+    @classmethod
+    def _check_limit_spec(cls, value: str) -> str:
+        parse_limits(value)
+        return value
+
+    @field_validator("priority_shares")
+    @classmethod
+    def _check_shares(cls, value: str) -> str:
+        parse_shares(value)
+        return value
+
+    @field_validator("quota_day_tz")
+    @classmethod
+    def _check_tz(cls, value: str | None) -> str | None:
+        if value:
+            zone(value)
+        return value or None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+        return value
+
+    def resolved_auth_mode(self, holds_credentials: bool) -> str:
+        """The auth mode in force: explicit, or the safe default for these credentials."""
+        if self.auth_mode is not None:
+            return self.auth_mode
+        if self.simulate:
+            return "anonymous"
+        return "keys" if holds_credentials else "passthrough"
 
     @classmethod
     def settings_customise_sources(

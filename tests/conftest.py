@@ -8,6 +8,9 @@ import pytest
 
 from tests.support.redis_server import RedisServer, redis_server
 
+# Gateway and simulator fixtures (owner: knowctl/daemon): real processes on loopback ports.
+pytest_plugins = ["tests.support.fixtures"]
+
 # ---------------------------------------------------------------------------------------
 # State-store fixtures (owner: knowctl/store). A real Redis-protocol server, started once
 # per session on a free loopback port; tests isolate themselves by unique scope/key names.

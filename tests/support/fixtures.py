@@ -51,7 +51,7 @@ def simulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simu
 def simulator(simulator_process: Simulator) -> Simulator:
     """The shared simulator, with counters, quota and faults reset for this test."""
     simulator_process.reset()
-    simulator_process.configure(latency_ms=0, rpm=0, tpm=0)
+    simulator_process.configure(latency_ms=0, rpm=0, tpm=0, window_s=60, chunk_delay_ms=0)
     return simulator_process
 
 

@@ -1,0 +1,1 @@
+"""Thin command modules: parse options, call a client or a core function, render the result."""
