@@ -123,8 +123,10 @@ class WindowLog:
         """Forget entries that no longer count at ``now``; return the usage that remains."""
         entries = self._entries
         if window.calendar_tz is None:
-            cutoff = now - window.length_s
-            while entries and entries[0][0] <= cutoff:
+            # Compare leave times (ts + length), the same float sums that wait_for reports,
+            # so that "now + retry_after" is never refused by a rounding error.
+            length = window.length_s
+            while entries and entries[0][0] + length <= now:
                 self._drop()
         else:
             start, _ = calendar_period(window.calendar_tz, now)
@@ -160,7 +162,7 @@ class WindowLog:
             return calendar_period(window.calendar_tz, now)[1] - now
         if not self._entries:
             return 0.0
-        return self._entries[0][0] + window.length_s - now
+        return _until(self._entries[0][0] + window.length_s, now)
 
     def wait_for(self, window: Window, need: int, now: float) -> float:
         """Seconds until at least ``need`` units have left the window (call after trim)."""
@@ -170,9 +172,17 @@ class WindowLog:
         for ts, rid in self._entries:
             freed += self._amounts[rid]
             if freed >= need:
-                return ts + window.length_s - now
+                return _until(ts + window.length_s, now)
         # Only reachable if need > total, which acquire never asks for.
         return window.length_s
+
+
+def _until(moment: float, now: float) -> float:
+    """``moment - now``, rounded up so that ``now + result >= moment`` holds in floats too."""
+    wait = moment - now
+    while now + wait < moment:
+        wait = math.nextafter(wait, math.inf)
+    return wait
 
 
 @dataclass(frozen=True, slots=True)
