@@ -61,7 +61,7 @@ def _answers(host: str | None) -> bool:
 @contextlib.contextmanager
 def docker_engine() -> Iterator[str]:
     """Yields a DOCKER_HOST value for a working engine."""
-    if not _sdk_installed():
+    if not sdk_installed():
         unavailable("the Docker SDK (pip package docker) is not installed")
     existing = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     if _answers(existing):
@@ -113,7 +113,7 @@ def docker_engine() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _sdk_installed() -> bool:
+def sdk_installed() -> bool:
     try:
         import docker  # noqa: F401
     except ImportError:
