@@ -386,3 +386,18 @@ def test_templates_ship_in_a_built_wheel_and_render_from_it(tmp_path: Path) -> N
     )
     assert k8s.returncode == 0, k8s.stderr
     assert len([d for d in yaml.safe_load_all(k8s.stdout) if d]) == len(k8s_objects())
+
+
+def test_every_value_is_documented() -> None:
+    from pydantic import BaseModel
+
+    from knowctl.deploy import values as module
+
+    undocumented = [
+        f"{cls.__name__}.{name}"
+        for cls in vars(module).values()
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and cls.__module__ == module.__name__
+        for name, info in cls.model_fields.items()
+        if not info.description and cls is not module.IsolatedSettings
+    ]
+    assert undocumented == []

@@ -61,7 +61,9 @@ class Image(_Strict):
     tag: str = Field(
         default=__version__, description="Gateway image tag; 'latest' is refused (not reproducible)."
     )
-    pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(default="IfNotPresent")
+    pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field(
+        default="IfNotPresent", description="Kubernetes imagePullPolicy."
+    )
 
     @field_validator("tag")
     @classmethod
@@ -73,8 +75,8 @@ class Image(_Strict):
 
 class Autoscaling(_Strict):
     enabled: bool = Field(default=True, description="Render a HorizontalPodAutoscaler (autoscaling/v2).")
-    min_replicas: int = Field(default=3, ge=1)
-    max_replicas: int = Field(default=10, ge=1)
+    min_replicas: int = Field(default=3, ge=1, description="Fewest gateway pods the autoscaler keeps.")
+    max_replicas: int = Field(default=10, ge=1, description="Most gateway pods the autoscaler runs.")
     cpu_percent: int = Field(default=70, ge=1, le=100, description="Target average CPU utilisation.")
     memory_percent: int = Field(default=80, ge=1, le=100, description="Target average memory utilisation.")
 
@@ -82,8 +84,10 @@ class Autoscaling(_Strict):
 class Gateway(_Strict):
     replicas: int = Field(default=3, ge=1, description="Gateway pods (Kubernetes) or containers (Compose).")
     port: int = Field(default=8080, ge=1, le=65535, description="Container port of the daemon.")
-    resources: Resources = Field(default_factory=Resources)
-    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    resources: Resources = Field(default_factory=Resources, description="Gateway requests and limits.")
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="HorizontalPodAutoscaler (Kubernetes only)."
+    )
     min_available: int = Field(default=2, ge=0, description="PodDisruptionBudget minAvailable.")
     pre_stop_seconds: int = Field(
         default=10, ge=0, description="preStop sleep, so endpoints drop the pod before SIGTERM arrives."
@@ -110,7 +114,8 @@ class Redis(_Strict):
     resources: Resources = Field(
         default_factory=lambda: Resources(
             cpu_request="100m", memory_request="256Mi", cpu_limit="1", memory_limit="1Gi"
-        )
+        ),
+        description="Redis requests and limits.",
     )
     maxmemory: str = Field(default="768mb", description="Redis maxmemory (keep below the memory limit).")
     appendonly: bool = Field(default=True, description="AOF persistence (see docs/redis.md).")
@@ -128,7 +133,7 @@ class Redis(_Strict):
 
 
 class Ingress(_Strict):
-    enabled: bool = Field(default=True)
+    enabled: bool = Field(default=True, description="Render the Ingress.")
     host: str = Field(default="knowctl.example.com", description="Public host name.")
     class_name: str = Field(default="nginx", description="IngressClass (annotations target ingress-nginx).")
     tls_secret: str = Field(default="knowctl-tls", description="TLS Secret (e.g. made by cert-manager).")
@@ -138,7 +143,7 @@ class Ingress(_Strict):
 
 
 class NetworkPolicy(_Strict):
-    enabled: bool = Field(default=True)
+    enabled: bool = Field(default=True, description="Render the NetworkPolicies.")
     ingress_namespace: str = Field(
         default="ingress-nginx",
         description="Namespace of the ingress controller allowed to reach the gateway.",
@@ -177,7 +182,7 @@ class Secret(_Strict):
 
 
 class Nginx(_Strict):
-    image: str = Field(default="nginx:1.27.3-alpine")
+    image: str = Field(default="nginx:1.27.3-alpine", description="nginx image with a pinned tag.")
     http_port: int = Field(default=80, ge=1, le=65535, description="Host port published for HTTP.")
     https_port: int = Field(default=443, ge=1, le=65535, description="Host port published for HTTPS.")
     tls: bool = Field(default=False, description="Terminate TLS (certificate files under ./tls/).")
@@ -186,8 +191,8 @@ class Nginx(_Strict):
         default=["gateway:8080"],
         description="Gateway addresses; the Compose DNS name resolves every replica.",
     )
-    cors_allow_origin: str = Field(default="*")
-    max_body_size: str = Field(default="10m")
+    cors_allow_origin: str = Field(default="*", description="Access-Control-Allow-Origin value.")
+    max_body_size: str = Field(default="10m", description="client_max_body_size (nginx size).")
     listen_host: str = Field(default="", description="Host address the published ports bind (empty: all).")
     dynamic_dns: bool = Field(
         default=True,
@@ -197,9 +202,9 @@ class Nginx(_Strict):
 
 
 class Monitoring(_Strict):
-    prometheus_image: str = Field(default="prom/prometheus:v2.55.1")
-    grafana_image: str = Field(default="grafana/grafana:11.4.0")
-    scrape_interval: str = Field(default="15s")
+    prometheus_image: str = Field(default="prom/prometheus:v2.55.1", description="Prometheus image.")
+    grafana_image: str = Field(default="grafana/grafana:11.4.0", description="Grafana image.")
+    scrape_interval: str = Field(default="15s", description="Prometheus scrape and rule interval.")
     error_rate_threshold: float = Field(default=0.01, gt=0, lt=1, description="Alert above this 5xx share.")
     quota_usage_threshold: float = Field(default=0.8, gt=0, le=1, description="Alert above this quota share.")
     cache_hit_threshold: float = Field(default=0.8, gt=0, le=1, description="Alert below this hit rate.")
@@ -217,8 +222,8 @@ class Monitoring(_Strict):
 
 class Compose(_Strict):
     project: str = Field(default="knowctl", description="Compose project name (container labels use it).")
-    nginx: Nginx = Field(default_factory=Nginx)
-    monitoring: Monitoring = Field(default_factory=Monitoring)
+    nginx: Nginx = Field(default_factory=Nginx, description="The load balancer.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Prometheus and Grafana.")
 
 
 class Values(_Strict):
@@ -227,14 +232,18 @@ class Values(_Strict):
     name: str = Field(
         default="knowctl", pattern=r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$", description="Object name."
     )
-    namespace: str = Field(default="knowctl", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    image: Image = Field(default_factory=Image)
-    gateway: Gateway = Field(default_factory=Gateway)
-    redis: Redis = Field(default_factory=Redis)
-    ingress: Ingress = Field(default_factory=Ingress)
-    network_policy: NetworkPolicy = Field(default_factory=NetworkPolicy)
-    secret: Secret = Field(default_factory=Secret)
-    compose: Compose = Field(default_factory=Compose)
+    namespace: str = Field(
+        default="knowctl", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="Kubernetes namespace."
+    )
+    image: Image = Field(default_factory=Image, description="The gateway image.")
+    gateway: Gateway = Field(default_factory=Gateway, description="The gateway workload.")
+    redis: Redis = Field(default_factory=Redis, description="The bundled Redis.")
+    ingress: Ingress = Field(default_factory=Ingress, description="Kubernetes Ingress.")
+    network_policy: NetworkPolicy = Field(
+        default_factory=NetworkPolicy, description="Kubernetes NetworkPolicies."
+    )
+    secret: Secret = Field(default_factory=Secret, description="The gateway's secret settings.")
+    compose: Compose = Field(default_factory=Compose, description="Compose-only services.")
     settings: dict[str, Any] = Field(
         default_factory=dict,
         description="Gateway settings (names as in knowctl.settings.Settings); secrets are refused.",
