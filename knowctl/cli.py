@@ -11,6 +11,7 @@ import typer
 
 from knowctl import __version__
 from knowctl.commands import config as config_cmd
+from knowctl.commands import deploy as deploy_cmd
 from knowctl.commands import serve as serve_cmd
 from knowctl.commands import simulate as simulate_cmd
 
@@ -41,6 +42,7 @@ def _root(
 app.command("serve")(serve_cmd.serve)
 app.command("simulate")(simulate_cmd.simulate)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(deploy_cmd.app, name="deploy")
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ class UpstreamCredentials:
         return headers
 
     async def _fresh_token(self) -> tuple[str, str | None]:
-        creds = self._oauth
+        creds: Any = self._oauth
         if not _needs_refresh(creds):
             return creds.token, getattr(creds, "quota_project_id", None)
         async with self._lock:  # one refresh at a time; the others reuse its result
@@ -106,7 +106,7 @@ def _load_oauth(spec: str) -> Any:
             return creds
         from google.oauth2 import service_account
 
-        return service_account.Credentials.from_service_account_file(spec, scopes=_SCOPES)
+        return service_account.Credentials.from_service_account_file(spec, scopes=_SCOPES)  # type: ignore[no-untyped-call]
     except Exception as exc:
         # The message names the setting, never the secret's content.
         raise CredentialsError(

@@ -7,7 +7,7 @@ scrapes a running daemon and checks that every name they use is really exported.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -45,3 +45,46 @@ STORE_UP = Gauge(
     registry=REGISTRY,
 )
 STORE_UP.set(1)
+
+# --- provider quota ------------------------------------------------------------------------
+QUOTA_USED = Gauge(
+    "knowctl_quota_used",
+    "Units used in the provider quota window (requests or tokens), by model and window.",
+    ["model", "window"],
+    registry=REGISTRY,
+)
+QUOTA_LIMIT = Gauge(
+    "knowctl_quota_limit",
+    "Configured provider quota limit, by model and window.",
+    ["model", "window"],
+    registry=REGISTRY,
+)
+QUOTA_DECISIONS = Counter(
+    "knowctl_quota_decisions",
+    "Quota decisions by model: admitted, queued, refused, fallback (stale answer served).",
+    ["model", "decision"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "knowctl_queue_depth",
+    "Requests waiting for provider quota in this daemon, by priority.",
+    ["priority"],
+    registry=REGISTRY,
+)
+TOKEN_ESTIMATE_ERROR = Histogram(
+    "knowctl_token_estimate_error_tokens",
+    "Actual minus reserved tokens per call: how far the pre-call estimate was off.",
+    buckets=(-4096, -1024, -256, -64, -16, -4, 0, 4, 16, 64, 256, 1024, 4096),
+    registry=REGISTRY,
+)
+
+# --- cache ------------------------------------------------------------------------------------
+# Each cacheable lookup counts once at l1; only l1 misses are counted at l2.
+CACHE_REQUESTS = Counter(
+    "knowctl_cache_requests",
+    "Cache lookups by layer (l1, l2) and result (hit, miss).",
+    ["layer", "result"],
+    registry=REGISTRY,
+)
+
+ProcessCollector(registry=REGISTRY)

@@ -84,7 +84,7 @@ def _serve_workers(settings: Settings, sock: socket.socket) -> None:
     )
     from uvicorn.supervisors import Multiprocess
 
-    Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def app_from_environment() -> Gateway:

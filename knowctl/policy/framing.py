@@ -1,0 +1,87 @@
+"""Google's answer framings, taken apart and put back together.
+
+- plain JSON: one GenerateContentResponse;
+- ``?alt=sse``: ``data: <chunk>`` frames, each ended by a blank line (``\\r\\n\\r\\n``);
+- JSON array stream: ``[`` chunk ``\\n,\\r\\n`` chunk ... ``\\n]``.
+
+Answers are kept as a tuple of chunk JSON texts, so one stored answer replays in whichever
+framing the next caller asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+# finishReason values of an answer that ended as the model meant it to.
+COMPLETE_REASONS = frozenset({"STOP", "MAX_TOKENS"})
+
+
+def split_sse(data: bytes) -> tuple[tuple[bytes, ...], bool]:
+    """The chunks of an SSE body, and whether its last frame was terminated."""
+    text = data.replace(b"\r\n", b"\n")
+    terminated = text.endswith(b"\n\n")
+    chunks = []
+    for frame in text.split(b"\n\n"):
+        payload = b"\n".join(line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:"))
+        if payload:
+            chunks.append(payload)
+    return tuple(chunks), terminated
+
+
+def split_json_array(data: bytes) -> tuple[bytes, ...] | None:
+    """The chunks of a JSON-array stream, or None if the array is cut off or malformed."""
+    try:
+        items = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(items, list):
+        return None
+    return tuple(orjson.dumps(item) for item in items)
+
+
+def render_sse(chunks: Sequence[bytes]) -> bytes:
+    return b"".join(b"data: " + chunk + b"\r\n\r\n" for chunk in chunks)
+
+
+def render_json_array(chunks: Sequence[bytes]) -> bytes:
+    return b"[" + b"\n,\r\n".join(chunks) + b"\n]"
+
+
+def _load(chunk: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(chunk)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def last_usage(chunks: Sequence[bytes]) -> dict[str, Any] | None:
+    """``usageMetadata`` of the last chunk that has one (Google sends the final counts last)."""
+    for chunk in reversed(chunks):
+        parsed = _load(chunk)
+        if parsed is not None and isinstance(parsed.get("usageMetadata"), dict):
+            return dict(parsed["usageMetadata"])
+    return None
+
+
+def is_complete_success(chunks: Sequence[bytes]) -> bool:
+    """True only for an answer worth storing: every chunk parses, none is an error, the
+    prompt was not blocked, and the last chunk ends a candidate with a normal finishReason."""
+    if not chunks:
+        return False
+    parsed = [_load(chunk) for chunk in chunks]
+    if any(p is None or "error" in p for p in parsed):
+        return False
+    last = parsed[-1]
+    assert last is not None
+    feedback = last.get("promptFeedback")
+    if isinstance(feedback, dict) and feedback.get("blockReason"):
+        return False
+    candidates = last.get("candidates")
+    if not isinstance(candidates, list) or not candidates:
+        return False
+    first = candidates[0]
+    return isinstance(first, dict) and first.get("finishReason") in COMPLETE_REASONS
