@@ -142,6 +142,16 @@ def test_sliding_window_admits_exactly_what_fits(
         assert sum(n for _, n in span) <= quota.max_tokens_in_window
 
 
+@given(st.floats(1e3, 1e9), st.floats(0, 1), st.floats(0.001, 100))
+def test_retry_delay_is_enough_at_any_clock_magnitude(base: float, offset: float, window: float) -> None:
+    quota = SlidingWindowQuota(1, 0, window)
+    assert quota.admit(base, 1) is None
+    now = base + offset * window
+    refusal = quota.admit(now, 1)
+    if refusal is not None:
+        assert quota.admit(now + refusal.retry_after, 1) is None
+
+
 def test_oversized_prompt_never_fits() -> None:
     refusal = SlidingWindowQuota(0, 10, 60).admit(0.0, 11)
     assert refusal is not None and refusal.never_fits and refusal.metric == "tokens"
@@ -499,3 +509,62 @@ def test_genai_sdk_sees_429_as_client_error(sim: Simulator, vertexai: bool) -> N
         client.models.generate_content(model=MODEL, contents="Say hi")
     assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
     assert sim.stats()["rejected"] == 1
+
+
+# ---------------------------------------------------------------- mounted in-process, and the CLI
+
+
+async def call_app(
+    app: Any, method: str, path: str, body: bytes = b"", query: bytes = b""
+) -> list[dict[str, Any]]:
+    """Drive the ASGI app the way a server would, with no lifespan events."""
+    sent: list[dict[str, Any]] = []
+    requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return requests.pop() if requests else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": []}
+    await app(scope, receive, send)
+    return sent
+
+
+def test_mounted_in_process_without_lifespan() -> None:
+    import asyncio
+
+    from knowctl.simulator import SimulatorApp, SimulatorConfig
+
+    app = SimulatorApp(SimulatorConfig(rpm=1))
+    body = orjson.dumps(request())
+    sent = asyncio.run(call_app(app, "POST", GEMINI + ":streamGenerateContent", body, b"alt=sse"))
+    assert sent[0]["status"] == 200 and len(sent) == 5
+    assert [m["more_body"] for m in sent[1:]] == [True, True, True, False]
+    assert asyncio.run(call_app(app, "POST", GEMINI + ":generateContent", body))[0]["status"] == 429
+    app.reset()
+    app.configure({"fault": "reset"})
+    # Without a server transport to abort, a dropped connection is an exception for the caller.
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(call_app(app, "POST", GEMINI + ":generateContent", body))
+    assert app.stats_json()["faults"] == 1
+
+
+def test_knowctl_simulate_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.net import free_port, knowctl_process
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with knowctl_process(["simulate", "--port", str(port), "--rpm", "3"], f"{url}/_simulator/stats"):
+        assert httpx.get(f"{url}/_simulator/stats", timeout=10).json()["config"]["rpm"] == 3
+        assert httpx.post(url + GEMINI + ":generateContent", json=request(), timeout=10).status_code == 200
+    # The command module keeps uvicorn out of `knowctl --help`.
+    probe = "import sys, knowctl.commands.simulate; print('uvicorn' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.strip() == "False"

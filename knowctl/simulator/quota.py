@@ -66,7 +66,9 @@ class SlidingWindowQuota:
         """
         delay = t + self.window - now
         while t > (now + delay) - self.window:
-            delay = math.nextafter(delay, math.inf)
+            # One ulp of the largest operand, so each step moves the sums (a step of one ulp
+            # of a small delay could vanish in now + delay, and loop for ages).
+            delay += math.ulp(max(abs(now), abs(t), self.window, delay))
         return delay
 
     def in_window(self, now: float) -> tuple[int, int]:
