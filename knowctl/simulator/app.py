@@ -277,7 +277,7 @@ class SimulatorApp:
             {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS if sse else _ARRAY_HEADERS}
         )
         delay = self.config.chunk_delay_ms / 1000
-        last = len(chunks) - 1
+        last = len(chunks) - 1 if upto < 0 else -1  # a cut stream never sends its end
         for i, chunk in enumerate(chunks):
             if i == upto:
                 return
