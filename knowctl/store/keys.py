@@ -93,3 +93,20 @@ def check(name: str) -> str:
     if not isinstance(name, str) or not name.startswith(PREFIX) or name == PREFIX:
         raise ValueError(f"store keys and channels must be built by knowctl.store.keys: {name!r}")
     return name
+
+
+# --- provider quota (owner: knowctl/daemon/quota.py) ----------------------------------------
+
+
+def quota_hold(model: str) -> str:
+    """Present while the provider's own quota for ``model`` ran dry (an upstream 429).
+
+    The value is the epoch second the hold ends; the key's TTL ends it in the store too.
+    Tagged like the model's windows, so a later script may read it with them.
+    """
+    return f"{PREFIX}{scope_tag(quota_scope(model))}:hold"
+
+
+def quota_channel() -> str:
+    """Where daemons announce quota news: capacity returned, a model held after a 429."""
+    return channel("quota")
