@@ -10,9 +10,11 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from knowctl.daemon import metrics
+from knowctl.daemon.admin import AdminApi
 from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, respond_json
 from knowctl.daemon.credentials import UpstreamCredentials
 from knowctl.daemon.proxy import ModelCallHandler
+from knowctl.daemon.quota import ProviderQuota
 from knowctl.daemon.upstream import UpstreamClient
 from knowctl.policy.paths import parse_path
 from knowctl.settings import Settings
@@ -24,6 +26,7 @@ log = logging.getLogger("knowctl.daemon")
 # port, so the gateway reaches it over real loopback HTTP like any other upstream.
 SIMULATOR_PREFIX = "/_simulator/upstream"
 SIMULATOR_CONTROL = "/_simulator/"
+OPS_ROUTES = frozenset({"/api/health", "/api/ready", "/api/metrics"})
 
 
 class Phase(StrEnum):
@@ -41,11 +44,15 @@ class Gateway:
         self.credentials = UpstreamCredentials.from_settings(settings)
         self.upstream = UpstreamClient(settings, self.credentials)
         self.store: Store = open_store(settings.store_url, timeout=settings.store_timeout)
-        self.model_calls = ModelCallHandler(settings, self.upstream)
+        self.quota = ProviderQuota(settings, self.store, count_tokens=self.upstream.count_tokens)
+        self.model_calls = ModelCallHandler(settings, self.upstream, quota=self.quota)
+        self.admin = AdminApi(settings)
+        self.admin.add_routes(self.quota.admin_routes())
         self._simulator = simulator  # an ASGI app, only with --simulate
 
     async def startup(self) -> None:
         await self.upstream.start()
+        await self.quota.start()
         try:
             await self.store.ping()
         except StoreUnavailable as exc:
@@ -56,6 +63,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.phase = Phase.DRAINING
+        await self.quota.close()
         await self.upstream.close()
         await self.store.close()
 
@@ -89,9 +97,12 @@ class Gateway:
         path: str = scope["path"]
         route, status = "not_found", 404
         try:
-            if path.startswith("/api/"):
-                route = path[5:] or "api"
+            if path in OPS_ROUTES:
+                route = path[5:]
                 status = await self._ops(route, scope, send)
+            elif path.startswith("/api/"):
+                route = "admin"
+                status = await self.admin(scope, receive, send)
             elif self._simulator is not None and path.startswith(SIMULATOR_CONTROL):
                 route = "simulator"
                 status = await self._to_simulator(scope, receive, send)
@@ -110,16 +121,17 @@ class Gateway:
         if scope["method"] not in ("GET", "HEAD"):
             await respond_error(send, 405, f"Method {scope['method']} is not allowed here.")
             return 405
+        refusal = self.admin.authorize(scope)  # /api/metrics may be behind the token
+        if refusal is not None:
+            await respond_error(send, refusal.status, refusal.message)
+            return refusal.status
         if route == "health":
             await respond_json(send, 200, {"status": "ok"})
             return 200
         if route == "ready":
             return await self._ready(send)
-        if route == "metrics":
-            await respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
-            return 200
-        await respond_error(send, 404, f"The requested path {scope['path']} was not found.")
-        return 404
+        await respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
+        return 200
 
     async def _ready(self, send: Send) -> int:
         """200 whenever the daemon can serve; 503 only while starting or draining."""
@@ -147,9 +159,9 @@ class Gateway:
         assert self._simulator is not None
         path: str = scope["path"]
         if path.startswith(SIMULATOR_PREFIX + "/"):
-            inner = path[len(SIMULATOR_PREFIX):]
+            inner = path[len(SIMULATOR_PREFIX) :]
             raw = scope.get("raw_path") or path.encode()
-            scope = {**scope, "path": inner, "raw_path": raw[len(SIMULATOR_PREFIX):]}
+            scope = {**scope, "path": inner, "raw_path": raw[len(SIMULATOR_PREFIX) :]}
         status = 200
 
         async def recording_send(message: dict[str, Any]) -> None:

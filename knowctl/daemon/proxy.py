@@ -1,9 +1,10 @@
-"""The model-call route: check the request, forward it, pass the answer back as it arrives."""
+"""The model-call route: check the request and its caller, then generate or forward."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import orjson
 
@@ -18,8 +19,13 @@ from knowctl.daemon.asgi import (
     respond,
     respond_error,
 )
+from knowctl.daemon.components import Callers, CallRefused, QuotaGate, ResponseCache
+from knowctl.daemon.generate import Generation
+from knowctl.daemon.replies import send_refusal
+from knowctl.daemon.request import CallContext
 from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
-from knowctl.policy.paths import Action, ApiCall, allowed_methods
+from knowctl.policy.paths import ApiCall, allowed_methods
+from knowctl.policy.priority import Priority, effective_priority
 from knowctl.policy.requests import body_problem
 from knowctl.settings import Settings
 
@@ -30,57 +36,100 @@ CLIENT_CLOSED = 499
 
 
 class ModelCallHandler:
-    def __init__(self, settings: Settings, upstream: UpstreamClient) -> None:
+    """Entry of every model call: check it, identify and limit the caller, then either run
+    the generation pipeline or forward the call as it is."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: UpstreamClient,
+        callers: Callers | None = None,
+        cache: ResponseCache | None = None,
+        quota: QuotaGate | None = None,
+    ) -> None:
         self._max_body = settings.max_body_bytes
+        self._default_priority = Priority[settings.default_priority]
         self._upstream = upstream
+        self._callers = callers
+        self._generation = Generation(upstream, cache, quota)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, call: ApiCall) -> int:
         method: str = scope["method"]
         allowed = allowed_methods(call)
         if method not in allowed:
             await respond_error(
-                send, 405, f"Method {method} is not allowed on {scope['path']}; use {', '.join(allowed)}.",
+                send,
+                405,
+                f"Method {method} is not allowed on {scope['path']}; use {', '.join(allowed)}.",
                 extra_headers=[(b"allow", ", ".join(allowed).encode())],
             )
             return 405
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        header = dict(headers)
         body = b""
+        payload = None
         if method == "POST":
-            declared = next((v for k, v in headers if k == "content-length"), None)
             try:
-                body = await read_body(receive, self._max_body, declared)
+                body = await read_body(receive, self._max_body, header.get("content-length"))
             except BodyTooLarge:
-                await respond_error(
-                    send, 413, f"Request body exceeds the limit of {self._max_body} bytes."
-                )
+                await respond_error(send, 413, f"Request body exceeds the limit of {self._max_body} bytes.")
                 return 413
             except ClientDisconnected:
                 return CLIENT_CLOSED
-            problem = self._check_body(call, body)
+            problem, payload = self._check_body(call, body)
             if problem is not None:
                 await respond_error(send, 400, problem)
                 return 400
-        outgoing = OutgoingCall(
-            method=method,
+        client = scope.get("client")
+        ctx = CallContext(
+            scope=scope,
             call=call,
+            method=method,
             raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
             query=scope["query_string"].decode("latin-1"),
             headers=headers,
+            header=header,
+            client_ip=client[0] if client else "",
             body=body,
+            payload=payload,
         )
-        return await self._forward(outgoing, send)
+        try:
+            await self._admit_caller(ctx)
+        except CallRefused as refusal:
+            return await send_refusal(send, ctx, refusal)
+        if call.generates:
+            return await self._generation(ctx, send)
+        return await self._forward(ctx, send)
+
+    async def _admit_caller(self, ctx: CallContext) -> None:
+        """Identity, priority and the caller's own limits (generation calls only count)."""
+        if self._callers is not None:
+            ctx.identity = await self._callers.identify(ctx)
+        cap = ctx.identity.max_priority if ctx.identity is not None else None
+        try:
+            ctx.priority = effective_priority(
+                ctx.header.get("x-knowctl-priority"), self._default_priority, cap
+            )
+        except ValueError as exc:
+            raise CallRefused(400, f"X-Knowctl-Priority: {exc}") from None
+        if self._callers is not None and ctx.call.generates:
+            await self._callers.check_limits(ctx)
 
     @staticmethod
-    def _check_body(call: ApiCall, body: bytes) -> str | None:
+    def _check_body(call: ApiCall, body: bytes) -> tuple[str | None, dict[str, Any] | None]:
+        """(what is wrong with the body, or None; the parsed body when it is an object)."""
         if not body and call.known_action is None:
-            return None  # other actions may legitimately have no body
+            return None, None  # other actions may legitimately have no body
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return f"Invalid JSON payload received. {exc.msg} at position {exc.pos}."
-        return body_problem(call.known_action, parsed)
+            return f"Invalid JSON payload received. {exc.msg} at position {exc.pos}.", None
+        return body_problem(call.known_action, parsed), parsed if isinstance(parsed, dict) else None
 
-    async def _forward(self, outgoing: OutgoingCall, send: Send) -> int:
+    async def _forward(self, ctx: CallContext, send: Send) -> int:
+        """Calls the gateway does not generate through (countTokens, listings, other
+        actions): forwarded as they are, answered as they come."""
+        outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
         model = outgoing.call.model or "-"
         started = time.perf_counter()
         headers_sent = False
@@ -88,10 +137,10 @@ class ModelCallHandler:
             async with self._upstream.send(outgoing) as response:
                 metrics.UPSTREAM_DURATION.labels(model).observe(time.perf_counter() - started)
                 metrics.UPSTREAM_REQUESTS.labels(model, str(response.status)).inc()
-                out_headers = response_headers(response)
-                if outgoing.call.known_action is Action.STREAM:
-                    # Pass each piece on as it arrives: clients show tokens while they stream.
-                    start = {"type": "http.response.start", "status": response.status, "headers": out_headers}
+                out_headers = [*response_headers(response), *ctx.response_headers]
+                if response.status == 200 and not response.headers.get("content-length"):
+                    # An answer of unknown length may be long: pass it on as it arrives.
+                    start = {"type": "http.response.start", "status": 200, "headers": out_headers}
                     await send(start)
                     headers_sent = True
                     async for chunk in drain(response):
@@ -109,15 +158,10 @@ class ModelCallHandler:
                     )
                 return response.status
         except UpstreamFailure as failure:
-            metrics.UPSTREAM_REQUESTS.labels(model, _outcome(failure.status)).inc()
+            metrics.UPSTREAM_REQUESTS.labels(model, failure.outcome).inc()
             log.warning("upstream call for %s failed: %s", model, failure.message)
             if headers_sent:
                 # Too late for an error status: cut the connection so the client sees an
                 # incomplete answer instead of a stream that looks finished.
                 raise
-            await respond_error(send, failure.status, failure.message)
-            return failure.status
-
-
-def _outcome(status: int) -> str:
-    return {503: "unreachable", 504: "timeout"}.get(status, "broken")
+            return await send_refusal(send, ctx, CallRefused(failure.status, failure.message))

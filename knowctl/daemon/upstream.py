@@ -9,21 +9,36 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from knowctl.daemon.credentials import UpstreamCredentials
-from knowctl.policy.paths import ApiCall, google_origin
+from knowctl.policy.paths import ApiCall, Family, google_origin
 from knowctl.settings import Settings
+
+if TYPE_CHECKING:
+    from knowctl.daemon.request import CallContext
 
 # Never forwarded upstream: hop-by-hop headers (RFC 9110 7.6.1), headers the client library
 # computes itself, and knowctl's own control headers.
 _DROP_REQUEST = frozenset(
     {
-        "host", "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-        "trailer", "trailers", "transfer-encoding", "upgrade", "content-length", "accept-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "accept-encoding",
         "expect",
     }
 )
@@ -31,8 +46,16 @@ _CALLER_CREDENTIALS = frozenset({"authorization", "x-goog-api-key"})
 # Never passed back to the caller: hop-by-hop headers and framing that our server redoes.
 _DROP_RESPONSE = frozenset(
     {
-        "connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-        "date", "server", "upgrade", "trailer", "alt-svc",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "date",
+        "server",
+        "upgrade",
+        "trailer",
+        "alt-svc",
     }
 )
 
@@ -44,6 +67,11 @@ class UpstreamFailure(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+    @property
+    def outcome(self) -> str:
+        """The metrics label of this failure."""
+        return {503: "unreachable", 504: "timeout"}.get(self.status, "broken")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,15 +143,40 @@ class UpstreamClient:
         except aiohttp.ClientError as exc:
             raise UpstreamFailure(502, f"upstream failed: {type(exc).__name__}") from exc
 
+    async def count_tokens(self, ctx: CallContext) -> int:
+        """Exact input tokens of a generation call, from the provider's countTokens."""
+        call = ctx.call
+        payload = ctx.payload or {}
+        if call.family is Family.GEMINI:
+            body: dict[str, Any] = {"generateContentRequest": {"model": f"models/{call.model}", **payload}}
+        else:
+            body = {k: payload[k] for k in ("contents", "systemInstruction", "tools") if k in payload}
+        action = ":" + (call.action or "")
+        outgoing = OutgoingCall(
+            method="POST",
+            call=call,
+            raw_path=ctx.raw_path.replace(action, ":countTokens").replace(quote(action), ":countTokens"),
+            query="",
+            headers=[(k, v) for k, v in ctx.headers if k != "content-type"]
+            + [("content-type", "application/json")],
+            body=orjson.dumps(body),
+        )
+        async with self.send(outgoing) as response:
+            data = await response.read()
+            if response.status != 200:
+                raise UpstreamFailure(502, f"countTokens answered {response.status}")
+        total = orjson.loads(data).get("totalTokens")
+        if not isinstance(total, int):
+            raise UpstreamFailure(502, "countTokens answer has no totalTokens")
+        return total
+
 
 def _request_headers(
     incoming: list[tuple[str, str]], own_credentials: dict[str, str] | None
 ) -> dict[str, str]:
     drop = _DROP_REQUEST | _CALLER_CREDENTIALS if own_credentials is not None else _DROP_REQUEST
     headers = {
-        name: value
-        for name, value in incoming
-        if name not in drop and not name.startswith("x-knowctl-")
+        name: value for name, value in incoming if name not in drop and not name.startswith("x-knowctl-")
     }
     # Identity encoding: the gateway reads usage from answers and replays them from cache.
     headers["accept-encoding"] = "identity"

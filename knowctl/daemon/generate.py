@@ -1,0 +1,201 @@
+"""The generation pipeline: cache, coalescing, provider quota, upstream, settle, save.
+
+Order (DESIGN.md): cache lookup -> coalesce identical calls -> quota (admit now, else a
+stale answer, else the priority queue, else 429) -> upstream, streamed through as it
+arrives -> reconcile tokens with the real usage -> store the answer if it is a complete
+success. Writes after the answer (settle, save) happen once the caller has its last byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from knowctl.daemon import metrics
+from knowctl.daemon.asgi import Send, respond
+from knowctl.daemon.components import Answer, Cached, CallRefused, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.replies import CACHE_HEADER, send_cached, send_refusal
+from knowctl.daemon.request import CallContext
+from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
+from knowctl.errors import parse_retry_delay, retry_after_header
+from knowctl.policy.framing import is_complete_success, split_json_array, split_sse
+
+log = logging.getLogger("knowctl.generate")
+
+# Streams larger than this are passed through but not kept for the cache.
+MAX_CAPTURE_BYTES = 8 * 1024 * 1024
+
+
+def cache_directives(ctx: CallContext) -> tuple[bool, bool]:
+    """(may read the cache, may write it) from the client's Cache-Control header."""
+    value = ctx.header.get("cache-control", "").lower()
+    if not value:
+        return True, True
+    directives = {part.strip().split("=", 1)[0] for part in value.split(",")}
+    return "no-cache" not in directives, "no-store" not in directives
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one upstream call came to."""
+
+    status: int
+    answer: Answer | None = None  # set only for a complete, successful answer
+    provider_refused: bool = False  # the provider answered 429
+    retry_delay: float | None = None  # its RetryInfo delay, when it gave one
+
+
+class Generation:
+    def __init__(
+        self, upstream: UpstreamClient, cache: ResponseCache | None, quota: QuotaGate | None
+    ) -> None:
+        self._upstream = upstream
+        self._cache = cache
+        self._quota = quota
+
+    async def __call__(self, ctx: CallContext, send: Send) -> int:
+        key = self._cache.key_for(ctx) if self._cache is not None else None
+        if key is None or self._cache is None:
+            return (await self._call_with_quota(ctx, send, None)).status
+        read, write = cache_directives(ctx)
+        if read:
+            cached = await self._cache.lookup(key)
+            if cached is not None:
+                return await send_cached(send, ctx, cached)
+        else:
+            ctx.response_headers.append((CACHE_HEADER, b"BYPASS"))
+        async with self._cache.flight(key) as flight:
+            if flight.answer is not None:  # an identical call finished while we waited
+                fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
+                return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
+            outcome = Outcome(status=499)
+            try:
+                outcome = await self._call_with_quota(ctx, send, key)
+            finally:
+                await flight.publish(outcome.answer)
+        if outcome.answer is not None and write:
+            await self._cache.save(key, outcome.answer)
+        return outcome.status
+
+    async def _call_with_quota(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
+        ticket: Ticket | None = None
+        if self._quota is not None:
+            got = await self._quota.try_admit(ctx)
+            if not isinstance(got, Ticket):
+                if await self._serve_stale(ctx, send, key):
+                    return Outcome(200)
+                try:
+                    ticket = await self._quota.wait_admit(ctx, got)
+                except CallRefused as refusal:
+                    return Outcome(await send_refusal(send, ctx, refusal))
+            else:
+                ticket = got
+        try:
+            outcome = await self._forward(ctx, send, key)
+        except BaseException:
+            if ticket is not None and self._quota is not None:
+                await self._quota.settle(ticket, None)  # keep the reservation: it may have been spent
+            raise
+        if self._quota is not None:
+            if ticket is not None:
+                usage = outcome.answer.usage if outcome.answer is not None else None
+                await self._quota.settle(ticket, usage)
+            if outcome.provider_refused:
+                self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
+        return outcome
+
+    async def _serve_stale(self, ctx: CallContext, send: Send, key: str | None) -> bool:
+        if key is None or self._cache is None:
+            return False
+        stale = await self._cache.stale(key)
+        if stale is None:
+            return False
+        record = getattr(self._quota, "record_fallback", None)
+        if record is not None:
+            record(ctx.call.model or "-")
+        await send_cached(send, ctx, stale)
+        return True
+
+    async def _forward(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
+        """Call upstream and pass the answer on as it arrives."""
+        model = ctx.call.model or "-"
+        outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
+        started = time.perf_counter()
+        headers_sent = False
+        try:
+            async with self._upstream.send(outgoing) as response:
+                metrics.UPSTREAM_DURATION.labels(model).observe(time.perf_counter() - started)
+                metrics.UPSTREAM_REQUESTS.labels(model, str(response.status)).inc()
+                headers = [*response_headers(response), *ctx.response_headers]
+                if response.status != 200:
+                    body = await response.read()
+                    return await self._upstream_error(ctx, send, key, response.status, body, headers)
+                headers.append((CACHE_HEADER, b"MISS"))
+                if not ctx.streaming:
+                    body = await response.read()
+                    await respond(send, 200, body, _content_type(headers), _without_content_type(headers))
+                    return Outcome(200, Answer((body,)) if is_complete_success((body,)) else None)
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                headers_sent = True
+                captured: list[bytes] = []
+                size = 0
+                async for piece in drain(response):
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    size += len(piece)
+                    if size <= MAX_CAPTURE_BYTES:
+                        captured.append(piece)
+                await send({"type": "http.response.body", "body": b""})
+                if size > MAX_CAPTURE_BYTES:
+                    return Outcome(200)
+                return Outcome(200, _stream_answer(b"".join(captured), ctx.sse))
+        except UpstreamFailure as failure:
+            metrics.UPSTREAM_REQUESTS.labels(model, failure.outcome).inc()
+            log.warning("upstream call for %s failed: %s", model, failure.message)
+            if headers_sent:
+                raise  # too late for a status: cut the connection, the answer is incomplete
+            if await self._serve_stale(ctx, send, key):
+                return Outcome(200)
+            return Outcome(await send_refusal(send, ctx, CallRefused(failure.status, failure.message)))
+
+    async def _upstream_error(
+        self,
+        ctx: CallContext,
+        send: Send,
+        key: str | None,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> Outcome:
+        if status != 429:
+            await respond(send, status, body, _content_type(headers), _without_content_type(headers))
+            return Outcome(status)
+        # The provider's own quota ran dry: a stale answer beats an error.
+        retry_delay = parse_retry_delay(body)
+        if await self._serve_stale(ctx, send, key):
+            return Outcome(200, provider_refused=True, retry_delay=retry_delay)
+        if retry_delay is not None:
+            headers.append((b"retry-after", retry_after_header(retry_delay).encode()))
+        await respond(send, status, body, _content_type(headers), _without_content_type(headers))
+        return Outcome(status, provider_refused=True, retry_delay=retry_delay)
+
+
+def _stream_answer(data: bytes, sse: bool) -> Answer | None:
+    if sse:
+        chunks, terminated = split_sse(data)
+        if not terminated:
+            return None
+    else:
+        parsed = split_json_array(data)
+        if parsed is None:
+            return None
+        chunks = parsed
+    return Answer(chunks) if is_complete_success(chunks) else None
+
+
+def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return next((v for k, v in headers if k == b"content-type"), b"application/json")
+
+
+def _without_content_type(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k != b"content-type"]
