@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -12,6 +13,7 @@ from knowctl.daemon import metrics
 from knowctl.daemon.asgi import (
     BodyTooLarge,
     ClientDisconnected,
+    Message,
     Receive,
     Scope,
     Send,
@@ -33,6 +35,16 @@ log = logging.getLogger("knowctl.proxy")
 
 # HTTP status 499 (client closed request, as nginx logs it) for the metrics only.
 CLIENT_CLOSED = 499
+
+
+@dataclass(slots=True)
+class CapturedResponse:
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
 
 
 class ModelCallHandler:
@@ -100,6 +112,26 @@ class ModelCallHandler:
         if call.generates:
             return await self._generation(ctx, send)
         return await self._forward(ctx, send)
+
+    async def generate_internal(self, ctx: CallContext) -> CapturedResponse:
+        """Run a generation call the gateway makes itself (topics, pre-warming) through the
+        same caller, cache, coalescing and quota path as a client's, and capture the answer."""
+        captured = CapturedResponse()
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured.status = message["status"]
+                captured.headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                captured.body.extend(message.get("body", b""))
+
+        try:
+            await self._admit_caller(ctx)
+        except CallRefused as refusal:
+            await send_refusal(capture, ctx, refusal)
+            return captured
+        await self._generation(ctx, capture)
+        return captured
 
     async def _admit_caller(self, ctx: CallContext) -> None:
         """Identity, priority and the caller's own limits (generation calls only count)."""
