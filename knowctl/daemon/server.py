@@ -61,9 +61,7 @@ def serve(settings: Settings) -> None:
 
         simulator = SimulatorApp(SimulatorConfig())
         loopback = "[::1]" if ":" in settings.host else "127.0.0.1"
-        settings = settings.model_copy(
-            update={"upstream_url": f"http://{loopback}:{port}{SIMULATOR_PREFIX}"}
-        )
+        settings = settings.model_copy(update={"upstream_url": f"http://{loopback}:{port}{SIMULATOR_PREFIX}"})
     if settings.workers > 1:
         _serve_workers(settings, sock)
         return
