@@ -467,3 +467,46 @@ async def test_memory_store_follows_the_injected_clock() -> None:
     now[0] += 61
     await store.usage(sc, ws)
     assert not store._logs
+
+
+# --- the Lua scripts follow knowctl.policy.windows step for step ------------------------------
+
+
+async def test_redis_scripts_and_memory_backend_agree(redis_url: str) -> None:
+    # With minute-long windows nothing leaves during the test, so outcomes depend only on
+    # the order of calls, and the two backends must answer every call identically.
+    import random
+
+    rng = random.Random(20240310)
+    ws = [Window("rpm", 60, 15), Window("tpm", 60, 400), Window("rpd", 86400, 25, "America/Los_Angeles")]
+    mem, red = MemoryStore(), open_store(redis_url, timeout=TIMEOUT)
+    sc = scope()
+    ids: list[str] = []
+    try:
+        for step in range(300):
+            if ids and rng.random() < 0.25:
+                target = rng.choice(ids)
+                amounts = [rng.choice([0, 1]), rng.randint(0, 120), 1]
+                await mem.adjust(sc, ws, target, amounts)
+                await red.adjust(sc, ws, target, amounts)
+            else:
+                r = rng.choice([*ids, rid()]) if ids and rng.random() < 0.05 else rid()
+                amounts = [1, rng.randint(0, 150), rng.choice([0, 1])]
+                share = rng.choice([1.0, 0.8, 0.5])
+                a = await mem.acquire(sc, ws, amounts, share=share, reservation_id=r)
+                b = await red.acquire(sc, ws, amounts, share=share, reservation_id=r)
+                assert (a.admitted, a.usage, a.blocked, a.limits) == (
+                    b.admitted,
+                    b.usage,
+                    b.blocked,
+                    b.limits,
+                ), step
+                assert math.isinf(a.retry_after) == math.isinf(b.retry_after), step
+                if a.admitted:
+                    ids.append(r)
+            m_use = [(u.used, u.entries) for u in await mem.usage(sc, ws)]
+            r_use = [(u.used, u.entries) for u in await red.usage(sc, ws)]
+            assert m_use == r_use, step
+    finally:
+        await red.close()
+        await mem.close()

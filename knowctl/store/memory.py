@@ -8,6 +8,7 @@ injected so tests can drive time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -224,7 +225,9 @@ class _MemorySubscription(Subscription):
         if running is loop:
             self._put(item)
         else:  # published from another thread's loop: hand over to the subscriber's loop
-            loop.call_soon_threadsafe(self._put, item)
+            # RuntimeError: the subscriber's loop has closed, so nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._put, item)
 
     def _put(self, item: object) -> None:
         if self._queue.full():

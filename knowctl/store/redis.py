@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import lru_cache
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -53,6 +54,12 @@ def load_script(name: str) -> str:
     lua = files("knowctl.store") / "lua"
     lib = (lua / "_lib.lua").read_text(encoding="utf-8")
     return lib + "\n" + (lua / f"{name}.lua").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=128)
+def _midnights(tz: str, hour: int) -> tuple[int, ...]:
+    # The midnights sent span two days either side, so computing them once an hour is plenty.
+    return tuple(_us(b) for b in day_boundaries(tz, hour * 3600.0))
 
 
 def _us(seconds: float) -> int:
@@ -157,8 +164,8 @@ class RedisStore(Store):
         around = time.time()  # only picks which midnights to send; the script uses TIME
         for w, cap, amount in zip(windows, caps, amounts, strict=True):
             script_keys += keys.window_keys(scope, w.name).as_list()
-            days = day_boundaries(w.calendar_tz, around) if w.calendar_tz else ()
-            args += [_us(w.length_s), cap, amount, len(days), *(_us(b) for b in days)]
+            days = _midnights(w.calendar_tz, int(around // 3600)) if w.calendar_tz else ()
+            args += [_us(w.length_s), cap, amount, len(days), *days]
         return script_keys, args
 
     async def acquire(
