@@ -25,7 +25,9 @@ def split_sse(data: bytes) -> tuple[tuple[bytes, ...], bool]:
     terminated = text.endswith(b"\n\n")
     chunks = []
     for frame in text.split(b"\n\n"):
-        payload = b"\n".join(line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:"))
+        payload = b"\n".join(
+            line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")
+        )
         if payload:
             chunks.append(payload)
     return tuple(chunks), terminated

@@ -58,7 +58,7 @@ def recording_upstream() -> Iterator[Recorder]:
 
         do_GET = do_POST = _record
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
