@@ -1,0 +1,128 @@
+"""Quota news between daemons sharing one store: "capacity freed" and "model held".
+
+Pub/sub carries the news (messages are hints: a daemon that missed some while its
+subscription was down looks again when it resubscribes); a hold is also written to a key
+with a TTL, so a daemon that starts during a hold learns of it on its first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import orjson
+
+from knowctl.store import Store, StoreUnavailable, keys
+
+log = logging.getLogger("knowctl.quota")
+
+# Pause before subscribing again after the notification channel was lost.
+RESUBSCRIBE_S = 0.5
+
+
+class QuotaBus:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_freed: Callable[[str], None],
+        on_hold: Callable[[str, float], None],
+        on_subscribed: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._on_freed = on_freed
+        self._on_hold = on_hold
+        self._on_subscribed = on_subscribed
+        self._id = uuid.uuid4().hex  # tells our own messages apart
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self, wait_s: float) -> None:
+        """Subscribe; return once subscribed, or after ``wait_s`` while the store is down
+        (the listener keeps trying in the background)."""
+        subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._listener = asyncio.create_task(self._listen(subscribed), name="quota-bus")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(subscribed), wait_s)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in (self._listener, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, kept referenced until it ends."""
+        if self._closed:
+            coro.close()
+            return
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- sending ------------------------------------------------------------------------------
+    def freed(self, model: str) -> None:
+        """Tell the other daemons that ``model`` has capacity again (in the background)."""
+        self.spawn(self._send({"t": "freed", "m": model}))
+
+    def hold(self, model: str, until: float, delay: float) -> None:
+        """Share a hold (epoch ``until``, ``delay`` seconds from now) with every daemon."""
+
+        async def share() -> None:
+            try:
+                await self._store.set(keys.quota_hold(model), repr(until).encode(), delay)
+            except StoreUnavailable as exc:
+                log.warning("quota: could not store the hold of %s: %s", model, exc)
+            await self._send({"t": "hold", "m": model, "u": until})
+
+        self.spawn(share())
+
+    async def load_hold(self, model: str) -> float | None:
+        """The end (epoch) of a hold another daemon stored, if any."""
+        try:
+            raw = await self._store.get(keys.quota_hold(model))
+        except StoreUnavailable:
+            return None
+        try:
+            return float(raw) if raw else None
+        except ValueError:
+            return None
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        try:
+            await self._store.publish(keys.quota_channel(), orjson.dumps({**body, "from": self._id}))
+        except StoreUnavailable as exc:
+            log.debug("quota: could not publish %s: %s", body.get("t"), exc)
+
+    # --- receiving ----------------------------------------------------------------------------
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+        while not self._closed:
+            try:
+                async with self._store.subscribe(keys.quota_channel()) as sub:
+                    if not subscribed.done():
+                        subscribed.set_result(None)
+                    await self._on_subscribed()  # news sent while we were away is lost: look again
+                    async for raw in sub:
+                        self._dispatch(raw)
+            except StoreUnavailable as exc:
+                log.debug("quota: notification channel unavailable: %s", exc)
+            await asyncio.sleep(RESUBSCRIBE_S)
+
+    def _dispatch(self, raw: bytes) -> None:
+        try:
+            msg = orjson.loads(raw)
+            kind, model = msg["t"], msg["m"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if not isinstance(model, str) or msg.get("from") == self._id:
+            return  # our own news we acted on already
+        if kind == "freed":
+            self._on_freed(model)
+        elif kind == "hold" and isinstance(msg.get("u"), int | float):
+            self._on_hold(model, float(msg["u"]))
