@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log format: JSON lines, human text, or auto (text on a terminal)."
     )
+    drain_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a stopping daemon waits for admitted and queued requests to finish "
+        "(keep terminationGracePeriodSeconds above preStop + this).",
+    )
     max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )

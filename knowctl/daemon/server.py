@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -25,6 +26,9 @@ class GatewayServer(uvicorn.Server):
         # Readiness turns 503 at once, so load balancers stop sending new work.
         self._gateway.phase = Phase.DRAINING
         super().handle_exit(sig, frame)
+        # A stop signal is how the daemon is meant to stop: once everything admitted has
+        # been answered, exit 0 instead of re-raising the signal as uvicorn does (status 143).
+        self._captured_signals.clear()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -45,7 +49,8 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Confi
         access_log=False,
         log_config=None,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        proxy_headers=False,  # X-Forwarded-For is believed only from trusted proxies (callers)
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
         **extra,
     )
 
