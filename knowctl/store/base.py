@@ -162,6 +162,24 @@ class Store(ABC):
     ) -> None:
         await self.close()
 
+    # --- records (owner: callers) -------------------------------------------------------------
+    # Small admin datasets (gateway keys) kept as hashes without expiry. Not for the hot path:
+    # readers cache what they read.
+    @abstractmethod
+    async def hash_set(self, key: str, field: str, value: bytes) -> None:
+        """Set one field of the hash ``key`` (created on first use, never expires)."""
+
+    @abstractmethod
+    async def hash_get(self, key: str, field: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def hash_get_all(self, key: str) -> dict[str, bytes]:
+        """Every field of the hash ``key`` ({} when it does not exist)."""
+
+    @abstractmethod
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        """Remove fields; return how many existed."""
+
 
 def check_window_call(
     scope: str, windows: Sequence[Window], amounts: Sequence[int] | None, reservation_id: str | None

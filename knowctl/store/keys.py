@@ -110,3 +110,34 @@ def quota_hold(model: str) -> str:
 def quota_channel() -> str:
     """Where daemons announce quota news: capacity returned, a model held after a 429."""
     return channel("quota")
+
+
+# --- records (owner: callers) ---------------------------------------------------------------
+# Gateway keys: two hashes under one tag, so a future script may update both atomically. All
+# key records on one Cluster slot is fine: it is a small admin dataset read on cache misses
+# only (each daemon caches lookups), not a per-request hot spot.
+KEYS_TAG = "{keys}"
+IP = "i"
+
+
+def key_records() -> str:
+    """HASH key id -> JSON record (user, tier, max_priority, trusted, created, revoked)."""
+    return f"{PREFIX}{KEYS_TAG}:records"
+
+
+def key_lookup() -> str:
+    """HASH SHA-256 hex of a gateway key -> its key id. Plain keys are never stored."""
+    return f"{PREFIX}{KEYS_TAG}:lookup"
+
+
+def keys_channel() -> str:
+    """Where daemons announce key changes (created, revoked) so caches drop stale entries."""
+    return channel("keys")
+
+
+def ip_scope(address: str) -> str:
+    """Scope of one client address's per-IP limits (apart from user scopes: an anonymous
+    caller's user name is its address too)."""
+    if not address:
+        raise ValueError("address must not be empty")
+    return f"{IP}:{address}"

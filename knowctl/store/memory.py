@@ -198,6 +198,44 @@ class MemoryStore(Store):
                 if not group:
                     del self._subscribers[sub.channel]
 
+    # --- records (owner: callers) -------------------------------------------------------------
+    def _hashes(self) -> dict[str, dict[str, bytes]]:
+        # Created on first use so this section needs nothing from __init__.
+        tables: dict[str, dict[str, bytes]] | None = self.__dict__.get("_hash_tables")
+        if tables is None:
+            tables = self.__dict__.setdefault("_hash_tables", {})
+        return tables
+
+    async def hash_set(self, key: str, field: str, value: bytes) -> None:
+        keys.check(key)
+        self._check_open()
+        with self._lock:
+            self._hashes().setdefault(key, {})[field] = bytes(value)
+
+    async def hash_get(self, key: str, field: str) -> bytes | None:
+        keys.check(key)
+        self._check_open()
+        with self._lock:
+            return self._hashes().get(key, {}).get(field)
+
+    async def hash_get_all(self, key: str) -> dict[str, bytes]:
+        keys.check(key)
+        self._check_open()
+        with self._lock:
+            return dict(self._hashes().get(key, {}))
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        keys.check(key)
+        self._check_open()
+        with self._lock:
+            table = self._hashes().get(key)
+            if table is None:
+                return 0
+            removed = sum(1 for f in set(fields) if table.pop(f, None) is not None)
+            if not table:
+                del self._hashes()[key]
+            return removed
+
 
 class _MemorySubscription(Subscription):
     def __init__(self, store: MemoryStore, channel: str) -> None:

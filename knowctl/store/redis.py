@@ -218,6 +218,28 @@ class RedisStore(Store):
         keys.check(channel)
         return _RedisSubscription(self, channel)
 
+    # --- records (owner: callers) -------------------------------------------------------------
+    async def hash_set(self, key: str, field: str, value: bytes) -> None:
+        keys.check(key)
+        await self._call("HSET", lambda: self._client.hset(key, field, value))
+
+    async def hash_get(self, key: str, field: str) -> bytes | None:
+        keys.check(key)
+        value: Any = await self._call("HGET", lambda: self._client.hget(key, field))
+        return None if value is None else bytes(value)
+
+    async def hash_get_all(self, key: str) -> dict[str, bytes]:
+        keys.check(key)
+        raw: Any = await self._call("HGETALL", lambda: self._client.hgetall(key))
+        return {(f.decode() if isinstance(f, bytes) else str(f)): bytes(v) for f, v in raw.items()}
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        keys.check(key)
+        if not fields:
+            return 0
+        removed: Any = await self._call("HDEL", lambda: self._client.hdel(key, *fields))
+        return int(removed)
+
 
 class _RedisSubscription(Subscription):
     """One channel on its own pooled connection. A lost connection ends iteration with

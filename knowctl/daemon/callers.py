@@ -1,0 +1,267 @@
+"""Who is calling, and how much they may call: the ``Callers`` component of the pipeline.
+
+- keys mode: a knowctl-issued gateway key (``x-goog-api-key``, ``?key=`` or ``Authorization:
+  Bearer``) names a user and a tier; the caller's credential is removed from the request so
+  it never reaches Google, and the gateway's own credentials go upstream;
+- passthrough: callers bring Google credentials, which are forwarded; the user is a hash of
+  that credential;
+- anonymous: the client address (``X-Forwarded-For`` believed only from trusted proxies).
+
+Per-user (and optional per-IP) sliding windows are counted in the store, one ``acquire``
+per scope; while the store is down they are counted in-process (each daemon then limits
+on its own) and key lookups are answered from what this daemon has seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from knowctl.daemon.callers_keys import KeyBook
+from knowctl.daemon.components import CallRefused
+from knowctl.daemon.request import CallContext
+from knowctl.policy import callers as policy
+from knowctl.policy.identity import Identity
+from knowctl.policy.limits import parse_limits
+from knowctl.policy.priority import Priority
+from knowctl.settings import Settings
+from knowctl.store import Admission, Store, StoreUnavailable, Window, keys
+from knowctl.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from knowctl.daemon.admin import Route
+
+log = logging.getLogger("knowctl.callers")
+
+# After a store failure, count in-process for this long before trying the store again, so
+# an outage costs one timeout per second rather than one per request.
+STORE_RETRY_S = 1.0
+IP_POLICY_PREFIX = "ip-"
+
+
+class CallersConfigError(RuntimeError):
+    """Settings that would make the gateway unsafe or useless; refused at start-up."""
+
+
+class CallerRegistry:
+    """Implements ``knowctl.daemon.components.Callers``; also owns the key admin routes."""
+
+    def __init__(self, settings: Settings, store: Store, holds_credentials: bool) -> None:
+        self.settings = settings
+        self.mode = settings.resolved_auth_mode(holds_credentials)
+        self._holds_credentials = holds_credentials
+        self._store = store
+        self._local = MemoryStore("memory://")  # the windows while the store is down
+        self._store_down_until = 0.0
+        self._trusted = policy.parse_networks(settings.trusted_proxies)
+        self._user_windows = parse_limits(settings.user_limits)
+        self._ip_windows = parse_limits(settings.ip_limits)
+        self._tier_windows = {name: parse_limits(t.limits) for name, t in settings.tiers.items()}
+        self._policy_headers: dict[str | None, bytes] = {}
+        self.keys = KeyBook(store, store_usable=self.store_usable, store_failed=self.store_failed)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.mode == "keys" and not self._holds_credentials and not self.settings.simulate:
+            # Callers present gateway keys, which Google would refuse (and must never see);
+            # with no credentials of our own every call would fail upstream. Say so now.
+            raise CallersConfigError(
+                "KNOWCTL_AUTH_MODE=keys needs Google credentials of the gateway's own "
+                "(KNOWCTL_GOOGLE_API_KEY or KNOWCTL_GOOGLE_CREDENTIALS); without them use "
+                "KNOWCTL_AUTH_MODE=passthrough"
+            )
+        if self.mode == "keys":
+            await self.keys.start(wait_s=2 * self.settings.store_timeout)
+        limits = ",".join(f"{w.limit}/{w.name}" for w in self._user_windows) or "none"
+        log.info("callers: auth mode %s, per-user limits %s", self.mode, limits)
+
+    async def close(self) -> None:
+        await self.keys.close()
+        await self._local.close()
+
+    def admin_routes(self) -> list[Route]:
+        from knowctl.daemon.callers_admin import routes
+
+        return routes(self)
+
+    # --- store health -------------------------------------------------------------------------
+    def store_usable(self) -> bool:
+        return time.monotonic() >= self._store_down_until
+
+    def store_failed(self, exc: StoreUnavailable) -> None:
+        if self.store_usable():
+            log.warning("callers: store unavailable, limits and key lookups are local: %s", exc)
+        self._store_down_until = time.monotonic() + STORE_RETRY_S
+
+    # --- identify -----------------------------------------------------------------------------
+    def client_ip(self, ctx: CallContext) -> str:
+        forwarded = [v for k, v in ctx.headers if k == "x-forwarded-for"] if self._trusted else []
+        return policy.client_address(ctx.client_ip, forwarded, self._trusted) or "unknown"
+
+    async def identify(self, ctx: CallContext) -> Identity:
+        if self.mode == "anonymous":
+            return Identity(user=self.client_ip(ctx), kind="anonymous")
+        credential = policy.presented_credential(ctx.header, ctx.query)
+        if self.mode == "passthrough":
+            if credential is None:  # Google will refuse it; count it against the address
+                return Identity(user=self.client_ip(ctx), kind="anonymous")
+            name = policy.credential_identity(credential)
+            return Identity(user=name, kind="passthrough", cache_scope=name)
+        return await self._identify_key(ctx, credential)
+
+    async def _identify_key(self, ctx: CallContext, key: str | None) -> Identity:
+        # The caller's credential is a gateway key: it must never travel upstream, even for a
+        # family the gateway holds no credential of its own for.
+        kept, ctx.query = policy.without_credentials(ctx.headers, ctx.query)
+        ctx.headers[:] = kept
+        ctx.header.pop("x-goog-api-key", None)
+        ctx.header.pop("authorization", None)
+        if key is None:
+            raise CallRefused(
+                401,
+                "Missing gateway key: send your knowctl key as x-goog-api-key, ?key= or "
+                "Authorization: Bearer.",
+            )
+        try:
+            record = await self.keys.lookup(policy.digest(key))
+        except StoreUnavailable:
+            raise CallRefused(
+                503, "The gateway cannot check this key right now (its store is unavailable); retry shortly."
+            ) from None
+        if record is None:
+            raise CallRefused(401, "API key not valid. Please pass a valid knowctl gateway key.")
+        if record.revoked is not None:
+            raise CallRefused(403, f"Gateway key {record.key_id} has been revoked.")
+        user = record.user
+        session = ctx.header.get("x-knowctl-user", "").strip()
+        if session and record.trusted:
+            try:
+                user = policy.sub_user(record.user, session)
+            except ValueError as exc:
+                raise CallRefused(400, f"X-Knowctl-User: {exc}") from None
+        tier = self.settings.tiers.get(record.tier) if record.tier else None
+        cap_name = record.max_priority or (tier.max_priority if tier else None)
+        cap = Priority.parse(cap_name) if cap_name else None
+        scope = {"shared": "shared", "user": f"user:{user}", "tier": f"tier:{record.tier or '-'}"}
+        return Identity(
+            user=user,
+            kind="key",
+            tier=record.tier,
+            max_priority=cap,
+            cache_scope=scope[self.settings.cache_scope],
+        )
+
+    # --- limits -------------------------------------------------------------------------------
+    def user_windows(self, tier: str | None) -> tuple[Window, ...]:
+        """A tier's windows; the defaults for no tier or one no longer configured."""
+        if tier is not None and tier in self._tier_windows:
+            return self._tier_windows[tier]
+        return self._user_windows
+
+    async def check_limits(self, ctx: CallContext) -> None:
+        identity = ctx.identity or await self.identify(ctx)
+        user_windows = self.user_windows(identity.tier)
+        if not user_windows and not self._ip_windows:
+            return
+        reservation = uuid.uuid4().hex
+        states: list[tuple[str, int, float]] = []
+        refused: list[tuple[Admission, Sequence[Window], str]] = []
+        admitted_user = False
+        if user_windows:
+            scope = keys.user_scope(identity.user)
+            verdict = await self._acquire(scope, user_windows, reservation)
+            states += _states("", user_windows, verdict)
+            if verdict.admitted:
+                admitted_user = True
+            else:
+                refused.append((verdict, user_windows, f"user {identity.user}"))
+        if self._ip_windows and not refused:
+            ip = self.client_ip(ctx)
+            verdict = await self._acquire(keys.ip_scope(ip), self._ip_windows, reservation)
+            states += _states(IP_POLICY_PREFIX, self._ip_windows, verdict)
+            if not verdict.admitted:
+                refused.append((verdict, self._ip_windows, f"address {ip}"))
+                if admitted_user:  # the call is refused: give the user's unit back
+                    await self._release(keys.user_scope(identity.user), user_windows, reservation)
+        ctx.response_headers.append((b"ratelimit-policy", self._policy_header(identity.tier)))
+        ctx.response_headers.append((b"ratelimit", policy.rate_limit(states).encode()))
+        if refused:
+            verdict, windows, who = refused[0]
+            raise CallRefused(
+                429, _refusal_message(who, verdict, windows), retry_after=_retry(verdict, windows)
+            )
+
+    def _policy_header(self, tier: str | None) -> bytes:
+        header = self._policy_headers.get(tier)
+        if header is None:
+            pairs = [(w.name, w) for w in self.user_windows(tier)]
+            pairs += [(IP_POLICY_PREFIX + w.name, w) for w in self._ip_windows]
+            header = policy.rate_limit_policy(pairs).encode()
+            self._policy_headers[tier] = header
+        return header
+
+    async def _acquire(self, scope: str, windows: Sequence[Window], reservation: str) -> Admission:
+        amounts = [1] * len(windows)
+        if self.store_usable():
+            try:
+                return await self._store.acquire(scope, windows, amounts, reservation_id=reservation)
+            except StoreUnavailable as exc:
+                self.store_failed(exc)
+        return await self._local.acquire(scope, windows, amounts, reservation_id=reservation)
+
+    async def _release(self, scope: str, windows: Sequence[Window], reservation: str) -> None:
+        zeros = [0] * len(windows)
+        for store in (self._store, self._local):
+            # A unit kept too long only under-admits, so a failure here is no harm.
+            with contextlib.suppress(StoreUnavailable):
+                await store.adjust(scope, windows, reservation, zeros)
+
+    async def usage(self, user: str, tier: str | None) -> tuple[list[dict[str, object]], bool]:
+        """Each window of ``user``: used/limit/remaining/reset; and whether the numbers are
+        this daemon's own (store down)."""
+        windows = self.user_windows(tier)
+        if not windows:
+            return [], False
+        scope = keys.user_scope(user)
+        degraded = False
+        try:
+            found = await self._store.usage(scope, windows)
+        except StoreUnavailable as exc:
+            self.store_failed(exc)
+            found, degraded = await self._local.usage(scope, windows), True
+        rows: list[dict[str, object]] = [
+            {
+                "window": u.name,
+                "length_s": w.length_s,
+                "used": u.used,
+                "limit": u.limit,
+                "remaining": max(0, u.limit - u.used),
+                "reset_s": round(u.reset_after, 3),
+            }
+            for u, w in zip(found, windows, strict=True)
+        ]
+        return rows, degraded
+
+
+def _states(prefix: str, windows: Sequence[Window], verdict: Admission) -> list[tuple[str, int, float]]:
+    return [
+        (prefix + w.name, w.limit - used, reset)
+        for w, used, reset in zip(windows, verdict.usage, verdict.reset_after, strict=True)
+    ]
+
+
+def _retry(verdict: Admission, windows: Sequence[Window]) -> float:
+    if math.isfinite(verdict.retry_after):
+        return verdict.retry_after
+    # A window with limit 0 never admits; point at its length rather than "never".
+    return max(w.length_s for w in windows if w.name in verdict.blocked or not verdict.blocked)
+
+
+def _refusal_message(who: str, verdict: Admission, windows: Sequence[Window]) -> str:
+    limits = ", ".join(f"{w.limit} per {w.name}" for w in windows if w.name in verdict.blocked)
+    return f"Rate limit exceeded for {who} ({limits}). Retry after the Retry-After delay."
