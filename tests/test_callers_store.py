@@ -218,7 +218,8 @@ async def test_the_store_never_holds_a_plain_key(redis_url: str) -> None:
         raw = aredis.Redis.from_url(redis_url)
         try:
             async for name in raw.scan_iter(match="knowctl:*"):
-                kind = str(await raw.type(name), "ascii")
+                found = await raw.type(name)
+                kind = found.decode() if isinstance(found, bytes) else found
                 if kind == "hash":
                     values = [b for pair in (await raw.hgetall(name)).items() for b in pair]
                 elif kind == "string":
