@@ -180,6 +180,38 @@ class Store(ABC):
     async def hash_delete(self, key: str, *fields: str) -> int:
         """Remove fields; return how many existed."""
 
+    # --- cache (owner: cache) -----------------------------------------------------------------
+    # Leases for coalescing and refresh, key scans for pattern invalidation (never KEYS),
+    # batched unlinks, and decaying tallies (topic request counts). Each call is bounded by
+    # the store timeout like every other method; long jobs are many short calls.
+    @abstractmethod
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store ``value`` for ``ttl`` seconds only if ``key`` does not exist; True if stored."""
+
+    @abstractmethod
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        """Remove ``key`` only while it still holds ``value`` (releasing one's own lease)."""
+
+    @abstractmethod
+    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        """One step of a key scan: (next cursor, keys matching the glob ``match``); cursor 0
+        ends the scan. ``match`` is a glob whose only special characters are ``*`` and ``?``
+        (see :func:`check_match`). A key may be returned more than once; keys that exist for
+        the whole scan are returned at least once."""
+
+    @abstractmethod
+    async def unlink(self, *keys: str) -> int:
+        """Remove keys without blocking the server on large values; return how many existed."""
+
+    @abstractmethod
+    async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        """Add ``counts`` to the members of the tally ``key``; the tally expires ``ttl`` seconds
+        after its last update."""
+
+    @abstractmethod
+    async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
+        """The ``limit`` largest members of the tally ``key``, largest first."""
+
 
 def check_window_call(
     scope: str, windows: Sequence[Window], amounts: Sequence[int] | None, reservation_id: str | None
@@ -234,3 +266,24 @@ def redact_url(url: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# --- cache (owner: cache) ---------------------------------------------------------------------
+import re  # noqa: E402 (this section keeps its imports with it)
+from collections.abc import Mapping  # noqa: E402
+
+_MATCH_SPECIAL = frozenset("[]\\^")
+
+
+def check_match(match: str) -> str:
+    """Refuse scan patterns with glob syntax beyond ``*`` and ``?``, so both backends match
+    alike and no character class reaches Redis."""
+    if not match or any(c in _MATCH_SPECIAL for c in match):
+        raise ValueError(f"scan patterns allow only '*' and '?' as globs: {match!r}")
+    return match
+
+
+def match_regex(match: str) -> re.Pattern[str]:
+    """The regular expression of a :func:`check_match` glob, matching whole keys."""
+    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in check_match(match)]
+    return re.compile("".join(parts), re.DOTALL)

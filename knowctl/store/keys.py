@@ -141,3 +141,44 @@ def ip_scope(address: str) -> str:
     if not address:
         raise ValueError("address must not be empty")
     return f"{IP}:{address}"
+
+
+# --- cache (owner: cache) ---------------------------------------------------------------------
+# An entry's key is its readable cache key (``topic:{t}:{hash}``, ``gen:{model}:{hash}``) as
+# the hash tag, so entries spread over the Cluster and an invalidation glob maps onto store
+# keys one to one. Cache keys never contain '{', '}' or '%' (knowctl.policy.cachekey).
+TOPICS_TAG = "{topics}"
+
+
+def cache_entries_match(pattern: str) -> str:
+    """The store glob matching the entries (with their stale copies) of a cache-key glob."""
+    return cache_entry(pattern)
+
+
+def cache_key_of(entry: str) -> str | None:
+    """The cache key of an entry key from :func:`cache_entry`, else None."""
+    head, tail = f"{PREFIX}{{{CACHE}:", "}:v"
+    if entry.startswith(head) and entry.endswith(tail):
+        return entry[len(head) : -len(tail)]
+    return None
+
+
+def cache_lease(cache_key: str) -> str:
+    """Held by the one daemon calling upstream for ``cache_key`` (cross-daemon coalescing);
+    tagged with its entry."""
+    return f"{PREFIX}{{{CACHE}:{_tag_safe(cache_key)}}}:lease"
+
+
+def cache_channel() -> str:
+    """Cache news between daemons: coalesced answers, invalidations."""
+    return channel("cache")
+
+
+def topic_tally(bucket: int) -> str:
+    """Topic request counts of one time bucket (a tally: topic -> requests)."""
+    return f"{PREFIX}{TOPICS_TAG}:hits:{bucket}"
+
+
+def topic_refresh_lease(slot: int) -> str:
+    """Taken by the one daemon that runs the popular-topic refresh of interval ``slot``."""
+    return f"{PREFIX}{TOPICS_TAG}:refresh:{slot}"

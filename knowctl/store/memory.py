@@ -236,6 +236,75 @@ class MemoryStore(Store):
                 del self._hashes()[key]
             return removed
 
+    # --- cache (owner: cache) -----------------------------------------------------------------
+    def _tallies(self) -> dict[str, tuple[dict[str, int], float]]:
+        # Created on first use so this section needs nothing from __init__.
+        tables: dict[str, tuple[dict[str, int], float]] | None = self.__dict__.get("_tally_tables")
+        if tables is None:
+            tables = self.__dict__.setdefault("_tally_tables", {})
+        return tables
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        keys.check(key)
+        check_ttl(ttl)
+        self._check_open()
+        with self._lock:
+            now = self._clock()
+            item = self._values.get(key)
+            if item is not None and item[1] > now:
+                return False
+            self._values[key] = (bytes(value), now + ttl)
+            return True
+
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        keys.check(key)
+        self._check_open()
+        with self._lock:
+            item = self._values.get(key)
+            if item is None or item[1] <= self._clock() or item[0] != value:
+                return False
+            del self._values[key]
+            return True
+
+    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        keys.check(match)
+        regex = match_regex(match)
+        self._check_open()
+        # One step returns every match: a dict scan in one process blocks nobody else.
+        with self._lock:
+            now = self._clock()
+            found = [k for k, (_, exp) in self._values.items() if exp > now and regex.fullmatch(k)]
+        return 0, found
+
+    async def unlink(self, *names: str) -> int:
+        return await self.delete(*names)
+
+    async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        keys.check(key)
+        check_ttl(ttl)
+        self._check_open()
+        with self._lock:
+            now = self._clock()
+            tables = self._tallies()
+            table, expires = tables.get(key, ({}, 0.0))
+            if expires <= now:
+                table = {}
+            for member, n in counts.items():
+                table[member] = table.get(member, 0) + int(n)
+            tables[key] = (table, now + ttl)
+            for name in [k for k, (_, exp) in tables.items() if exp <= now]:
+                del tables[name]
+
+    async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
+        keys.check(key)
+        self._check_open()
+        with self._lock:
+            table, expires = self._tallies().get(key, ({}, 0.0))
+            if expires <= self._clock():
+                return []
+            ranked = sorted(table.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ranked[: max(0, limit)]
+
 
 class _MemorySubscription(Subscription):
     def __init__(self, store: MemoryStore, channel: str) -> None:
@@ -287,3 +356,10 @@ class _MemorySubscription(Subscription):
         self._done = True
         if self._started:
             self._store._detach(self)
+
+
+# --- cache (owner: cache) ---------------------------------------------------------------------
+# This section's imports stay with it (the methods above use them at run time only).
+from collections.abc import Mapping  # noqa: E402
+
+from knowctl.store.base import match_regex  # noqa: E402

@@ -240,6 +240,78 @@ class RedisStore(Store):
         removed: Any = await self._call("HDEL", lambda: self._client.hdel(key, *fields))
         return int(removed)
 
+    # --- cache (owner: cache) -----------------------------------------------------------------
+    def _cache_script(self) -> Any:
+        # Registered on first use so this section needs nothing from __init__. Keys and values
+        # travel as KEYS/ARGV: data, never script text.
+        script = self.__dict__.get("_delete_if_equal_script")
+        if script is None:
+            script = self._client.register_script(_DELETE_IF_EQUAL)
+            self.__dict__["_delete_if_equal_script"] = script
+        return script
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        keys.check(key)
+        check_ttl(ttl)
+        ms = max(1, round(ttl * 1000))
+        stored: Any = await self._call("SET NX", lambda: self._client.set(key, value, px=ms, nx=True))
+        return bool(stored)
+
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        keys.check(key)
+        script = self._cache_script()
+        removed: Any = await self._call("delete_if_equal", lambda: script(keys=[key], args=[value]))
+        return int(removed) == 1
+
+    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        keys.check(match)
+        check_match(match)
+        raw: Any = await self._call(
+            "SCAN", lambda: self._client.scan(cursor=cursor, match=match, count=max(1, count))
+        )
+        next_cursor, found = raw
+        return int(next_cursor), [k.decode() if isinstance(k, bytes) else str(k) for k in found]
+
+    async def unlink(self, *names: str) -> int:
+        for key in names:
+            keys.check(key)
+        if not names:
+            return 0
+
+        # One UNLINK per key, pipelined: in Cluster the keys may live on different slots.
+        async def run() -> int:
+            pipe = self._client.pipeline(transaction=False)
+            for key in names:
+                pipe.unlink(key)
+            return sum(int(n) for n in await pipe.execute())
+
+        return await self._call("UNLINK", run)
+
+    async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        keys.check(key)
+        check_ttl(ttl)
+        if not counts:
+            return
+        ms = max(1, round(ttl * 1000))
+
+        async def run() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for member, n in counts.items():
+                pipe.zincrby(key, int(n), member)
+            pipe.pexpire(key, ms)
+            await pipe.execute()
+
+        await self._call("ZINCRBY", run)
+
+    async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
+        keys.check(key)
+        if limit <= 0:
+            return []
+        raw: Any = await self._call(
+            "ZREVRANGE", lambda: self._client.zrevrange(key, 0, limit - 1, withscores=True)
+        )
+        return [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in raw]
+
 
 class _RedisSubscription(Subscription):
     """One channel on its own pooled connection. A lost connection ends iteration with
@@ -305,3 +377,17 @@ class _RedisSubscription(Subscription):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
         except (TimeoutError, rexc.RedisError, OSError):
             pass
+
+
+# --- cache (owner: cache) ---------------------------------------------------------------------
+# This section's imports stay with it (the methods above use them at run time only).
+from collections.abc import Mapping  # noqa: E402
+
+from knowctl.store.base import check_match  # noqa: E402
+
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

@@ -1,0 +1,242 @@
+"""Coalescing of identical cache misses: one upstream call per key, in one daemon and across
+daemons sharing a store.
+
+- In a daemon: the first miss for a key leads; later ones wait on its future.
+- Across daemons: the local leader takes a short lease in the store (SET NX PX). A daemon
+  that finds the lease taken waits for the leader's news on the cache channel (its answer,
+  or "done without one"), re-reading the lease now and then in case the news was lost, and
+  gives up after ``coalesce_timeout``; then it goes upstream itself.
+- The pipeline saves the answer right after the flight ends. Until that save (or a short
+  grace period) the finished flight stays visible, and the leader holds its lease, so a
+  request arriving between the end of the flight and the save is still coalesced.
+
+Store failures never block a request: the daemon then leads on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+from knowctl.daemon import cacheentry
+from knowctl.daemon.components import Answer, Flight
+from knowctl.store import Store, StoreUnavailable, keys
+
+log = logging.getLogger("knowctl.cache")
+
+# How long a finished leader waits for the pipeline's save before telling other daemons.
+SAVE_GRACE_S = 2.0
+# How often a daemon waiting for another's answer checks that the lease is still held.
+LEASE_POLL_S = 0.5
+# Answers larger than this are not sent over pub/sub; waiters read them from the store.
+MAX_MESSAGE_BYTES = 512 * 1024
+
+ANSWER = b"F"  # F key \n entry: the leader's answer
+NO_ANSWER = b"D"  # D key: the leader finished without an answer worth sharing
+
+
+class _Known:
+    """A flight whose outcome is known on entry: an answer, or None to go upstream alone."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: Answer | None) -> None:
+        self.answer = answer
+
+    async def publish(self, answer: Answer | None) -> None:
+        return None
+
+
+class _Leader:
+    """The flight of the request that calls upstream for its key."""
+
+    def __init__(self, key: str, future: asyncio.Future[Answer | None]) -> None:
+        self.key = key
+        self.answer: Answer | None = None  # None on entry: the leader calls upstream
+        self.result: Answer | None = None
+        self.future = future
+        self.lease: bytes | None = None
+        self.saved = asyncio.Event()
+
+    async def publish(self, answer: Answer | None) -> None:
+        self.result = answer
+        if not self.future.done():
+            self.future.set_result(answer)
+
+
+class Coalescer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        shared: bool,
+        timeout: float,
+        daemon_id: str,
+        read_fresh: Callable[[str], Awaitable[Answer | None]],
+        on_coalesced: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._shared = shared
+        self._timeout = timeout
+        self._id = daemon_id
+        self._read_fresh = read_fresh
+        self._on_coalesced = on_coalesced
+        self._local: dict[str, _Leader] = {}
+        self._remote: dict[str, asyncio.Future[Answer | None]] = {}
+        self._tokens = itertools.count()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @asynccontextmanager
+    async def flight(self, key: str) -> AsyncIterator[Flight]:
+        existing = self._local.get(key)
+        if existing is not None:
+            answer = await self._follow(existing)
+            if answer is not None:
+                self._on_coalesced()
+            yield _Known(answer)
+            return
+        leader = _Leader(key, asyncio.get_running_loop().create_future())
+        self._local[key] = leader
+        try:
+            if self._shared:
+                answer = await self._wait_for_remote(leader)
+                if answer is not None:
+                    self._on_coalesced()
+                    await leader.publish(answer)
+                    leader.saved.set()  # nothing of ours to save or announce
+                    yield _Known(answer)
+                    return
+            yield leader
+        finally:
+            self._finish(leader)
+
+    def saved(self, key: str) -> None:
+        """The pipeline stored the answer of ``key``: a finished leader may now announce it."""
+        leader = self._local.get(key)
+        if leader is not None and leader.result is not None:
+            leader.saved.set()
+
+    def on_message(self, kind: bytes, key: str, payload: bytes) -> None:
+        """News from another daemon's leader (see the message kinds above)."""
+        waiter = self._remote.get(key)
+        if waiter is None or waiter.done():
+            return
+        if kind == ANSWER:
+            decoded = cacheentry.decode(payload)
+            waiter.set_result(decoded[1] if decoded is not None else None)
+        elif kind == NO_ANSWER:
+            waiter.set_result(None)
+
+    async def close(self) -> None:
+        for waiter in self._remote.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._local)
+
+    # --- inside ------------------------------------------------------------------------------
+    async def _follow(self, leader: _Leader) -> Answer | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(leader.future), self._timeout)
+        except TimeoutError:
+            return None
+
+    async def _wait_for_remote(self, leader: _Leader) -> Answer | None:
+        """Take the key's lease (return None: we lead), or wait for the daemon that holds it
+        (return its answer). None also when the store fails or the wait times out."""
+        key = leader.key
+        lease_key = keys.cache_lease(key)
+        token = f"{self._id}:{next(self._tokens)}".encode()
+        deadline = time.monotonic() + self._timeout
+        first = True
+        while True:
+            # Listen before looking, so news sent in between is not missed.
+            waiter: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+            self._remote[key] = waiter
+            try:
+                try:
+                    if not first:  # the leader may have finished and saved meanwhile
+                        answer = await self._read_fresh(key)
+                        if answer is not None:
+                            return answer
+                    first = False
+                    if await self._store.set_if_absent(lease_key, token, self._timeout + SAVE_GRACE_S):
+                        leader.lease = token
+                        return None
+                    answer = await self._read_fresh(key)
+                    if answer is not None:
+                        return answer
+                    while True:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return None
+                        try:
+                            got = await asyncio.wait_for(asyncio.shield(waiter), min(remaining, LEASE_POLL_S))
+                        except TimeoutError:
+                            if await self._store.get(lease_key) is None:
+                                break  # the leader went without a word: look again
+                            continue
+                        if got is not None:
+                            return got
+                        break  # the leader failed: compete for the lease
+                except StoreUnavailable:
+                    return None
+            finally:
+                if self._remote.get(key) is waiter:
+                    del self._remote[key]
+            if time.monotonic() >= deadline:
+                return None
+
+    def _finish(self, leader: _Leader) -> None:
+        if not leader.future.done():
+            leader.future.set_result(None)  # failed or cancelled: followers go upstream
+        if leader.result is None or leader.saved.is_set():
+            self._forget(leader)
+            if leader.lease is not None:
+                self._spawn(self._announce(leader))
+            return
+        self._spawn(self._after_save(leader))
+
+    def _forget(self, leader: _Leader) -> None:
+        if self._local.get(leader.key) is leader:
+            del self._local[leader.key]
+
+    async def _after_save(self, leader: _Leader) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(leader.saved.wait(), SAVE_GRACE_S)
+        self._forget(leader)
+        if leader.lease is not None:
+            await self._announce(leader)
+
+    async def _announce(self, leader: _Leader) -> None:
+        """Tell waiting daemons how it ended, then release the lease."""
+        key = leader.key.encode()
+        message = NO_ANSWER + key
+        if leader.result is not None:
+            entry = cacheentry.encode(leader.result, time.time())
+            if len(entry) <= MAX_MESSAGE_BYTES:
+                message = ANSWER + key + b"\n" + entry
+        try:
+            await self._store.publish(keys.cache_channel(), message)
+        except StoreUnavailable as exc:
+            log.debug("cache: could not announce a coalesced answer: %s", exc)
+        if leader.lease is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.delete_if_equal(keys.cache_lease(leader.key), leader.lease)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
