@@ -86,10 +86,11 @@ def test_workers_with_memory_store_is_refused() -> None:
     assert result.returncode == 2 and "shared store" in result.stderr
 
 
-def test_readme_reference_is_current() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert START in readme and END in readme
-    assert splice(readme) == readme, "run: knowctl config reference --write README.md"
+@pytest.mark.parametrize("document", ["README.md", "docs/configuration.md"])
+def test_reference_is_current(document: str) -> None:
+    text = (ROOT / document).read_text()
+    assert START in text and END in text
+    assert splice(text) == text, f"run: knowctl config reference --write {document}"
     for name in ("KNOWCTL_STORE_URL", "KNOWCTL_GOOGLE_API_KEY_FILE", "KNOWCTL_CONFIG"):
         assert name in reference_table()
 
