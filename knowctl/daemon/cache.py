@@ -213,11 +213,13 @@ class AnswerCache:
     def l2_ttl(self) -> float:
         return self._l2_ttl
 
-    async def drop_everywhere(self, cache_keys: list[str]) -> None:
-        """Drop these keys from every daemon's L1 (their store entries are already new)."""
-        for key in cache_keys:
-            self._l1.pop(key)
-        self._l1_gauges()
+    async def drop_everywhere(self, cache_keys: list[str], *, local: bool = True) -> None:
+        """Drop these keys from the L1 of every daemon (``local``: this one's too); used after
+        their store entries were replaced."""
+        if local:
+            for key in cache_keys:
+                self._l1.pop(key)
+            self._l1_gauges()
         for start in range(0, len(cache_keys), L1_DROP_BATCH):
             batch = "\n".join(cache_keys[start : start + L1_DROP_BATCH])
             await self._broadcast(INVALIDATE_KEYS, batch)
