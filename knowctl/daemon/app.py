@@ -7,7 +7,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from knowctl.daemon import metrics
 from knowctl.daemon.admin import AdminApi
@@ -130,7 +130,7 @@ class Gateway:
             return 200
         if route == "ready":
             return await self._ready(send)
-        await respond(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST.encode())
+        await respond(send, 200, metrics.exposition(), CONTENT_TYPE_LATEST.encode())
         return 200
 
     async def _ready(self, send: Send) -> int:

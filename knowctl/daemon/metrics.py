@@ -7,7 +7,17 @@ scrapes a running daemon and checks that every name they use is really exported.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -42,6 +52,7 @@ UPSTREAM_DURATION = Histogram(
 STORE_UP = Gauge(
     "knowctl_store_up",
     "1 while the shared store answers, 0 while it is unreachable (the daemon runs degraded).",
+    multiprocess_mode="livemin",
     registry=REGISTRY,
 )
 STORE_UP.set(1)
@@ -51,12 +62,14 @@ QUOTA_USED = Gauge(
     "knowctl_quota_used",
     "Units used in the provider quota window (requests or tokens), by model and window.",
     ["model", "window"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 QUOTA_LIMIT = Gauge(
     "knowctl_quota_limit",
     "Configured provider quota limit, by model and window.",
     ["model", "window"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 QUOTA_DECISIONS = Counter(
@@ -69,6 +82,7 @@ QUEUE_DEPTH = Gauge(
     "knowctl_queue_depth",
     "Requests waiting for provider quota in this daemon, by priority.",
     ["priority"],
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 TOKEN_ESTIMATE_ERROR = Histogram(
@@ -88,3 +102,16 @@ CACHE_REQUESTS = Counter(
 )
 
 ProcessCollector(registry=REGISTRY)
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def exposition() -> bytes:
+    """The metrics page. With ``--workers N`` each worker writes its values to files in
+    PROMETHEUS_MULTIPROC_DIR, and whichever worker is scraped sums them all (the gauges
+    say how: live sums, minimums or maximums), so one scrape sees the whole daemon."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return bytes(generate_latest(registry))
+    return bytes(generate_latest(REGISTRY))

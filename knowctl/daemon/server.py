@@ -77,6 +77,11 @@ def serve(settings: Settings) -> None:
 
 
 def _serve_workers(settings: Settings, sock: socket.socket) -> None:
+    # Metrics of all workers are summed from files in this directory (see metrics.exposition);
+    # set before the workers start, so their prometheus-client picks its multi-process mode.
+    import tempfile
+
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="knowctl-metrics-"))
     # Worker processes rebuild Settings from the environment; pass every resolved value.
     for name, value in settings.model_dump(exclude_none=True).items():
         if hasattr(value, "get_secret_value"):
