@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Provider quota: usage per model and window, queue, decisions.", no_args_is_help=True)
 
+
+@app.callback()
+def _group() -> None:
+    """Provider quota: usage per model and window, queue, decisions."""
+
+
 STATS_PATH = "/api/quota/stats"
 BAR_WIDTH = 20
 
@@ -31,6 +37,10 @@ def stats(
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Only this model (also one this daemon has not served yet)."),
+    ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Redraw live until Ctrl-C.")] = False,
     interval: Annotated[
         float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")
@@ -39,23 +49,29 @@ def stats(
     """Usage, limits, reserved tokens, reset times, queue depth and decisions per model."""
     if as_json and watch:
         fail("--json prints one document; it cannot be combined with --watch", EXIT_CONFIG)
+    params = {"model": model} if model else None
     with admin_client(url, token) as client:
+
+        def fetch() -> dict[str, Any]:
+            data: dict[str, Any] = client.call("GET", STATS_PATH, params=params)
+            return data
+
         if as_json:
-            print_json(client.call("GET", STATS_PATH))
+            print_json(fetch())
             return
         from rich.console import Console
 
         console = Console()
         if not watch:
-            console.print(render(client.call("GET", STATS_PATH)))
+            console.print(render(fetch()))
             return
         from rich.live import Live
 
-        with Live(render(client.call("GET", STATS_PATH)), console=console, auto_refresh=False) as live:
+        with Live(render(fetch()), console=console, auto_refresh=False) as live:
             try:
                 while True:
                     time.sleep(interval)
-                    live.update(render(client.call("GET", STATS_PATH)), refresh=True)
+                    live.update(render(fetch()), refresh=True)
             except KeyboardInterrupt:
                 pass
 

@@ -8,9 +8,8 @@ queue per model, and holds after the provider's own 429s.
   woken: a settle here or on another daemon returned tokens (pub/sub), a hold ended, a more
   important waiter arrived. No polling.
 - ``settle`` replaces the token estimate by the real usage (``store.adjust``).
-- When the store does not answer, admission falls back to an in-process memory store
-  holding the full limits (see the class docstring), and tries the shared store again
-  after a short pause.
+- Store failures are retried with the same reservation id; a store down for a second
+  makes admission fall back to local windows (``quota_store.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from knowctl.daemon import metrics
 from knowctl.daemon.admin import AdminRequest, AdminResponse, Route
 from knowctl.daemon.components import CallRefused, Ticket
 from knowctl.daemon.quota_bus import QuotaBus
+from knowctl.daemon.quota_store import QuotaStore
 from knowctl.daemon.request import CallContext
 from knowctl.daemon.waitqueue import WaitQueue
 from knowctl.policy import quota as qp
@@ -36,14 +36,10 @@ from knowctl.policy import tokens as tp
 from knowctl.policy.priority import Priority
 from knowctl.policy.windows import Window
 from knowctl.settings import Settings
-from knowctl.store import Store, StoreUnavailable, WindowUsage, keys
-from knowctl.store.memory import MemoryStore
+from knowctl.store import Store, keys
 
 log = logging.getLogger("knowctl.quota")
 
-# After a store failure, admit from local windows this long before asking the store again,
-# so an outage costs one store timeout per second, not one per request.
-DEGRADED_RETRY_S = 1.0
 # Estimates kept for calls between try_admit and wait_admit (count_tokens mode only).
 _ESTIMATE_MEMO = 4096
 DECISIONS = ("admitted", "queued", "refused", "fallback")
@@ -83,19 +79,21 @@ class ProviderQuota:
     ) -> None:
         self._settings = settings
         self._cfg = qp.QuotaConfig.from_settings(settings)
-        self._store = store
-        self._local = MemoryStore("memory://")
         use_count = settings.token_estimator == "count_tokens"  # noqa: S105 (not a secret)
         self._count_tokens = count_tokens if use_count else None
         self._models: dict[str, _Model] = {}
         self._waiting = 0
-        self._retry_store_at = 0.0  # monotonic; > now while degraded
-        self.degraded = False
         self._estimates: OrderedDict[int, tuple[CallContext, int]] = OrderedDict()
         self._bus = QuotaBus(
             store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
         )
+        self._windows = QuotaStore(store, self._bus.spawn)
         self._closed = False
+
+    @property
+    def degraded(self) -> bool:
+        """The shared store does not answer: admissions come from local windows."""
+        return self._windows.degraded
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -115,7 +113,7 @@ class ProviderQuota:
             if m.pump is not None:
                 m.pump.cancel()
         await self._bus.close()
-        await self._local.close()
+        await self._windows.close()
 
     # --- QuotaGate ---------------------------------------------------------------------------
     async def try_admit(self, ctx: CallContext) -> Ticket | float:
@@ -206,11 +204,7 @@ class ProviderQuota:
         metrics.TOKEN_ESTIMATE_ERROR.observe(actual - ticket.estimated_tokens)
         if actual == ticket.estimated_tokens:
             return
-        store = self._local if ticket.data.get("local") else self._store
-        try:
-            await store.adjust(m.scope, m.windows, ticket.reservation_id, qp.amounts(m.windows, actual))
-        except StoreUnavailable as exc:
-            log.warning("quota: could not reconcile %s tokens: %s", m.name, exc)
+        if not await self._adjust(m, ticket, qp.amounts(m.windows, actual)):
             return
         if actual < ticket.estimated_tokens:
             m.wake.set()
@@ -245,22 +239,7 @@ class ProviderQuota:
         rid = uuid.uuid4().hex
         amounts = qp.amounts(m.windows, tokens)
         share = self._cfg.share(priority)
-        local = time.monotonic() < self._retry_store_at
-        admission = None
-        if not local:
-            try:
-                admission = await self._store.acquire(
-                    m.scope, m.windows, amounts, share=share, reservation_id=rid
-                )
-                self._set_degraded(False)
-            except StoreUnavailable as exc:
-                log.warning("quota: store unavailable, admitting from local windows: %s", exc)
-                self._set_degraded(True)
-                local = True
-        if admission is None:
-            admission = await self._local.acquire(
-                m.scope, m.windows, amounts, share=share, reservation_id=rid
-            )
+        admission, local = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
         for w, used in zip(m.windows, admission.usage, strict=True):
             metrics.QUOTA_USED.labels(m.name, w.name).set(used)
         if not admission.admitted:
@@ -268,15 +247,6 @@ class ProviderQuota:
         for w, amount in zip(m.windows, amounts, strict=True):
             m.inflight[w.name] += amount
         return Ticket(m.name, rid, tokens, {"local": local})
-
-    def _set_degraded(self, degraded: bool) -> None:
-        if degraded:
-            self._retry_store_at = time.monotonic() + DEGRADED_RETRY_S
-        if degraded != self.degraded:
-            self.degraded = degraded
-            metrics.STORE_UP.set(0 if degraded else 1)
-            if not degraded:
-                log.info("quota: store answers again, shared windows in use")
 
     async def _estimate(self, ctx: CallContext, m: _Model) -> int:
         if not m.tokens:
@@ -340,14 +310,14 @@ class ProviderQuota:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(m.wake.wait(), max(delay, 0.001))
 
+    async def _adjust(self, m: _Model, ticket: Ticket, amounts: tuple[int, ...]) -> bool:
+        local = bool(ticket.data.get("local"))
+        return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, local)
+
     async def _release(self, m: _Model, ticket: Ticket) -> None:
         """Give back an admission nobody will use: amounts 0 free it in every window."""
         await self.settle(ticket, None)
-        store = self._local if ticket.data.get("local") else self._store
-        try:
-            await store.adjust(m.scope, m.windows, ticket.reservation_id, [0] * len(m.windows))
-        except StoreUnavailable as exc:
-            log.warning("quota: could not release a reservation of %s: %s", m.name, exc)
+        if not await self._adjust(m, ticket, (0,) * len(m.windows)):
             return
         m.wake.set()
         self._bus.freed(m.name)
@@ -413,7 +383,7 @@ class ProviderQuota:
             m = self._models.get(name) or self._new_model(name)
             windows: dict[str, Any] = {}
             if m.windows:
-                for w, u in zip(m.windows, await self._usage(m), strict=True):
+                for w, u in zip(m.windows, await self._windows.usage(m.scope, m.windows), strict=True):
                     metrics.QUOTA_USED.labels(name, w.name).set(u.used)
                     windows[w.name] = qp.window_stats(
                         w, u.used, max(0, m.inflight[w.name]), u.reset_after, now
@@ -430,7 +400,7 @@ class ProviderQuota:
             }
         return {
             "degraded": self.degraded,
-            "store": self._store.backend,
+            "store": self._windows.shared.backend,
             "tokens": self._cfg.token_mode,
             "queue": {
                 "waiting": self._waiting,
@@ -439,16 +409,6 @@ class ProviderQuota:
             },
             "models": models,
         }
-
-    async def _usage(self, m: _Model) -> list[WindowUsage]:
-        if time.monotonic() >= self._retry_store_at:
-            try:
-                usage = await self._store.usage(m.scope, m.windows)
-                self._set_degraded(False)
-                return usage
-            except StoreUnavailable:
-                self._set_degraded(True)
-        return await self._local.usage(m.scope, m.windows)
 
     async def _stats_route(self, request: AdminRequest) -> AdminResponse:
         return AdminResponse(await self.stats(request.query.get("model") or None))

@@ -1,0 +1,226 @@
+"""Provider quota with real processes: three ``knowctl serve`` sharing one real Redis, the
+simulator upstream enforcing the same limit as ours, bursts of concurrent requests.
+
+The simulator counts what really reached it (``served``, ``rejected``: its own 429s), so
+"never over-admit" is checked where it matters. Each test keeps its burst inside one
+window (the queue times out well before the window ends): across windows, the gateway's
+clock (Redis TIME at admission) and the simulator's (arrival) differ by the forwarding
+time, which this test is not about.
+
+Each test uses its own model names: the session's Redis is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from typer.testing import CliRunner, Result
+
+from knowctl.commands import quota as quota_cmd
+from tests.support.fixtures import Gateway, Simulator, start_gateway
+from tests.support.net import LOOPBACK, free_port
+
+WINDOW_S = 10  # long enough that a burst, its queue timeouts and its checks fit in one window
+QUEUE_TIMEOUT_S = 1.5
+
+
+def model() -> str:
+    return f"e2e-{uuid.uuid4().hex[:10]}"
+
+
+def gen_path(name: str, stream: str | None = None) -> str:
+    if stream is None:
+        return f"/v1beta/models/{name}:generateContent"
+    return f"/v1beta/models/{name}:streamGenerateContent{stream}"
+
+
+def body(text: str) -> dict[str, Any]:
+    return {"contents": [{"role": "user", "parts": [{"text": text}]}]}
+
+
+def env(**quota: Any) -> dict[str, str]:
+    values = {
+        "KNOWCTL_QUOTA_MINUTE_S": WINDOW_S,
+        "KNOWCTL_QUEUE_TIMEOUT": QUEUE_TIMEOUT_S,
+        "KNOWCTL_USER_LIMITS": "none",
+        "KNOWCTL_CACHE_ENABLED": "false",
+        **{f"KNOWCTL_{k.upper()}": v for k, v in quota.items()},
+    }
+    return {k: str(v) for k, v in values.items()}
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, redis_url: str, simulator: Simulator) -> Iterator[Callable[..., list[Gateway]]]:
+    """``daemons(quota_rpm=40)``: three gateways on one Redis with these settings."""
+    with ExitStack() as stack:
+
+        def start(**quota: Any) -> list[Gateway]:
+            gateways = []
+            for _ in range(3):
+                handle, process = start_gateway(
+                    tmp_path, "--upstream", simulator.url, "--store", redis_url, env=env(**quota)
+                )
+                stack.enter_context(process)
+                gateways.append(handle)
+            return gateways
+
+        yield start
+
+
+async def burst(
+    gateways: list[Gateway], requests: list[tuple[str, dict[str, Any], dict[str, str]]]
+) -> list[httpx.Response]:
+    """Send every (path, body, headers) at once, round-robin over the gateways."""
+    limits = httpx.Limits(max_connections=len(requests) + 10, max_keepalive_connections=len(requests))
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        return await asyncio.gather(
+            *(
+                client.post(gateways[i % len(gateways)].url + path, json=payload, headers=headers)
+                for i, (path, payload, headers) in enumerate(requests)
+            )
+        )
+
+
+def check_refusals(responses: list[httpx.Response]) -> None:
+    """Every answer is a 200 or our own 429 in Google's shape with an honest Retry-After."""
+    for r in responses:
+        assert r.status_code in (200, 429), r.text
+        if r.status_code == 429:
+            error = r.json()["error"]
+            assert error["status"] == "RESOURCE_EXHAUSTED"
+            retry_after = int(r.headers["retry-after"])
+            assert 1 <= retry_after <= WINDOW_S + 1
+            retry = [d for d in error.get("details", []) if d.get("@type", "").endswith("RetryInfo")]
+            assert retry and retry[0]["retryDelay"].endswith("s")
+
+
+def stats(gateway: Gateway, name: str) -> dict[str, Any]:
+    response = httpx.get(f"{gateway.url}/api/quota/stats", params={"model": name}, timeout=10)
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def test_rpm_burst_over_three_daemons_uses_the_whole_limit_and_no_more(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator
+) -> None:
+    three = daemons(quota_rpm=40)
+    simulator.configure(rpm=40, window_s=WINDOW_S)
+    name = model()
+    started = time.monotonic()
+    responses = asyncio.run(burst(three, [(gen_path(name), body(f"q{i}"), {}) for i in range(300)]))
+    assert time.monotonic() - started < WINDOW_S  # the premise: one window
+    check_refusals(responses)
+    sim = simulator.stats()
+    assert sim["rejected"] == 0
+    assert sim["served"] == 40
+    assert sum(r.status_code == 200 for r in responses) == 40
+    # The three daemons' stats agree: one shared window.
+    windows = [stats(g, name)["models"][name]["windows"]["rpm"] for g in three]
+    assert [w["used"] for w in windows] == [40, 40, 40]
+    counts = [stats(g, name)["models"][name]["counts"] for g in three]
+    assert sum(c["admitted"] for c in counts) == 40
+    assert sum(c["refused"] for c in counts) == 260
+
+
+def test_low_priority_stops_at_its_share_and_critical_gets_the_rest(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator
+) -> None:
+    three = daemons(quota_rpm=40)
+    simulator.configure(rpm=40, window_s=WINDOW_S)
+    name = model()
+    low = asyncio.run(
+        burst(three, [(gen_path(name), body(f"low{i}"), {"x-knowctl-priority": "low"}) for i in range(150)])
+    )
+    check_refusals(low)
+    assert sum(r.status_code == 200 for r in low) == 24  # 60% of 40
+    assert simulator.stats()["served"] == 24
+    crit = asyncio.run(
+        burst(
+            three,
+            [(gen_path(name), body(f"crit{i}"), {"x-knowctl-priority": "CRITICAL"}) for i in range(150)],
+        )
+    )
+    check_refusals(crit)
+    assert sum(r.status_code == 200 for r in crit) == 16
+    sim = simulator.stats()
+    assert (sim["served"], sim["rejected"]) == (40, 0)
+
+
+def test_tpm_burst_with_varied_prompt_sizes(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator
+) -> None:
+    three = daemons(quota_tpm=3000)
+    simulator.configure(tpm=3000, window_s=WINDOW_S)
+    name = model()
+    sizes = [(i * 37) % 97 + 1 for i in range(300)]  # 1..97 tokens each, about 14,700 offered
+    requests = [(gen_path(name), body(f"{i:04d}" * size), {}) for i, size in enumerate(sizes)]
+    responses = asyncio.run(burst(three, requests))
+    check_refusals(responses)
+    sim = simulator.stats()
+    assert sim["rejected"] == 0
+    assert sim["prompt_tokens"] <= 3000
+    assert sim["max_tokens_in_window"] <= 3000
+    # Filled up to the last request that still fitted: less than one request's worth is left.
+    assert sim["prompt_tokens"] > 3000 - max(sizes)
+    served = sum(s for s, r in zip(sizes, responses, strict=True) if r.status_code == 200)
+    assert served == sim["prompt_tokens"]
+    tpm = stats(three[0], name)["models"][name]["windows"]["tpm"]
+    assert tpm["used"] == sim["prompt_tokens"]
+
+
+@pytest.mark.parametrize("framing", ["?alt=sse", ""])
+def test_streamed_answer_is_reconciled_from_its_last_chunk(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator, framing: str
+) -> None:
+    three = daemons(quota_tpm=100_000, token_bytes_per_token=2)
+    name = model()
+    gateway = three[1]
+    # 2 bytes per token here, 4 at the simulator: the estimate is twice the real count.
+    response = httpx.post(gateway.url + gen_path(name, framing), json=body("x" * 400), timeout=30)
+    assert response.status_code == 200
+    sim = simulator.stats()
+    assert sim["prompt_tokens"] == 100
+    deadline = time.monotonic() + 10
+    while (used := stats(gateway, name)["models"][name]["windows"]["tpm"]["used"]) != 100:
+        assert used == 200, "only the estimate or the real count can be recorded"
+        assert time.monotonic() < deadline, "the stream's usage was never reconciled"
+        time.sleep(0.05)
+    assert stats(gateway, name)["models"][name]["windows"]["tpm"]["reserved"] == 0
+
+
+def test_quota_stats_command(daemons: Callable[..., list[Gateway]], simulator: Simulator) -> None:
+    three = daemons(quota_rpm=5)
+    name = model()
+    for _ in range(2):
+        assert httpx.post(three[0].url + gen_path(name), json=body("hello"), timeout=30).status_code == 200
+
+    def knowctl(*args: str) -> Result:
+        # The sub-app itself, in-process: the daemon it talks to is the real one.
+        return CliRunner().invoke(quota_cmd.app, ["stats", *args], env={"COLUMNS": "200"})
+
+    done = knowctl("--url", three[0].url, "--json")
+    assert done.exit_code == 0, done.output
+    data = orjson.loads(done.stdout)
+    assert data["models"][name]["windows"]["rpm"]["used"] == 2
+    assert data["models"][name]["counts"]["admitted"] == 2
+    # Another daemon lists the models it served, or the one asked for: the window is shared.
+    other = orjson.loads(knowctl("--url", three[2].url, "--json", "--model", name).stdout)
+    assert other["models"][name]["windows"]["rpm"]["used"] == 2
+    assert other["models"][name]["counts"]["admitted"] == 0
+    table = knowctl("--url", three[0].url)
+    assert table.exit_code == 0 and name in table.stdout and "rpm" in table.stdout
+    unreachable = knowctl("--url", f"http://{LOOPBACK}:{free_port()}")
+    assert unreachable.exit_code == 3
+    assert "knowctl serve" in unreachable.stderr
+    both = knowctl("--url", three[2].url, "--json", "--watch")
+    assert both.exit_code == 2
