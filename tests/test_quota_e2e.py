@@ -224,3 +224,23 @@ def test_quota_stats_command(daemons: Callable[..., list[Gateway]], simulator: S
     assert "knowctl serve" in unreachable.stderr
     both = knowctl("--url", three[2].url, "--json", "--watch")
     assert both.exit_code == 2
+
+
+def test_provider_429_holds_the_model_on_every_daemon(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator
+) -> None:
+    three = daemons(quota_rpm=1000)  # our limit is not what binds: the provider's is
+    simulator.configure(rpm=5, window_s=WINDOW_S)
+    name = model()
+    first = asyncio.run(burst(three, [(gen_path(name), body(f"a{i}"), {}) for i in range(30)]))
+    assert sum(r.status_code == 200 for r in first) == 5
+    deadline = time.monotonic() + 10
+    while not all(stats(g, name)["models"][name]["exhausted"] for g in three):
+        assert time.monotonic() < deadline, "the hold did not reach every daemon"
+        time.sleep(0.05)
+    reached = simulator.stats()
+    again = asyncio.run(burst(three, [(gen_path(name), body(f"b{i}"), {}) for i in range(30)]))
+    check_refusals(again)
+    assert all(r.status_code == 429 for r in again)
+    after = simulator.stats()
+    assert (after["served"], after["rejected"]) == (reached["served"], reached["rejected"])
