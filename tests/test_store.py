@@ -510,3 +510,12 @@ async def test_redis_scripts_and_memory_backend_agree(redis_url: str) -> None:
     finally:
         await red.close()
         await mem.close()
+
+
+async def test_closed_subscription_ends_iteration(store: Store) -> None:
+    ch = keys.channel(f"closing-{rid()}")
+    async with store.subscribe(ch) as sub:
+        await store.publish(ch, b"one")
+        assert await asyncio.wait_for(anext(sub), 3) == b"one"
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(sub), 3)

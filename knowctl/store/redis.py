@@ -340,6 +340,8 @@ class _RedisSubscription(Subscription):
             raise
 
     async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
         await self.start()
         while not self._closed:
             pubsub = self._pubsub
