@@ -175,9 +175,11 @@ class AnswerCache:
         return Cached(got.answer, "STALE", max(0.0, now - got.stored_at))
 
     async def save(self, key: str, answer: Answer) -> None:
+        self.coalescer.saving(key)  # before any await: see Coalescer._after_save
         if not is_complete_success(answer.chunks):
             self.counts.refused += 1
             cm.SAVES.labels("refused").inc()
+            self.coalescer.saved(key)
             return
         now = self._clock()
         blob = cacheentry.encode(answer, now)

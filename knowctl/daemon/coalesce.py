@@ -6,9 +6,10 @@ daemons sharing a store.
   that finds the lease taken waits for the leader's news on the cache channel (its answer,
   or "done without one"), re-reading the lease now and then in case the news was lost, and
   gives up after ``coalesce_timeout``; then it goes upstream itself.
-- The pipeline saves the answer right after the flight ends. Until that save (or a short
-  grace period) the finished flight stays visible, and the leader holds its lease, so a
-  request arriving between the end of the flight and the save is still coalesced.
+- The pipeline saves the answer right after the flight ends. Until that save (at most a
+  short grace period) the finished flight stays visible, and the leader holds its lease, so
+  a request arriving between the end of the flight and the save is still coalesced. An
+  answer that is not saved (no-store) is shared only with requests that were waiting.
 
 Store failures never block a request: the daemon then leads on its own.
 """
@@ -62,6 +63,7 @@ class _Leader:
         self.result: Answer | None = None
         self.future = future
         self.lease: bytes | None = None
+        self.saving = False  # the pipeline has begun to store the answer
         self.saved = asyncio.Event()
 
     async def publish(self, answer: Answer | None) -> None:
@@ -115,6 +117,12 @@ class Coalescer:
             yield leader
         finally:
             self._finish(leader)
+
+    def saving(self, key: str) -> None:
+        """The pipeline began to store the answer of ``key`` (called before its first await)."""
+        leader = self._local.get(key)
+        if leader is not None and leader.result is not None:
+            leader.saving = True
 
     def saved(self, key: str) -> None:
         """The pipeline stored the answer of ``key``: a finished leader may now announce it."""
@@ -214,8 +222,13 @@ class Coalescer:
             del self._local[leader.key]
 
     async def _after_save(self, leader: _Leader) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(leader.saved.wait(), SAVE_GRACE_S)
+        # The pipeline calls save() right after the flight ends, with no await in between, so
+        # by the time this task first runs it has begun saving, or it will not save at all
+        # (Cache-Control: no-store): then later requests must not get this answer.
+        await asyncio.sleep(0)
+        if leader.saving:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leader.saved.wait(), SAVE_GRACE_S)
         self._forget(leader)
         if leader.lease is not None:
             await self._announce(leader)
