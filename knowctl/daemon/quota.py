@@ -43,6 +43,8 @@ log = logging.getLogger("knowctl.quota")
 # Estimates kept for calls between try_admit and wait_admit (count_tokens mode only).
 _ESTIMATE_MEMO = 4096
 DECISIONS = ("admitted", "queued", "refused", "fallback")
+# When the store is overloaded (answers others, not us), try again after this long.
+STORE_BUSY_RETRY_S = 0.1
 
 
 @dataclass(eq=False, slots=True)
@@ -239,7 +241,10 @@ class ProviderQuota:
         rid = uuid.uuid4().hex
         amounts = qp.amounts(m.windows, tokens)
         share = self._cfg.share(priority)
-        admission, local = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
+        got = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
+        if got is None:  # the store is overloaded: admit nothing blind, come back shortly
+            return STORE_BUSY_RETRY_S
+        admission, local = got
         for w, used in zip(m.windows, admission.usage, strict=True):
             metrics.QUOTA_USED.labels(m.name, w.name).set(used)
         if not admission.admitted:

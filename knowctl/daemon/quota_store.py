@@ -1,9 +1,11 @@
 """The quota windows' store access: the shared store, and local windows while it is down.
 
 A store call that fails is retried with the same reservation id (the store treats a repeat
-as a replay, so nothing is counted twice) until it has failed for ``DEGRADE_AFTER_S``; only
-then is the store taken for down. A timeout under load is no outage: the script may well
-have run, and admitting from local windows then would over-admit.
+as a replay, so nothing is counted twice) for up to ``DEGRADE_AFTER_S``. The store is taken
+for down only when no call at all has succeeded for that long. A timeout while other calls
+succeed is overload (a full connection pool, a busy event loop), not an outage: the request
+is then not admitted (the caller queues it), since admitting from local windows would
+over-admit, and the script may well have run anyway.
 
 While degraded, each daemon admits from an in-process memory store holding the full limits
 (no setting says how many daemons share them yet), so N daemons could together admit up to
@@ -39,6 +41,7 @@ class QuotaStore:
         self._local = MemoryStore("memory://")
         self._spawn = spawn  # runs background work (kept referenced by the caller)
         self._retry_at = 0.0  # monotonic; > now while degraded
+        self._last_ok = -DEGRADE_AFTER_S  # monotonic time of the last store call that answered
         self.degraded = False
 
     async def close(self) -> None:
@@ -46,8 +49,9 @@ class QuotaStore:
 
     async def acquire(
         self, scope: str, windows: Sequence[Window], amounts: Sequence[int], share: float, rid: str
-    ) -> tuple[Admission, bool]:
-        """The admission, and whether it came from the local windows."""
+    ) -> tuple[Admission, bool] | None:
+        """The admission and whether it came from the local windows; None when the store is
+        overloaded (try again shortly)."""
         if time.monotonic() >= self._retry_at:
             give_up = time.monotonic() + (0 if self.degraded else DEGRADE_AFTER_S)
             while True:
@@ -56,16 +60,20 @@ class QuotaStore:
                         scope, windows, amounts, share=share, reservation_id=rid
                     )
                 except StoreUnavailable as exc:
-                    if time.monotonic() < give_up:
+                    now = time.monotonic()
+                    if now < give_up:
                         await asyncio.sleep(STORE_RETRY_PAUSE_S)
                         continue
+                    if now - self._last_ok < DEGRADE_AFTER_S:
+                        self._spawn(self._forget(scope, windows, rid))  # in case it was recorded
+                        return None
                     log.warning("quota: store unavailable, admitting from local windows: %s", exc)
                     self._set_degraded(True)
                     # An attempt that timed out may have been recorded: free it for when the
                     # store is back (best effort; left there it could only under-admit).
                     self._spawn(self._forget(scope, windows, rid))
                     break
-                self._set_degraded(False)
+                self._answered()
                 return admission, False
         local = await self._local.acquire(scope, windows, amounts, share=share, reservation_id=rid)
         return local, True
@@ -82,6 +90,7 @@ class QuotaStore:
         while True:
             try:
                 await self.shared.adjust(scope, windows, rid, amounts)
+                self._answered()
                 return True
             except StoreUnavailable as exc:
                 if time.monotonic() >= give_up:
@@ -99,6 +108,10 @@ class QuotaStore:
     async def _forget(self, scope: str, windows: Sequence[Window], rid: str) -> None:
         with contextlib.suppress(StoreUnavailable):
             await self.shared.adjust(scope, windows, rid, [0] * len(windows))
+
+    def _answered(self) -> None:
+        self._last_ok = time.monotonic()
+        self._set_degraded(False)
 
     def _set_degraded(self, degraded: bool) -> None:
         if degraded:
