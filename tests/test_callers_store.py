@@ -430,3 +430,24 @@ async def test_admin_routes_validate_and_never_list_keys(store: Store) -> None:
         assert bad_name.value.status == 400
     finally:
         await registry.close()
+
+
+async def test_the_gateways_own_calls_and_public_topics(store: Store) -> None:
+    registry = await registry_on(store, user_limits="1/minute")
+    try:
+        for _ in range(3):
+            internal = ctx()
+            internal.scope["knowctl.internal"] = "topics"
+            identity = await registry.identify(internal)
+            assert identity.user == "internal.topics"
+            internal.identity = identity
+            await registry.check_limits(internal)  # never limited
+            assert internal.response_headers == []
+        public = ctx(peer="192.0.2.77")
+        public.scope["knowctl.topic"] = "tides"
+        assert (await registry.identify(public)).user == "192.0.2.77"
+        with pytest.raises(CallRefused) as no_key:
+            await registry.identify(ctx(peer="192.0.2.77"))
+        assert no_key.value.status == 401
+    finally:
+        await registry.close()

@@ -42,6 +42,9 @@ log = logging.getLogger("knowctl.callers")
 # an outage costs one timeout per second rather than one per request.
 STORE_RETRY_S = 1.0
 IP_POLICY_PREFIX = "ip-"
+# ASGI scope keys the daemon sets on calls it builds itself (knowctl/daemon/topics.py).
+INTERNAL = "knowctl.internal"
+PUBLIC_TOPIC = "knowctl.topic"
 
 
 class CallersConfigError(RuntimeError):
@@ -104,9 +107,17 @@ class CallerRegistry:
         return policy.client_address(ctx.client_ip, forwarded, self._trusted) or "unknown"
 
     async def identify(self, ctx: CallContext) -> Identity:
+        internal = ctx.scope.get(INTERNAL)
+        if internal:
+            # The gateway's own calls (topic refresh, prewarm): only the daemon sets this scope
+            # key (an ASGI scope is built by the server, never from client input).
+            return Identity(user=f"internal.{internal}", kind="key")
         if self.mode == "anonymous":
             return Identity(user=self.client_ip(ctx), kind="anonymous")
         credential = policy.presented_credential(ctx.header, ctx.query)
+        if credential is None and PUBLIC_TOPIC in ctx.scope:
+            # GET /topics/... is public (browsers, CDNs): without a key it is the address.
+            return Identity(user=self.client_ip(ctx), kind="anonymous")
         if self.mode == "passthrough":
             if credential is None:  # Google will refuse it; count it against the address
                 return Identity(user=self.client_ip(ctx), kind="anonymous")
@@ -164,6 +175,8 @@ class CallerRegistry:
         return self._user_windows
 
     async def check_limits(self, ctx: CallContext) -> None:
+        if ctx.scope.get(INTERNAL):
+            return  # the gateway's own work is bounded by the provider quota, not user limits
         identity = ctx.identity or await self.identify(ctx)
         user_windows = self.user_windows(identity.tier)
         if not user_windows and not self._ip_windows:
