@@ -339,3 +339,18 @@ def test_cli_exit_codes_for_auth_and_unreachable(keyed: Gateway) -> None:
     down = cli("keys", "create", "--user", "bob", "--json", url=f"http://{LOOPBACK}:{free_port()}")
     assert down.returncode == 3
     assert "cannot reach the knowctl daemon" in down.stderr and down.stdout == ""
+
+
+def test_keys_mode_without_gateway_credentials_refuses_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KNOWCTL_")}
+    env.update(KNOWCTL_AUTH_MODE="keys", KNOWCTL_LOG_FORMAT="json")
+    upstream = f"http://{LOOPBACK}:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "knowctl", "serve", "--port", "0", "--upstream", upstream],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "KNOWCTL_AUTH_MODE=keys needs Google credentials" in done.stderr + done.stdout
