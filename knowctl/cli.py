@@ -12,8 +12,11 @@ import typer
 from knowctl import __version__
 from knowctl.commands import config as config_cmd
 from knowctl.commands import deploy as deploy_cmd
+from knowctl.commands import keys as keys_cmd
+from knowctl.commands import quota as quota_cmd
 from knowctl.commands import serve as serve_cmd
 from knowctl.commands import simulate as simulate_cmd
+from knowctl.commands import users as users_cmd
 
 app = typer.Typer(
     name="knowctl",
@@ -41,6 +44,9 @@ def _root(
 
 app.command("serve")(serve_cmd.serve)
 app.command("simulate")(simulate_cmd.simulate)
+app.add_typer(quota_cmd.app, name="quota")
+app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(users_cmd.app, name="users")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(deploy_cmd.app, name="deploy")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -114,13 +115,19 @@ def test_own_api_key_replaces_the_callers(tmp_path: Path) -> None:
             tmp_path, "--upstream", upstream.url, env={"KNOWCTL_GOOGLE_API_KEY_FILE": str(secret)}
         )
         with process:
-            response = httpx.post(f"{handle.url}{GEN}?key=caller-key&x=1", json=body("hi"))
+            # Holding its own key, the gateway admits only its own gateway keys (keys mode).
+            assert httpx.post(f"{handle.url}{GEN}?key=caller-key", json=body("hi")).status_code == 401
+            created = httpx.post(handle.url + "/api/keys", json={"user": "alice"})
+            assert created.status_code == 201, created.text
+            gateway_key = created.json()["key"]
+            response = httpx.post(f"{handle.url}{GEN}?key={gateway_key}&x=1", json=body("hi"))
             assert response.status_code == 200
             log = handle.log_text()
     seen = upstream.requests[-1]
     assert seen.headers["x-goog-api-key"] == "server-side-key"
     assert seen.path == f"{GEN}?x=1"
-    assert "server-side-key" not in log
+    assert "server-side-key" not in log and gateway_key not in log
+    assert len(upstream.requests) == 1  # the refused call was never forwarded
 
 
 def test_bad_input_gets_google_errors(gateway: Gateway) -> None:
@@ -143,14 +150,18 @@ def test_bad_input_gets_google_errors(gateway: Gateway) -> None:
 
 
 def test_upstream_errors_pass_through(gateway: Gateway, simulator: Simulator) -> None:
+    # A model of this test alone: the provider's 429 puts a hold on the model it names.
+    path = f"/v1beta/models/errors-{uuid.uuid4().hex[:8]}:generateContent"
     simulator.configure(fault="error500", count=1)
-    failed = httpx.post(gateway.url + GEN, json=body("x"))
+    failed = httpx.post(gateway.url + path, json=body("x"))
     assert failed.status_code == 500 and failed.json()["error"]["code"] == 500
     simulator.configure(rpm=1, window_s=60)
-    assert httpx.post(gateway.url + GEN, json=body("first")).status_code == 200
-    limited = httpx.post(gateway.url + GEN, json=body("second"))
+    assert httpx.post(gateway.url + path, json=body("first")).status_code == 200
+    limited = httpx.post(gateway.url + path, json=body("second"))
     assert_google_error(limited, 429, "RESOURCE_EXHAUSTED")
     assert any("RetryInfo" in d["@type"] for d in limited.json()["error"]["details"])
+    # The provider's delay is passed on as a Retry-After header too.
+    assert int(limited.headers["retry-after"]) >= 1
 
 
 def test_unreachable_upstream_is_a_clear_503(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ route. The simulator's own answer, fetched directly with the same SDK, is the re
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -82,11 +83,14 @@ def test_generate_stream_and_count(make_client: ClientFactory, gateway: Gateway,
 
 
 def test_quota_error_reaches_the_sdk(make_client: ClientFactory, gateway: Gateway, simulator: Simulator) -> None:
+    # A model and prompts of this test alone: the gateway remembers answers (cache) and the
+    # provider's refusals (a hold on the model), which must not leak into other tests.
+    model, run = f"quota-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     simulator.configure(rpm=1, window_s=60)
     client = make_client(gateway.url)
-    client.models.generate_content(model=MODEL, contents="the one that fits")
+    client.models.generate_content(model=model, contents=f"the one that fits {run}")
     with pytest.raises(errors.ClientError) as caught:
-        client.models.generate_content(model=MODEL, contents="one too many")
+        client.models.generate_content(model=model, contents=f"one too many {run}")
     assert caught.value.code == 429
     assert caught.value.status == "RESOURCE_EXHAUSTED"
 

@@ -6,6 +6,8 @@ the paths the google-genai SDK does not. It is heavy: imported only here, never 
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from tests.support.fixtures import Gateway, Simulator
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.vertexai
 PROMPT = "Name three rivers in Europe."
 
 
-def model_at(base_url: str) -> GenerativeModel:
+def model_at(base_url: str, name: str = "gemini-2.5-flash") -> GenerativeModel:
     vertexai.init(
         project="demo-project",
         location="us-central1",
@@ -28,7 +30,7 @@ def model_at(base_url: str) -> GenerativeModel:
         api_transport="rest",
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
     )
-    return GenerativeModel("gemini-2.5-flash")
+    return GenerativeModel(name)
 
 
 def test_generate_stream_and_count(gateway: Gateway, simulator: Simulator) -> None:
@@ -48,7 +50,8 @@ def test_generate_stream_and_count(gateway: Gateway, simulator: Simulator) -> No
 
 def test_quota_error_reaches_the_sdk(gateway: Gateway, simulator: Simulator) -> None:
     simulator.configure(rpm=1, window_s=60)
-    model = model_at(gateway.url)
-    model.generate_content("fits")
+    model = model_at(gateway.url, f"quota-test-{uuid.uuid4().hex[:8]}")
+    run = uuid.uuid4().hex  # prompts of this test alone: the gateway caches answers
+    model.generate_content(f"fits {run}")
     with pytest.raises(exceptions.TooManyRequests):
-        model.generate_content("does not fit")
+        model.generate_content(f"does not fit {run}")

@@ -46,13 +46,13 @@ def settings_or_exit(config: Path | None = None, **overrides: Any) -> Settings:
 # --- admin commands: options every one of them takes, and the client -----------------------
 
 UrlOption = Annotated[
-    str | None, typer.Option("--url", help="Daemon URL [env KNOWCTL_URL; default http://127.0.0.1:8080].")
+    str | None, typer.Option("--url", help="Daemon URL \\[env KNOWCTL_URL; default http://127.0.0.1:8080].")
 ]
 TokenOption = Annotated[
     str | None,
     typer.Option(
         "--token",
-        help="Admin token [env KNOWCTL_ADMIN_TOKEN or KNOWCTL_ADMIN_TOKEN_FILE].",
+        help="Admin token \\[env KNOWCTL_ADMIN_TOKEN or KNOWCTL_ADMIN_TOKEN_FILE].",
         show_default=False,
     ),
 ]

@@ -12,19 +12,19 @@ from knowctl.commands.common import EXIT_CONFIG, fail, settings_or_exit
 
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [env KNOWCTL_HOST; 127.0.0.1].")
+        str | None, typer.Option(help="Address to listen on \\[env KNOWCTL_HOST; 127.0.0.1].")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [env KNOWCTL_PORT; 8080].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on \\[env KNOWCTL_PORT; 8080].")] = None,
     upstream: Annotated[
         str | None,
         typer.Option(
-            "--upstream", help="Upstream base URL, e.g. http://127.0.0.1:8090 [env KNOWCTL_UPSTREAM_URL]."
+            "--upstream", help="Upstream base URL, e.g. http://127.0.0.1:8090 \\[env KNOWCTL_UPSTREAM_URL]."
         ),
     ] = None,
     store: Annotated[
         str | None,
         typer.Option(
-            "--store", help="State store URL: memory:// or redis://host:6379/0 [env KNOWCTL_STORE_URL]."
+            "--store", help="State store URL: memory:// or redis://host:6379/0 \\[env KNOWCTL_STORE_URL]."
         ),
     ] = None,
     simulate: Annotated[
@@ -38,7 +38,9 @@ def serve(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="YAML config file [env KNOWCTL_CONFIG].", exists=True, dir_okay=False),
+        typer.Option(
+            "--config", help="YAML config file \\[env KNOWCTL_CONFIG].", exists=True, dir_okay=False
+        ),
     ] = None,
 ) -> None:
     """Run the gateway daemon: Gemini and Vertex AI REST API, with quotas and caches."""

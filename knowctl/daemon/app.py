@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from knowctl.daemon import metrics
-from knowctl.daemon.admin import AdminApi
+from knowctl.daemon.admin import AdminApi, Route
 from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, respond_json
+from knowctl.daemon.cache import AnswerCache
+from knowctl.daemon.callers import CallerRegistry
 from knowctl.daemon.credentials import UpstreamCredentials
 from knowctl.daemon.proxy import ModelCallHandler
 from knowctl.daemon.quota import ProviderQuota
+from knowctl.daemon.topics import TopicService
 from knowctl.daemon.upstream import UpstreamClient
 from knowctl.policy.paths import parse_path
 from knowctl.settings import Settings
@@ -27,6 +30,16 @@ log = logging.getLogger("knowctl.daemon")
 SIMULATOR_PREFIX = "/_simulator/upstream"
 SIMULATOR_CONTROL = "/_simulator/"
 OPS_ROUTES = frozenset({"/api/health", "/api/ready", "/api/metrics"})
+
+
+class Component(Protocol):
+    """What the gateway asks of each stateful part: a lifecycle and its admin routes."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def admin_routes(self) -> list[Route]: ...
 
 
 class Phase(StrEnum):
@@ -44,15 +57,26 @@ class Gateway:
         self.credentials = UpstreamCredentials.from_settings(settings)
         self.upstream = UpstreamClient(settings, self.credentials)
         self.store: Store = open_store(settings.store_url, timeout=settings.store_timeout)
+        self.callers = CallerRegistry(settings, self.store, self.credentials.holds_credentials)
+        self.cache = AnswerCache(settings, self.store)
         self.quota = ProviderQuota(settings, self.store, count_tokens=self.upstream.count_tokens)
-        self.model_calls = ModelCallHandler(settings, self.upstream, quota=self.quota)
+        self.model_calls = ModelCallHandler(
+            settings, self.upstream, callers=self.callers, cache=self.cache, quota=self.quota
+        )
+        self.topics = TopicService(settings, self.store, self.cache, self.model_calls.generate_internal)
         self.admin = AdminApi(settings)
-        self.admin.add_routes(self.quota.admin_routes())
+        for component in self._components():
+            self.admin.add_routes(component.admin_routes())
         self._simulator = simulator  # an ASGI app, only with --simulate
+
+    def _components(self) -> tuple[Component, ...]:
+        """In start-up order; shut down in reverse."""
+        return (self.callers, self.cache, self.quota, self.topics)
 
     async def startup(self) -> None:
         await self.upstream.start()
-        await self.quota.start()
+        for component in self._components():
+            await component.start()
         try:
             await self.store.ping()
         except StoreUnavailable as exc:
@@ -63,7 +87,8 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.phase = Phase.DRAINING
-        await self.quota.close()
+        for component in reversed(self._components()):
+            await component.close()
         await self.upstream.close()
         await self.store.close()
 
@@ -103,6 +128,9 @@ class Gateway:
             elif path.startswith("/api/"):
                 route = "admin"
                 status = await self.admin(scope, receive, send)
+            elif path.startswith("/topics/"):
+                route = "topics"
+                status = await self.topics.handle(scope, receive, send)
             elif self._simulator is not None and path.startswith(SIMULATOR_CONTROL):
                 route = "simulator"
                 status = await self._to_simulator(scope, receive, send)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from knowctl.daemon import metrics
 from knowctl.daemon.asgi import Send, respond
@@ -19,7 +20,7 @@ from knowctl.daemon.replies import CACHE_HEADER, send_cached, send_refusal
 from knowctl.daemon.request import CallContext
 from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
 from knowctl.errors import parse_retry_delay, retry_after_header
-from knowctl.policy.framing import is_complete_success, split_json_array, split_sse
+from knowctl.policy.framing import is_complete_success, last_usage, split_json_array, split_sse
 
 log = logging.getLogger("knowctl.generate")
 
@@ -42,6 +43,7 @@ class Outcome:
 
     status: int
     answer: Answer | None = None  # set only for a complete, successful answer
+    usage: dict[str, Any] | None = None  # the final usageMetadata of any finished answer
     provider_refused: bool = False  # the provider answered 429
     retry_delay: float | None = None  # its RetryInfo delay, when it gave one
 
@@ -99,8 +101,7 @@ class Generation:
             raise
         if self._quota is not None:
             if ticket is not None:
-                usage = outcome.answer.usage if outcome.answer is not None else None
-                await self._quota.settle(ticket, usage)
+                await self._quota.settle(ticket, outcome.usage)
             if outcome.provider_refused:
                 self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
         return outcome
@@ -111,9 +112,8 @@ class Generation:
         stale = await self._cache.stale(key)
         if stale is None:
             return False
-        record = getattr(self._quota, "record_fallback", None)
-        if record is not None:
-            record(ctx.call.model or "-")
+        if self._quota is not None:
+            self._quota.record_fallback(ctx.call.model or "-")
         await send_cached(send, ctx, stale)
         return True
 
@@ -135,7 +135,9 @@ class Generation:
                 if not ctx.streaming:
                     body = await response.read()
                     await respond(send, 200, body, _content_type(headers), _without_content_type(headers))
-                    return Outcome(200, Answer((body,)) if is_complete_success((body,)) else None)
+                    chunks = (body,)
+                    answer = Answer(chunks) if is_complete_success(chunks) else None
+                    return Outcome(200, answer, usage=last_usage(chunks))
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 headers_sent = True
                 captured: list[bytes] = []
@@ -147,8 +149,8 @@ class Generation:
                         captured.append(piece)
                 await send({"type": "http.response.body", "body": b""})
                 if size > MAX_CAPTURE_BYTES:
-                    return Outcome(200)
-                return Outcome(200, _stream_answer(b"".join(captured), ctx.sse))
+                    return Outcome(200)  # usage unknown: the reservation stands
+                return _stream_outcome(b"".join(captured), ctx.sse)
         except UpstreamFailure as failure:
             metrics.UPSTREAM_REQUESTS.labels(model, failure.outcome).inc()
             log.warning("upstream call for %s failed: %s", model, failure.message)
@@ -180,17 +182,20 @@ class Generation:
         return Outcome(status, provider_refused=True, retry_delay=retry_delay)
 
 
-def _stream_answer(data: bytes, sse: bool) -> Answer | None:
+def _stream_outcome(data: bytes, sse: bool) -> Outcome:
+    """A finished stream: its usage (from the last chunk) and, if it is a complete success,
+    the answer to keep. A stream cut off midway has neither: its reservation stands."""
     if sse:
         chunks, terminated = split_sse(data)
         if not terminated:
-            return None
+            return Outcome(200)
     else:
         parsed = split_json_array(data)
         if parsed is None:
-            return None
+            return Outcome(200)
         chunks = parsed
-    return Answer(chunks) if is_complete_success(chunks) else None
+    answer = Answer(chunks) if is_complete_success(chunks) else None
+    return Outcome(200, answer, usage=last_usage(chunks))
 
 
 def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:

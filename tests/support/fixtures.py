@@ -73,9 +73,13 @@ def start_gateway(
 
 @pytest.fixture(scope="session")
 def gateway(simulator_process: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """One gateway process, pass-through credentials, the simulator as upstream."""
+    """One gateway process, pass-through credentials, the simulator as upstream. Per-user
+    limits are off: the tests that use it make many calls; tests of limits start their own."""
     handle, process = start_gateway(
-        tmp_path_factory.mktemp("gateway"), "--upstream", simulator_process.url
+        tmp_path_factory.mktemp("gateway"),
+        "--upstream",
+        simulator_process.url,
+        env={"KNOWCTL_USER_LIMITS": "none"},
     )
     with process:
         yield handle
