@@ -112,6 +112,6 @@ def exposition() -> bytes:
     say how: live sums, minimums or maximums), so one scrape sees the whole daemon."""
     if os.environ.get(MULTIPROCESS_ENV):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return bytes(generate_latest(registry))
     return bytes(generate_latest(REGISTRY))
