@@ -10,12 +10,14 @@ from __future__ import annotations
 import typer
 
 from knowctl import __version__
+from knowctl.commands import cache as cache_cmd
 from knowctl.commands import config as config_cmd
 from knowctl.commands import deploy as deploy_cmd
 from knowctl.commands import keys as keys_cmd
 from knowctl.commands import quota as quota_cmd
 from knowctl.commands import serve as serve_cmd
 from knowctl.commands import simulate as simulate_cmd
+from knowctl.commands import topics as topics_cmd
 from knowctl.commands import users as users_cmd
 
 app = typer.Typer(
@@ -45,6 +47,8 @@ def _root(
 app.command("serve")(serve_cmd.serve)
 app.command("simulate")(simulate_cmd.simulate)
 app.add_typer(quota_cmd.app, name="quota")
+app.add_typer(cache_cmd.app, name="cache")
+app.add_typer(topics_cmd.app, name="topics")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(users_cmd.app, name="users")
 app.add_typer(config_cmd.app, name="config")

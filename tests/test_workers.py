@@ -19,7 +19,7 @@ def test_workers_share_a_port_and_sum_their_metrics(tmp_path: Path, simulator: S
     metrics_dir.mkdir()
     handle, process = start_gateway(
         tmp_path, "--upstream", simulator.url, "--store", redis_url, "--workers", "2",
-        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "KNOWCTL_USER_LIMITS": "none"},
     )
     with process as proc:
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()

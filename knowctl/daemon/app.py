@@ -109,6 +109,7 @@ class Gateway:
                     await self.startup()
                 except Exception as exc:
                     log.error("start-up failed: %s", exc)
+                    await self.shutdown()  # release what did start (connections, tasks)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -74,10 +74,11 @@ class Generation:
             outcome = Outcome(status=499)
             try:
                 outcome = await self._call_with_quota(ctx, send, key)
+                if outcome.answer is not None and write:
+                    # Saved before the waiters are told, so one that looks in the store finds it.
+                    await self._cache.save(key, outcome.answer)
             finally:
                 await flight.publish(outcome.answer)
-        if outcome.answer is not None and write:
-            await self._cache.save(key, outcome.answer)
         return outcome.status
 
     async def _call_with_quota(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
