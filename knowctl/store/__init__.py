@@ -1,4 +1,5 @@
-"""State backends, chosen by URL: ``memory://``, ``redis://``, ``rediss://``.
+"""State backends, chosen by URL: ``memory://``, ``redis://``, ``rediss://``,
+``redis+cluster://`` and ``redis+sentinel://`` (see knowctl.store.urls).
 
 ``import knowctl.store`` stays cheap: the Redis backend (and redis-py) is imported only
 when a Redis URL is opened.
@@ -7,6 +8,7 @@ when a Redis URL is opened.
 from __future__ import annotations
 
 from knowctl.store.base import Admission, Store, StoreUnavailable, Subscription, Window, WindowUsage
+from knowctl.store.urls import SCHEMES, scheme_of
 
 __all__ = [
     "Admission",
@@ -18,18 +20,23 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMES = ("memory", "redis", "rediss")
-
 
 def open_store(url: str, *, timeout: float) -> Store:
-    """The backend for ``url``. Opening does no I/O; the first call connects."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    """The backend for ``url`` (see knowctl.store.urls). Opening does no I/O; the first call
+    connects."""
+    scheme = scheme_of(url)
     if scheme == "memory":
         from knowctl.store.memory import MemoryStore
 
         return MemoryStore(url)
-    if scheme in ("redis", "rediss"):
-        from knowctl.store.redis import RedisStore
+    if scheme not in SCHEMES:
+        choices = ", ".join(SCHEMES)
+        raise ValueError(f"unsupported store URL scheme {scheme or '(none)'!r}: use one of {choices}")
+    # Imported here: redis-py costs import time that memory:// users never pay.
+    from knowctl.store import redis_clients
+    from knowctl.store.redis import RedisStore
+    from knowctl.store.redis_cluster import RedisClusterStore
 
-        return RedisStore(url, timeout=timeout)
-    raise ValueError(f"unsupported store URL scheme {scheme or '(none)'!r}: use one of {', '.join(SCHEMES)}")
+    made = redis_clients.for_url(url, timeout=timeout)
+    kind = RedisClusterStore if scheme.endswith("+cluster") else RedisStore
+    return kind(made.client, url=url, timeout=timeout, closers=made.closers)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from knowctl.policy.windows import Window
 
@@ -240,27 +240,23 @@ def check_ttl(ttl: float) -> None:
         raise ValueError("ttl must be a positive number of seconds")
 
 
-_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token", "ssl_password"})
+_SECRET_PARAMS = frozenset(
+    {"password", "pass", "passwd", "secret", "token", "ssl_password", "sentinel_password"}
+)
 
 
 def redact_url(url: str) -> str:
     """``url`` with any password (userinfo or query) replaced by ``***``."""
     try:
         parts = urlsplit(url)
-        password = parts.password
-        host = parts.hostname
-        port = parts.port
     except ValueError:
         return "<unparseable store URL>"  # never echo a URL we cannot take apart safely
+    # Split the userinfo off by hand: cluster and sentinel URLs list several host:port
+    # pairs, which urlsplit's .port and .password cannot take apart.
     netloc = parts.netloc
-    if password is not None:
-        user = quote(parts.username or "", safe="")
-        hostport = host or ""
-        if ":" in hostport:  # IPv6 literal
-            hostport = f"[{hostport}]"
-        if port is not None:
-            hostport = f"{hostport}:{port}"
-        netloc = f"{user}:***@{hostport}"
+    userinfo, at, hostpart = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)

@@ -1,4 +1,10 @@
-"""``redis://`` and ``rediss://``: state shared by every daemon, via redis.asyncio.
+"""Redis backends: state shared by every daemon, via redis.asyncio.
+
+One class for every deployment shape: the client (one server, Sentinel-managed master, or
+Cluster) is built per URL scheme in :mod:`knowctl.store.redis_clients`; the scripts, the
+timeouts and the error mapping live here once. Cluster-only key handling (scans over every
+primary, unlinks grouped by slot, subscriptions on a chosen node) is in
+:mod:`knowctl.store.redis_cluster`.
 
 Every check-and-update is one Lua script (``knowctl/store/lua``), so it is atomic however
 many daemons share the server, and it reads the server's clock (TIME), so pods with skewed
@@ -15,6 +21,7 @@ quota state; an evicted window log would forget usage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
@@ -22,10 +29,9 @@ from importlib.resources import files
 from typing import Any, TypeVar
 
 from redis import exceptions as rexc
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.cluster import RedisCluster
 
 from knowctl.policy.windows import Window, capacity, day_boundaries
 from knowctl.store import keys
@@ -42,11 +48,32 @@ from knowctl.store.base import (
 
 T = TypeVar("T")
 
-DEFAULT_MAX_CONNECTIONS = 64
 # How long one pub/sub read waits before looking again; bounds how late close() is noticed.
 _POLL_S = 1.0
 # Server errors that mean "not now" (failover, loading, out of memory), not "bad call".
+# redis-py strips the code from the messages of the errors it has a class for, so match
+# those by class and the rest (BUSY: a script runs too long) by prefix.
 _TRANSIENT = ("OOM", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "READONLY")
+_TRANSIENT_ERRORS = (
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,
+    rexc.ClusterDownError,  # includes MasterDownError
+    rexc.TryAgainError,
+    rexc.ClusterError,  # redirections exhausted ("TTL exhausted") during a resharding
+)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a redis-py error means the store cannot answer now (degrade), not a bug."""
+    if isinstance(exc, rexc.ResponseError):
+        return isinstance(exc, _TRANSIENT_ERRORS) or str(exc).startswith(_TRANSIENT)
+    if isinstance(exc, rexc.RedisClusterException):
+        # Raised client-side when no node is reachable, slots are uncovered or the topology
+        # cannot be read; but keys of one command on different slots is our bug: raise it.
+        return "same key slot" not in str(exc) and not isinstance(
+            exc, rexc.CrossSlotTransactionError | rexc.InvalidPipelineStack
+        )
+    return isinstance(exc, rexc.ClusterError)
 
 
 def load_script(name: str) -> str:
@@ -69,22 +96,23 @@ def _us(seconds: float) -> int:
 class RedisStore(Store):
     backend = "redis"
 
-    def __init__(self, url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        url: str,
+        timeout: float,
+        closers: Sequence[Callable[[], Awaitable[Any]]] = (),
+    ) -> None:
+        """``client`` comes from knowctl.store.redis_clients (timeouts, no retries) and is
+        owned by the store from now on; ``closers`` are closed with it; ``url`` is only
+        described (redacted), never connected to here."""
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         self._url = url
         self._timeout = timeout
-        # No client-side retries: a retry could outlast the timeout, and a retried script
-        # could run twice. Callers see StoreUnavailable at once and decide themselves.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,  # wait for a free pooled connection at most this long
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._client: Redis = Redis.from_pool(pool)
+        self._client = client
+        self._closers = list(closers)
         # register_script only hashes the text; the first EVALSHA that meets NOSCRIPT (first
         # use, server restart, SCRIPT FLUSH) loads the script and runs it again.
         self._acquire = self._client.register_script(load_script("acquire"))
@@ -104,9 +132,9 @@ class RedisStore(Store):
             raise StoreUnavailable(f"{self.describe()}: {op} timed out after {self._timeout:g}s") from exc
         except (rexc.ConnectionError, OSError) as exc:
             raise StoreUnavailable(f"{self.describe()}: {op} failed: {exc}") from exc
-        except rexc.ResponseError as exc:
-            if str(exc).startswith(_TRANSIENT) or isinstance(exc, rexc.ReadOnlyError):
-                raise StoreUnavailable(f"{self.describe()}: {op} failed: {exc}") from exc
+        except (rexc.RedisError, rexc.RedisClusterException) as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(f"{self.describe()}: {op} failed: {exc!r}") from exc
             raise
 
     async def ping(self) -> float:
@@ -117,11 +145,12 @@ class RedisStore(Store):
     async def close(self) -> None:
         for sub in list(self._subscriptions):
             await sub.aclose()
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._client.aclose()
-        except (TimeoutError, rexc.RedisError, OSError):
-            pass  # closing is best effort: the sockets are gone either way
+        for close in [self._client.aclose, *self._closers]:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await close()
+            except (TimeoutError, rexc.RedisError, OSError):
+                pass  # closing is best effort: the sockets are gone either way
 
     # --- plain keys -------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
@@ -218,6 +247,12 @@ class RedisStore(Store):
         keys.check(channel)
         return _RedisSubscription(self, channel)
 
+    async def _pubsub_candidates(self, channel: str) -> list[Callable[[], PubSub]]:
+        """Ways to open a subscription connection, tried in order until one subscribes."""
+        client = self._client
+        assert isinstance(client, Redis)  # RedisClusterStore picks nodes itself
+        return [client.pubsub]
+
     # --- records (owner: callers) -------------------------------------------------------------
     async def hash_set(self, key: str, field: str, value: bytes) -> None:
         keys.check(key)
@@ -266,11 +301,17 @@ class RedisStore(Store):
     async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
         keys.check(match)
         check_match(match)
-        raw: Any = await self._call(
-            "SCAN", lambda: self._client.scan(cursor=cursor, match=match, count=max(1, count))
-        )
-        next_cursor, found = raw
-        return int(next_cursor), [k.decode() if isinstance(k, bytes) else str(k) for k in found]
+        next_cursor, found = await self._call("SCAN", lambda: self._scan(match, cursor, max(1, count)))
+        return next_cursor, [k.decode() if isinstance(k, bytes) else str(k) for k in found]
+
+    async def _scan(self, match: str, cursor: int, count: int) -> tuple[int, list[Any]]:
+        assert isinstance(self._client, Redis)  # RedisClusterStore scans node by node
+        next_cursor, found = await self._client.scan(cursor=cursor, match=match, count=count)
+        return int(next_cursor), list(found)
+
+    def _unlink_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
+        """Keys for one multi-key UNLINK each (RedisClusterStore: one slot per batch)."""
+        return [names[start : start + _UNLINK_BATCH] for start in range(0, len(names), _UNLINK_BATCH)]
 
     async def unlink(self, *names: str) -> int:
         for key in names:
@@ -279,11 +320,12 @@ class RedisStore(Store):
             return 0
 
         # Multi-key UNLINKs of up to _UNLINK_BATCH keys, pipelined: one command per batch is
-        # about ten times cheaper than one per key. (A Cluster backend would group by slot.)
+        # about ten times cheaper than one per key. execute_command, not pipe.unlink: the
+        # Cluster pipeline's unlink() takes one key, though one slot's keys may go together.
         async def run() -> int:
             pipe = self._client.pipeline(transaction=False)
-            for start in range(0, len(names), _UNLINK_BATCH):
-                pipe.unlink(*names[start : start + _UNLINK_BATCH])
+            for batch in self._unlink_batches(names):
+                pipe.execute_command("UNLINK", *batch)
             return sum(int(n) for n in await pipe.execute())
 
         return await self._call("UNLINK", run)
@@ -330,14 +372,27 @@ class _RedisSubscription(Subscription):
             return
         if self._closed:
             raise StoreUnavailable("subscription is closed")
-        pubsub = self._store._client.pubsub()
-        self._pubsub = pubsub
         self._store._subscriptions.add(self)
         try:
-            await self._store._call("SUBSCRIBE", lambda: self._subscribe(pubsub))
+            await self._store._call("SUBSCRIBE", self._connect)
         except BaseException:
             await self.aclose()
             raise
+
+    async def _connect(self) -> None:
+        last: Exception | None = None
+        for make in await self._store._pubsub_candidates(self._channel):
+            pubsub = make()
+            self._pubsub = pubsub
+            try:
+                await self._subscribe(pubsub)
+                return
+            except (rexc.ConnectionError, OSError) as exc:
+                # Cluster: that node is down; any other one delivers the channel too.
+                last = exc
+                self._pubsub = None
+                await _close_quietly(pubsub)
+        raise StoreUnavailable(f"{self._store.describe()}: SUBSCRIBE failed: {last!r}") from last
 
     async def __anext__(self) -> bytes:
         if self._closed:
@@ -373,13 +428,17 @@ class _RedisSubscription(Subscription):
         self._closed = True
         self._store._subscriptions.discard(self)
         pubsub, self._pubsub = self._pubsub, None
-        if pubsub is None:
-            return
-        try:
-            async with asyncio.timeout(self._store._timeout):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-        except (TimeoutError, rexc.RedisError, OSError):
-            pass
+        if pubsub is not None:
+            try:
+                async with asyncio.timeout(self._store._timeout):
+                    await _close_quietly(pubsub)
+            except TimeoutError:
+                pass
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    with contextlib.suppress(TimeoutError, rexc.RedisError, OSError):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 # --- cache (owner: cache) ---------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Store URLs taken apart, without importing redis-py (settings validate URLs with this).
+
+- ``memory://``
+- ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS): one server
+- ``redis+cluster://[user:password@]host:port[,host:port...]/``: Redis Cluster; the hosts
+  are start-up nodes, the client discovers the rest (``rediss+cluster://`` for TLS)
+- ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``: the master of
+  ``service`` as the Sentinels at those addresses report it, followed through failovers.
+  The userinfo authenticates to Redis; ``?sentinel_password=`` (and ``sentinel_username=``)
+  to the Sentinels themselves, when they require it (``rediss+sentinel://`` for TLS to Redis)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
+
+SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
+DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
+_SENTINEL_PARAMS = frozenset({"sentinel_password", "sentinel_username"})
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+@dataclass(frozen=True, slots=True)
+class MultiHostURL:
+    """A ``redis+cluster://`` or ``redis+sentinel://`` URL, parsed."""
+
+    scheme: str
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    tls: bool
+    service: str | None = None  # sentinel only
+    db: int = 0
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+def _host_port(item: str, default_port: int) -> tuple[str, int]:
+    if item.startswith("["):  # [IPv6]:port
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    elif item.count(":") == 1:
+        host, _, port_text = item.partition(":")
+    else:
+        host, port_text = item, ""
+    if not host:
+        raise ValueError(f"empty host in {item!r}")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port in {item!r}")
+    return host, int(port_text)
+
+
+def parse_multi_host(url: str) -> MultiHostURL:
+    """Parse a cluster or sentinel URL; ValueError says what is wrong (never echoing a password)."""
+    scheme = scheme_of(url)
+    if scheme not in ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"):
+        raise ValueError(f"not a cluster or sentinel URL: scheme {scheme!r}")
+    sentinel = scheme.endswith("+sentinel")
+    rest = url.split("://", 1)[1]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hostpart = netloc.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    if not hostpart:
+        raise ValueError(f"{scheme}:// needs at least one host:port")
+    default_port = DEFAULT_SENTINEL_PORT if sentinel else DEFAULT_PORT
+    hosts = tuple(_host_port(item.strip(), default_port) for item in hostpart.split(","))
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(params) - (_SENTINEL_PARAMS if sentinel else set())
+    if unknown:
+        raise ValueError(f"{scheme}:// takes no query parameter {', '.join(sorted(unknown))}")
+    segments = [unquote(s) for s in path.split("/") if s]
+    if not sentinel:
+        if segments:
+            # Redis Cluster has only database 0.
+            raise ValueError("redis+cluster:// takes no database or path: end the URL with '/'")
+        return MultiHostURL(scheme, hosts, username, password, tls=scheme.startswith("rediss"))
+    if not segments or len(segments) > 2:
+        raise ValueError("redis+sentinel:// needs the service name as its path: .../service_name[/db]")
+    db = 0
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise ValueError(f"bad database number {segments[1]!r}")
+        db = int(segments[1])
+    return MultiHostURL(
+        scheme,
+        hosts,
+        username,
+        password,
+        tls=scheme.startswith("rediss"),
+        service=segments[0],
+        db=db,
+        sentinel_username=params.get("sentinel_username") or None,
+        sentinel_password=params.get("sentinel_password") or None,
+    )
+
+
+def check_store_url(url: str) -> str:
+    """``url`` if it names a supported backend and parses; else ValueError."""
+    scheme = scheme_of(url)
+    if scheme not in SCHEMES:
+        raise ValueError(
+            "must be memory://, redis://host:port/db, rediss://..., "
+            "redis+cluster://host:port[,host:port...]/ or redis+sentinel://host:port[,...]/service[/db]"
+        )
+    if "+" in scheme:
+        parse_multi_host(url)
+    return url
