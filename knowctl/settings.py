@@ -170,8 +170,9 @@ class Settings(BaseSettings):
     # --- state -------------------------------------------------------------------
     store_url: str = Field(
         "memory://",
-        description="Shared state: memory:// (one process), redis://, rediss:// "
-        "(redis+sentinel:// and redis+cluster:// planned).",
+        description="Shared state: memory:// (one process), redis://[:password@]host:port/db, "
+        "rediss:// (TLS), redis+cluster://host:port[,host:port...]/ (Redis Cluster), "
+        "redis+sentinel://host:port[,host:port...]/service[/db] (Sentinel-managed master).",
     )
     store_timeout: float = Field(0.25, gt=0, description="Seconds any single store (Redis) call may take.")
 
@@ -321,10 +322,9 @@ class Settings(BaseSettings):
     @field_validator("store_url")
     @classmethod
     def _check_store_url(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in ("memory", "redis", "rediss"):
-            raise ValueError("must be memory://, redis://host:port/db or rediss://...")
-        return value
+        from knowctl.store.urls import check_store_url  # no redis-py import: keeps the CLI fast
+
+        return check_store_url(value)
 
     @field_validator("user_limits", "ip_limits")
     @classmethod
