@@ -17,8 +17,8 @@ mapping) is RedisStore's:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -27,6 +27,8 @@ from redis.exceptions import SlotNotCoveredError
 
 from knowctl.store import keys
 from knowctl.store.redis import _UNLINK_BATCH, RedisStore
+
+T = TypeVar("T")
 
 # The low bits of a scan cursor hold the primary's index; the rest is that node's cursor.
 _NODE_BITS = 10
@@ -53,6 +55,18 @@ def _tag_is_literal(match: str) -> bool:
 
 class RedisClusterStore(RedisStore):
     _client: RedisCluster
+
+    async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        async def ready_then_make() -> T:
+            # Read the topology before any command: until it is known (first use, or after
+            # redis-py dropped it on CLUSTERDOWN or repeated MOVED), redis-py 8 sends keyed
+            # commands to a random primary; the MOVED replies then pile up until it closes
+            # every connection, failing the other calls in flight. initialize() returns at
+            # once when the topology is known.
+            await self._client.initialize()
+            return await make()
+
+        return await super()._call(op, ready_then_make)
 
     async def _nodes(self) -> list[ClusterNode]:
         # initialize() reads the topology only when it is unknown or marked stale (after a
