@@ -174,7 +174,18 @@ class Settings(BaseSettings):
         "rediss:// (TLS), redis+cluster://host:port[,host:port...]/ (Redis Cluster), "
         "redis+sentinel://host:port[,host:port...]/service[/db] (Sentinel-managed master).",
     )
-    store_timeout: float = Field(0.25, gt=0, description="Seconds any single store (Redis) call may take.")
+    store_timeout: float = Field(
+        0.05,
+        gt=0,
+        description="Seconds any single store (Redis) call may take; behind a circuit breaker that "
+        "opens when no call has answered for max(0.5, 4 x this) seconds.",
+    )
+    max_replicas: int = Field(
+        1,
+        ge=1,
+        description="Most daemon processes that may share one store (the autoscaler's maximum times "
+        "workers): while the store is down each takes 1/max_replicas of every limit.",
+    )
 
     # --- callers -------------------------------------------------------------------
     auth_mode: Literal["keys", "passthrough", "anonymous"] | None = Field(

@@ -34,7 +34,11 @@ def assert_google_error(response: httpx.Response, code: int, status: str | None 
 
 
 def test_generate_answer_is_the_upstream_answer_unchanged(gateway: Gateway, simulator: Simulator) -> None:
-    for path in (GEN, f"{VERTEX}:generateContent", "/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent"):
+    for path in (
+        GEN,
+        f"{VERTEX}:generateContent",
+        "/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent",
+    ):
         direct = httpx.post(simulator.url + path, json=body("why is the sky blue"))
         through = httpx.post(gateway.url + path, json=body("why is the sky blue"))
         assert through.status_code == direct.status_code == 200
@@ -135,12 +139,16 @@ def test_bad_input_gets_google_errors(gateway: Gateway) -> None:
     assert_google_error(httpx.post(gateway.url + "/v1beta/models/m:generate-content", json={}), 404)
     assert_google_error(httpx.get(gateway.url + GEN), 405)
     message = assert_google_error(
-        httpx.post(gateway.url + GEN, content=b'{"contents": [', headers={"content-type": "application/json"}),
+        httpx.post(
+            gateway.url + GEN, content=b'{"contents": [', headers={"content-type": "application/json"}
+        ),
         400,
         "INVALID_ARGUMENT",
     )
     assert "Invalid JSON" in message
-    assert "contents" in assert_google_error(httpx.post(gateway.url + GEN, json={"generationConfig": {}}), 400)
+    assert "contents" in assert_google_error(
+        httpx.post(gateway.url + GEN, json={"generationConfig": {}}), 400
+    )
     assert_google_error(httpx.post(gateway.url + GEN, json=[1, 2]), 400)
     assert_google_error(httpx.post(gateway.url + GEN, content=b"\xff\xfe\x00"), 400)
     huge = b'{"contents": [{"parts": [{"text": "' + b"x" * (11 * 1024 * 1024) + b'"}]}]}'
@@ -178,7 +186,9 @@ def test_slow_upstream_is_a_clear_504(tmp_path: Path, simulator: Simulator) -> N
     )
     with process:
         simulator.configure(fault="hang", count=1)
-        assert_google_error(httpx.post(handle.url + GEN, json=body("x"), timeout=10), 504, "DEADLINE_EXCEEDED")
+        assert_google_error(
+            httpx.post(handle.url + GEN, json=body("x"), timeout=10), 504, "DEADLINE_EXCEEDED"
+        )
         assert httpx.post(handle.url + GEN, json=body("y")).status_code == 200
 
 
@@ -193,8 +203,15 @@ def test_ready_reports_dependencies(gateway: Gateway) -> None:
 
 
 def test_store_outage_is_degraded_not_unready(tmp_path: Path, simulator: Simulator) -> None:
+    # Per-user limits off: while the store is down a user's local share starts full (for the
+    # default 500/day, a day), which tests/test_outage.py covers.
     handle, process = start_gateway(
-        tmp_path, "--upstream", simulator.url, "--store", f"redis://{LOOPBACK}:{free_port()}/0"
+        tmp_path,
+        "--upstream",
+        simulator.url,
+        "--store",
+        f"redis://{LOOPBACK}:{free_port()}/0",
+        env={"KNOWCTL_USER_LIMITS": "none"},
     )
     with process:
         ready = httpx.get(handle.url + "/api/ready")

@@ -406,16 +406,20 @@ async def test_upstream_429_without_delay_backs_off_exponentially(store: Store) 
 # --- store outage ------------------------------------------------------------------------------------
 
 
-async def test_store_outage_falls_back_to_local_windows() -> None:
+async def test_store_outage_falls_back_to_this_daemons_share() -> None:
     dead = open_store(f"redis://{LOOPBACK}:{free_port()}/0", timeout=0.2)
     m = model()
     try:
-        async with gate(dead, quota_rpm=3, quota_minute_s=30) as q:
-            results = [await q.try_admit(ctx(m)) for _ in range(4)]
-            assert [isinstance(r, Ticket) for r in results] == [True, True, True, False]
+        async with gate(dead, quota_rpm=6, quota_minute_s=1.5, max_replicas=2) as q:
+            # The local window starts as if the shared one had been full at the outage.
+            first = await q.try_admit(ctx(m))
+            assert isinstance(first, float) and 0 < first <= 1.5
             stats = await q.stats()
-            assert stats["degraded"] is True
-            assert stats["models"][m]["windows"]["rpm"]["used"] == 3
+            assert stats["degraded"] is True and stats["max_replicas"] == 2
+            await asyncio.sleep(first + 0.01)
+            results = [await q.try_admit(ctx(m)) for _ in range(4)]
+            assert [isinstance(r, Ticket) for r in results] == [True, True, True, False]  # 6 / 2
+            assert (await q.stats())["models"][m]["windows"]["rpm"]["used"] == 3
             for r in results[:3]:
                 assert isinstance(r, Ticket)
                 await q.settle(r, {"promptTokenCount": 1})

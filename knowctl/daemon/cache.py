@@ -7,7 +7,9 @@ for fallback, coalescing of identical misses, and pattern invalidation.
 - With ``memory://`` the store is this process, so "L2" is an in-process dict too; the
   entry counts and bytes reported for L1 are the LRU's own, never the store's.
 - A hit costs one dict lookup (L1) or one store GET (L2) and a ``struct`` unpack: no JSON.
-- Store errors degrade to misses and skipped writes; they never fail a request.
+- Store errors degrade to misses and skipped writes; they never fail a request. While the
+  store's breaker is open the store is not even asked (L1 only), and the breaker, not this
+  module, logs the outage: once, not once per request.
 """
 
 from __future__ import annotations
@@ -33,11 +35,10 @@ from knowctl.policy import cachekey
 from knowctl.policy.framing import is_complete_success
 from knowctl.settings import Settings
 from knowctl.store import Store, StoreUnavailable, keys
+from knowctl.store.breaker import is_down
 
 log = logging.getLogger("knowctl.cache")
 
-# After a store failure, skip the store this long: an outage costs one timeout per second.
-STORE_RETRY_S = 1.0
 RESUBSCRIBE_S = 0.5
 SCAN_COUNT = 1000  # keys Redis examines per SCAN step: each step stays short
 UNLINK_BATCH = 1000
@@ -88,7 +89,6 @@ class AnswerCache:
         self._evictions_seen = 0
         self.counts = _Counts()
         self._id = uuid.uuid4().hex
-        self._store_down_until = 0.0  # monotonic
         self._hooks: list[InvalidationHook] = []
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = False
@@ -320,7 +320,8 @@ class AnswerCache:
 
     @property
     def degraded(self) -> bool:
-        return time.monotonic() < self._store_down_until or (self._shared and not self._subscribed)
+        """The store is unreachable: answers come from L1 only."""
+        return is_down(self._store)
 
     # --- admin routes --------------------------------------------------------------------------
     async def _invalidate_route(self, request: AdminRequest) -> AdminResponse:
@@ -395,12 +396,10 @@ class AnswerCache:
         return got.answer
 
     def _store_usable(self) -> bool:
-        return time.monotonic() >= self._store_down_until
+        return not is_down(self._store)
 
     def _store_failed(self, exc: StoreUnavailable) -> None:
-        if self._store_usable():
-            log.warning("cache: store unavailable, serving from L1 only: %s", exc)
-        self._store_down_until = time.monotonic() + STORE_RETRY_S
+        log.debug("cache: store call failed: %s", exc)
         self.counts.store_errors += 1
         cm.STORE_ERRORS.inc()
 

@@ -8,22 +8,24 @@
 - anonymous: the client address (``X-Forwarded-For`` believed only from trusted proxies).
 
 Per-user (and optional per-IP) sliding windows are counted in the store, one ``acquire``
-per scope; while the store is down they are counted in-process (each daemon then limits
-on its own) and key lookups are answered from what this daemon has seen.
+per scope; while the store is down (its breaker is open) and while it recovers they count
+against this daemon's share of each limit (``degraded.py``: 1/max_replicas, each window
+starting as if full at the outage), and key lookups are answered from what this daemon has
+seen.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import math
-import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING
 
 from knowctl.daemon.callers_keys import KeyBook
 from knowctl.daemon.components import CallRefused
+from knowctl.daemon.quota_store import QuotaStore
 from knowctl.daemon.request import CallContext
 from knowctl.policy import callers as policy
 from knowctl.policy.identity import Identity
@@ -31,16 +33,15 @@ from knowctl.policy.limits import parse_limits
 from knowctl.policy.priority import Priority
 from knowctl.settings import Settings
 from knowctl.store import Admission, Store, StoreUnavailable, Window, keys
-from knowctl.store.memory import MemoryStore
+from knowctl.store.breaker import is_down
 
 if TYPE_CHECKING:
     from knowctl.daemon.admin import Route
 
 log = logging.getLogger("knowctl.callers")
 
-# After a store failure, count in-process for this long before trying the store again, so
-# an outage costs one timeout per second rather than one per request.
-STORE_RETRY_S = 1.0
+# Retry-After of a refusal while the store is overloaded (failing, but not down).
+STORE_BUSY_RETRY_S = 1.0
 IP_POLICY_PREFIX = "ip-"
 # ASGI scope keys the daemon sets on calls it builds itself (knowctl/daemon/topics.py).
 INTERNAL = "knowctl.internal"
@@ -59,8 +60,11 @@ class CallerRegistry:
         self.mode = settings.resolved_auth_mode(holds_credentials)
         self._holds_credentials = holds_credentials
         self._store = store
-        self._local = MemoryStore("memory://")  # the windows while the store is down
-        self._store_down_until = 0.0
+        # The same shared-or-local windows as the provider quota, on the user and IP scopes.
+        self._windows = QuotaStore(
+            store, self._spawn, replicas=settings.max_replicas, timeout=settings.store_timeout
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
         self._trusted = policy.parse_networks(settings.trusted_proxies)
         self._user_windows = parse_limits(settings.user_limits)
         self._ip_windows = parse_limits(settings.ip_limits)
@@ -85,7 +89,15 @@ class CallerRegistry:
 
     async def close(self) -> None:
         await self.keys.close()
-        await self._local.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def admin_routes(self) -> list[Route]:
         from knowctl.daemon.callers_admin import routes
@@ -94,12 +106,11 @@ class CallerRegistry:
 
     # --- store health -------------------------------------------------------------------------
     def store_usable(self) -> bool:
-        return time.monotonic() >= self._store_down_until
+        return not is_down(self._store)
 
     def store_failed(self, exc: StoreUnavailable) -> None:
-        if self.store_usable():
-            log.warning("callers: store unavailable, limits and key lookups are local: %s", exc)
-        self._store_down_until = time.monotonic() + STORE_RETRY_S
+        # The store's breaker logs the outage once; one line per failed call would flood.
+        log.debug("callers: store call failed: %s", exc)
 
     # --- identify -----------------------------------------------------------------------------
     def client_ip(self, ctx: CallContext) -> str:
@@ -184,23 +195,29 @@ class CallerRegistry:
         reservation = uuid.uuid4().hex
         states: list[tuple[str, int, float]] = []
         refused: list[tuple[Admission, Sequence[Window], str]] = []
-        admitted_user = False
+        admitted_user: str | None = None  # where the user's unit was recorded
         if user_windows:
             scope = keys.user_scope(identity.user)
-            verdict = await self._acquire(scope, user_windows, reservation)
+            verdict, where = await self._acquire(scope, user_windows, reservation)
             states += _states("", user_windows, verdict)
             if verdict.admitted:
-                admitted_user = True
+                admitted_user = where
             else:
                 refused.append((verdict, user_windows, f"user {identity.user}"))
         if self._ip_windows and not refused:
             ip = self.client_ip(ctx)
-            verdict = await self._acquire(keys.ip_scope(ip), self._ip_windows, reservation)
+            verdict, _ = await self._acquire(keys.ip_scope(ip), self._ip_windows, reservation)
             states += _states(IP_POLICY_PREFIX, self._ip_windows, verdict)
             if not verdict.admitted:
                 refused.append((verdict, self._ip_windows, f"address {ip}"))
-                if admitted_user:  # the call is refused: give the user's unit back
-                    await self._release(keys.user_scope(identity.user), user_windows, reservation)
+                if admitted_user is not None:  # the call is refused: give the user's unit back
+                    await self._windows.adjust(
+                        keys.user_scope(identity.user),
+                        user_windows,
+                        reservation,
+                        [0] * len(user_windows),
+                        admitted_user,
+                    )
         ctx.response_headers.append((b"ratelimit-policy", self._policy_header(identity.tier)))
         ctx.response_headers.append((b"ratelimit", policy.rate_limit(states).encode()))
         if refused:
@@ -218,21 +235,16 @@ class CallerRegistry:
             self._policy_headers[tier] = header
         return header
 
-    async def _acquire(self, scope: str, windows: Sequence[Window], reservation: str) -> Admission:
-        amounts = [1] * len(windows)
-        if self.store_usable():
-            try:
-                return await self._store.acquire(scope, windows, amounts, reservation_id=reservation)
-            except StoreUnavailable as exc:
-                self.store_failed(exc)
-        return await self._local.acquire(scope, windows, amounts, reservation_id=reservation)
-
-    async def _release(self, scope: str, windows: Sequence[Window], reservation: str) -> None:
-        zeros = [0] * len(windows)
-        for store in (self._store, self._local):
-            # A unit kept too long only under-admits, so a failure here is no harm.
-            with contextlib.suppress(StoreUnavailable):
-                await store.adjust(scope, windows, reservation, zeros)
+    async def _acquire(
+        self, scope: str, windows: Sequence[Window], reservation: str
+    ) -> tuple[Admission, str]:
+        got = await self._windows.acquire(scope, windows, [1] * len(windows), 1.0, reservation)
+        if got is None:
+            # Failing but not down: counting blind could over-admit, so ask for a retry.
+            raise CallRefused(
+                503, "The gateway's store is busy; retry shortly.", retry_after=STORE_BUSY_RETRY_S
+            )
+        return got
 
     async def usage(self, user: str, tier: str | None) -> tuple[list[dict[str, object]], bool]:
         """Each window of ``user``: used/limit/remaining/reset; and whether the numbers are
@@ -240,13 +252,8 @@ class CallerRegistry:
         windows = self.user_windows(tier)
         if not windows:
             return [], False
-        scope = keys.user_scope(user)
-        degraded = False
-        try:
-            found = await self._store.usage(scope, windows)
-        except StoreUnavailable as exc:
-            self.store_failed(exc)
-            found, degraded = await self._local.usage(scope, windows), True
+        found = await self._windows.usage(keys.user_scope(user), windows)
+        degraded = self._windows.degraded
         rows: list[dict[str, object]] = [
             {
                 "window": u.name,

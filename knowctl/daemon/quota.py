@@ -8,8 +8,9 @@ queue per model, and holds after the provider's own 429s.
   woken: a settle here or on another daemon returned tokens (pub/sub), a hold ended, a more
   important waiter arrived. No polling.
 - ``settle`` replaces the token estimate by the real usage (``store.adjust``).
-- Store failures are retried with the same reservation id; a store down for a second
-  makes admission fall back to local windows (``quota_store.py``).
+- Store failures are retried with the same reservation id; while the store's breaker is
+  open (and while it recovers) admission follows this daemon's share of every window
+  (``quota_store.py``, ``degraded.py``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class _Model:
 class ProviderQuota:
     """The QuotaGate of knowctl.daemon.components.
 
-    Degraded mode (store unreachable) gives each daemon the full limits in its own memory,
-    so N daemons could together admit up to N times a limit until the store answers again.
+    Degraded mode (store unreachable) gives each daemon ``1/max_replicas`` of every limit in
+    its own memory, each window starting as if full at the outage: the fleet never over-admits.
     """
 
     def __init__(
@@ -89,7 +90,9 @@ class ProviderQuota:
         self._bus = QuotaBus(
             store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
         )
-        self._windows = QuotaStore(store, self._bus.spawn)
+        self._windows = QuotaStore(
+            store, self._bus.spawn, replicas=settings.max_replicas, timeout=settings.store_timeout
+        )
         self._closed = False
 
     @property
@@ -244,14 +247,14 @@ class ProviderQuota:
         got = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
         if got is None:  # the store is overloaded: admit nothing blind, come back shortly
             return STORE_BUSY_RETRY_S
-        admission, local = got
+        admission, where = got
         for w, used in zip(m.windows, admission.usage, strict=True):
             metrics.QUOTA_USED.labels(m.name, w.name).set(used)
         if not admission.admitted:
             return admission.retry_after
         for w, amount in zip(m.windows, amounts, strict=True):
             m.inflight[w.name] += amount
-        return Ticket(m.name, rid, tokens, {"local": local})
+        return Ticket(m.name, rid, tokens, {"where": where})
 
     async def _estimate(self, ctx: CallContext, m: _Model) -> int:
         if not m.tokens:
@@ -316,8 +319,8 @@ class ProviderQuota:
             await asyncio.wait_for(m.wake.wait(), max(delay, 0.001))
 
     async def _adjust(self, m: _Model, ticket: Ticket, amounts: tuple[int, ...]) -> bool:
-        local = bool(ticket.data.get("local"))
-        return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, local)
+        where = str(ticket.data.get("where", "shared"))
+        return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, where)
 
     async def _release(self, m: _Model, ticket: Ticket) -> None:
         """Give back an admission nobody will use: amounts 0 free it in every window."""
@@ -405,6 +408,9 @@ class ProviderQuota:
             }
         return {
             "degraded": self.degraded,
+            # After an outage: some windows still also count against this daemon's share.
+            "recovering": self._windows.local.recovering,
+            "max_replicas": self._windows.local.replicas,
             "store": self._windows.shared.backend,
             "tokens": self._cfg.token_mode,
             "queue": {

@@ -23,7 +23,7 @@ __all__ = [
 
 def open_store(url: str, *, timeout: float) -> Store:
     """The backend for ``url`` (see knowctl.store.urls). Opening does no I/O; the first call
-    connects."""
+    connects. Shared stores come behind a circuit breaker (knowctl.store.breaker)."""
     scheme = scheme_of(url)
     if scheme == "memory":
         from knowctl.store.memory import MemoryStore
@@ -34,9 +34,12 @@ def open_store(url: str, *, timeout: float) -> Store:
         raise ValueError(f"unsupported store URL scheme {scheme or '(none)'!r}: use one of {choices}")
     # Imported here: redis-py costs import time that memory:// users never pay.
     from knowctl.store import redis_clients
+    from knowctl.store.breaker import BreakerStore
     from knowctl.store.redis import RedisStore
     from knowctl.store.redis_cluster import RedisClusterStore
 
     made = redis_clients.for_url(url, timeout=timeout)
     kind = RedisClusterStore if scheme.endswith("+cluster") else RedisStore
-    return kind(made.client, url=url, timeout=timeout, closers=made.closers)
+    # A shared store can go away: behind a breaker an outage fails calls at once instead of
+    # making each one wait for its timeout (knowctl/store/breaker.py).
+    return BreakerStore(kind(made.client, url=url, timeout=timeout, closers=made.closers), timeout=timeout)
