@@ -33,13 +33,9 @@ def open_store(url: str, *, timeout: float) -> Store:
         choices = ", ".join(SCHEMES)
         raise ValueError(f"unsupported store URL scheme {scheme or '(none)'!r}: use one of {choices}")
     # Imported here: redis-py costs import time that memory:// users never pay.
-    from knowctl.store import redis_clients
     from knowctl.store.breaker import BreakerStore
-    from knowctl.store.redis import RedisStore
-    from knowctl.store.redis_cluster import RedisClusterStore
+    from knowctl.store.redis_clients import open_redis_store
 
-    made = redis_clients.for_url(url, timeout=timeout)
-    kind = RedisClusterStore if scheme.endswith("+cluster") else RedisStore
     # A shared store can go away: behind a breaker an outage fails calls at once instead of
     # making each one wait for its timeout (knowctl/store/breaker.py).
-    return BreakerStore(kind(made.client, url=url, timeout=timeout, closers=made.closers), timeout=timeout)
+    return BreakerStore(open_redis_store(url, timeout=timeout), timeout=timeout)

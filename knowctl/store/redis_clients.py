@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -19,7 +19,11 @@ from redis.backoff import NoBackoff
 
 from knowctl.store.urls import parse_multi_host, scheme_of
 
+if TYPE_CHECKING:
+    from knowctl.store.redis import RedisStore
+
 DEFAULT_MAX_CONNECTIONS = 64
+SUBSCRIPTION_HEADROOM = 16
 
 
 @dataclass
@@ -53,16 +57,17 @@ def single(url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNE
 
 def cluster(url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Clients:
     """``redis+cluster://``: RedisCluster over the listed start-up nodes (any reachable one
-    is enough to discover the slots). Node connections are capped per node; going past the
-    cap is refused at once (MaxConnectionsError -> StoreUnavailable), as RedisCluster has no
-    blocking pool."""
+    is enough to discover the slots). Node connections are capped per node, and RedisCluster
+    refuses one past the cap at once: RedisClusterStore bounds its calls in flight instead."""
     parsed = parse_multi_host(url)
     client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.hosts],
         username=parsed.username,
         password=parsed.password,
         ssl=parsed.tls,
-        max_connections=max_connections,
+        # RedisClusterStore lets max_connections calls run at once; subscriptions hold one
+        # connection each besides.
+        max_connections=max_connections + SUBSCRIPTION_HEADROOM,
         # retries=0: a failed command is not resent to a re-discovered node within this call;
         # the failure marks the topology stale, and the next call re-reads it (CLUSTER SLOTS).
         retry=_no_retry(),
@@ -109,3 +114,13 @@ def for_url(url: str, *, timeout: float) -> Clients:
     if scheme.endswith("+sentinel"):
         return sentinel(url, timeout=timeout)
     return single(url, timeout=timeout)
+
+
+def open_redis_store(url: str, *, timeout: float) -> RedisStore:
+    """The bare Redis backend for a ``redis*://`` URL (open_store adds what goes around it)."""
+    from knowctl.store.redis import RedisStore
+    from knowctl.store.redis_cluster import RedisClusterStore
+
+    made = for_url(url, timeout=timeout)
+    kind = RedisClusterStore if scheme_of(url).endswith("+cluster") else RedisStore
+    return kind(made.client, url=url, timeout=timeout, closers=made.closers)

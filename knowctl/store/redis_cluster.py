@@ -16,6 +16,7 @@ mapping) is RedisStore's:
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from redis.exceptions import SlotNotCoveredError
 
 from knowctl.store import keys
 from knowctl.store.redis import _UNLINK_BATCH, RedisStore
+from knowctl.store.redis_clients import DEFAULT_MAX_CONNECTIONS
 
 T = TypeVar("T")
 
@@ -55,18 +57,31 @@ def _tag_is_literal(match: str) -> bool:
 
 class RedisClusterStore(RedisStore):
     _client: RedisCluster
+    # Store calls running at once (made on first use); the node pools hold a few more
+    # connections, for subscriptions, which keep theirs (knowctl.store.redis_clients).
+    _semaphore: asyncio.Semaphore | None = None
 
     async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
         async def ready_then_make() -> T:
-            # Read the topology before any command: until it is known (first use, or after
-            # redis-py dropped it on CLUSTERDOWN or repeated MOVED), redis-py 8 sends keyed
-            # commands to a random primary; the MOVED replies then pile up until it closes
-            # every connection, failing the other calls in flight. initialize() returns at
-            # once when the topology is known.
-            await self._client.initialize()
-            return await make()
+            # RedisCluster's per-node pools refuse a connection past their cap at once
+            # (MaxConnectionsError) where the single-server pool waits for a free one; a
+            # burst on one hot slot would fail. Waiting here, within the same timeout, gives
+            # the cluster the same behaviour. A call uses at most one connection per node.
+            async with self._in_flight():
+                # Read the topology before any command: until it is known (first use, or
+                # after redis-py dropped it on CLUSTERDOWN or repeated MOVED), redis-py 8
+                # sends keyed commands to a random primary; the MOVED replies then pile up
+                # until it closes every connection, failing the other calls in flight.
+                # initialize() returns at once when the topology is known.
+                await self._client.initialize()
+                return await make()
 
         return await super()._call(op, ready_then_make)
+
+    def _in_flight(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(DEFAULT_MAX_CONNECTIONS)
+        return self._semaphore
 
     async def _nodes(self) -> list[ClusterNode]:
         # initialize() reads the topology only when it is unknown or marked stale (after a

@@ -154,8 +154,15 @@ def redis_cluster(masters: int = 3) -> Iterator[RedisCluster]:
                 )  # fmt: skip
                 nodes[-1].start()
             subprocess.run(
-                [cli, "--cluster", "create", *(f"{LOOPBACK}:{n.port}" for n in nodes)]
-                + ["--cluster-replicas", "0", "--cluster-yes"],
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *(f"{LOOPBACK}:{n.port}" for n in nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -180,7 +187,11 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        return "redis+sentinel://" + ",".join(f"{LOOPBACK}:{s.port}" for s in self.sentinels) + f"/{self.service}/0"
+        return (
+            "redis+sentinel://"
+            + ",".join(f"{LOOPBACK}:{s.port}" for s in self.sentinels)
+            + f"/{self.service}/0"
+        )
 
     def master_port(self) -> int | None:
         """The master's port as the first answering Sentinel sees it now."""
@@ -202,10 +213,13 @@ def sentinel_group(sentinels: int = 1) -> Iterator[SentinelGroup]:
             m_port, r_port = free_port(), free_port()
             (Path(tmp) / "m").mkdir()
             (Path(tmp) / "r").mkdir()
-            master = Node(m_port, _server_argv(m_port, Path(tmp) / "m"))
+            # Diskless sync starts after a 5 s delay by default (waiting for more replicas).
+            master = Node(m_port, _server_argv(m_port, Path(tmp) / "m", "--repl-diskless-sync-delay", "0"))
             master.start()
             started.append(master)
-            replica = Node(r_port, _server_argv(r_port, Path(tmp) / "r", "--replicaof", LOOPBACK, str(m_port)))
+            replica = Node(
+                r_port, _server_argv(r_port, Path(tmp) / "r", "--replicaof", LOOPBACK, str(m_port))
+            )
             replica.start()
             started.append(replica)
             _wait(
