@@ -125,6 +125,21 @@ async def test_model_without_limits_never_touches_the_store() -> None:
         assert not q.degraded
 
 
+async def test_a_provider_429_holds_a_model_without_limits_of_ours(store: Store) -> None:
+    m = model()
+    async with gate(store, upstream_backoff_s=5) as q:
+        assert isinstance(await q.try_admit(ctx(m)), Ticket)
+        q.upstream_exhausted(m, None)
+        held = await q.try_admit(ctx(m))
+        assert isinstance(held, float) and 4 < held <= 5
+        with pytest.raises(CallRefused) as refused:
+            await q.wait_admit(ctx(m), held)
+        assert refused.value.status == 429 and refused.value.retry_after is not None
+        await asyncio.sleep(0.2)  # the hold is stored in the background
+        async with gate(store, upstream_backoff_s=5) as other:  # another daemon finds the hold
+            assert isinstance(await other.try_admit(ctx(m)), float)
+
+
 async def test_per_model_limits_override_the_default(store: Store) -> None:
     small, big = model(), model()
     async with gate(store, quota_rpm=10, quota_models={small: {"rpm": 1}}) as q:

@@ -123,12 +123,14 @@ class ProviderQuota:
     # --- QuotaGate ---------------------------------------------------------------------------
     async def try_admit(self, ctx: CallContext) -> Ticket | float:
         m = await self._model(ctx.call.model or "-")
+        now = time.time()
+        if m.hold_until > now:
+            # Also for models without limits of ours: the provider said 429, and asking it
+            # again before the hold ends only earns another (a stale answer may serve instead).
+            return m.hold_until - now
         if not m.windows:
             self._count(m, "admitted")
             return Ticket(m.name, "", 0)
-        now = time.time()
-        if m.hold_until > now:
-            return m.hold_until - now
         if m.queue.ahead_of(ctx.priority):
             # Strict priority and FIFO hold for newcomers too: do not overtake the queue.
             return max(0.0, m.free_at - now)
@@ -140,6 +142,9 @@ class ProviderQuota:
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
         m = await self._model(ctx.call.model or "-")
         if not m.windows:
+            held = m.hold_until - time.time()
+            if held > 0:  # no queue without windows: the caller retries after the hold
+                self._refuse(m, f"The provider's quota for {m.name} is exhausted.", held)
             self._count(m, "admitted")
             return Ticket(m.name, "", 0)
         timeout = self._settings.queue_timeout
@@ -341,7 +346,7 @@ class ProviderQuota:
     # --- model state, holds and notifications ---------------------------------------------------
     async def _model(self, name: str) -> _Model:
         m = self._models.get(name) or self._new_model(name)
-        if not m.hold_checked and m.windows:
+        if not m.hold_checked:
             m.hold_checked = True  # once per model and daemon: later holds arrive by pub/sub
             await self._load_hold(m)
         return m
