@@ -62,6 +62,7 @@ class LocalShare:
         self.down = False
         self._outage_at: float | None = None  # start of the latest outage
         self._returned_at: float | None = None  # when the store answered again after it
+        self._recovery_ends = 0.0  # the latest end of recovery known so far
         self._epoch = 0  # bumped per outage: logs of an older epoch get a new phantom
         self._logs: dict[str, tuple[int, tuple[Window, ...], list[WindowLog]]] = {}
         self._sweep_at = _SWEEP_MIN
@@ -79,7 +80,9 @@ class LocalShare:
         if not self.down:
             return
         self.down = False
-        self._returned_at = self._clock()
+        now = self._returned_at = self._clock()
+        ends = [drained_at(w, now + self._grace) for _, windows, _ in self._logs.values() for w in windows]
+        self._recovery_ends = max([now + self._grace, *ends])
 
     # --- decisions ---------------------------------------------------------------------------
     def mode(self, scope: str, windows: Sequence[Window]) -> Mode:
@@ -89,6 +92,7 @@ class LocalShare:
             return Mode.SHARED
         until = max(drained_at(w, self._returned_at + self._grace) for w in windows)
         if self._clock() < until:
+            self._recovery_ends = max(self._recovery_ends, until)
             return Mode.BOTH
         self._logs.pop(scope, None)  # recovered: the local log has nothing left to say
         return Mode.SHARED
@@ -96,7 +100,7 @@ class LocalShare:
     @property
     def recovering(self) -> bool:
         """The store is back but some local windows may still bound admissions."""
-        return not self.down and self._returned_at is not None and bool(self._logs)
+        return not self.down and self._clock() < self._recovery_ends
 
     def acquire(
         self, scope: str, windows: Sequence[Window], amounts: Sequence[int], share: float, rid: str

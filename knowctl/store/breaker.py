@@ -215,7 +215,11 @@ class BreakerStore(Store):
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await self._guard(lambda: self.inner.set(key, value, ttl))
 
+    # Calls that do no I/O (nothing to delete, unlink or add) skip the breaker: their
+    # "success" says nothing about the store, and must not close an open breaker.
     async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
         return await self._guard(lambda: self.inner.delete(*keys))
 
     async def acquire(
@@ -255,6 +259,8 @@ class BreakerStore(Store):
         return await self._guard(lambda: self.inner.hash_get_all(key))
 
     async def hash_delete(self, key: str, *fields: str) -> int:
+        if not fields:
+            return 0
         return await self._guard(lambda: self.inner.hash_delete(key, *fields))
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
@@ -267,12 +273,18 @@ class BreakerStore(Store):
         return await self._guard(lambda: self.inner.scan_keys(match, cursor, count))
 
     async def unlink(self, *keys: str) -> int:
+        if not keys:
+            return 0
         return await self._guard(lambda: self.inner.unlink(*keys))
 
     async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        if not counts:
+            return
         await self._guard(lambda: self.inner.tally_add(key, counts, ttl))
 
     async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
+        if limit <= 0:
+            return []
         return await self._guard(lambda: self.inner.tally_top(key, limit))
 
 
