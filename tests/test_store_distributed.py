@@ -303,6 +303,32 @@ async def test_sentinel_store_follows_a_failover(sentinel_proc: SentinelGroup) -
     await store.close()
 
 
+async def test_sentinel_store_leaves_a_demoted_master_within_seconds(sentinel_proc: SentinelGroup) -> None:
+    # SENTINEL FAILOVER promotes the replica while the old master lives on, still taking
+    # writes until Sentinel demotes it seconds later: the store must notice on its own.
+    group = sentinel_proc
+    store = backend(group.url, 0.5)
+    sc, ws = keys.quota_scope(f"demoted-{rid()[:8]}"), [Window("rpm", 60, 10_000)]
+    assert (await store.acquire(sc, ws, [1], reservation_id=rid())).admitted
+    assert group.sentinels[0].command("SENTINEL", "FAILOVER", group.service).startswith("+OK")
+    started, switched = time.monotonic(), None
+    while switched is None or time.monotonic() - switched < 2.5:
+        assert time.monotonic() - started < 15, "Sentinel did not switch the master"
+        if switched is None and group.master_port() == group.replica.port:
+            switched = time.monotonic()
+        call = time.monotonic()
+        with contextlib.suppress(StoreUnavailable):
+            await store.acquire(sc, ws, [1], reservation_id=rid())
+        assert time.monotonic() - call < 0.5 + 0.3
+        await asyncio.sleep(0.05)
+    # Every call since (at most a check interval after the switch) went to the new master.
+    [u] = await store.usage(sc, ws)
+    log_key = keys.window_keys(sc, "rpm").log
+    assert group.replica.command("ZCARD", log_key).strip() == f":{u.entries}"
+    assert u.entries > 0
+    await store.close()
+
+
 def _wait_replica_in_sync(group: SentinelGroup, timeout: float = 5.0) -> None:
     def offset(text: str, field: str) -> int:
         for line in text.splitlines():

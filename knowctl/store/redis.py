@@ -53,7 +53,7 @@ _POLL_S = 1.0
 # Server errors that mean "not now" (failover, loading, out of memory), not "bad call".
 # redis-py strips the code from the messages of the errors it has a class for, so match
 # those by class and the rest (BUSY: a script runs too long) by prefix.
-_TRANSIENT = ("OOM", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "READONLY")
+_TRANSIENT = ("OOM", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "READONLY", "NOREPLICAS")
 _TRANSIENT_ERRORS = (
     rexc.OutOfMemoryError,
     rexc.ReadOnlyError,

@@ -120,7 +120,13 @@ def open_redis_store(url: str, *, timeout: float) -> RedisStore:
     """The bare Redis backend for a ``redis*://`` URL (open_store adds what goes around it)."""
     from knowctl.store.redis import RedisStore
     from knowctl.store.redis_cluster import RedisClusterStore
+    from knowctl.store.redis_sentinel import RedisSentinelStore
 
     made = for_url(url, timeout=timeout)
-    kind = RedisClusterStore if scheme_of(url).endswith("+cluster") else RedisStore
+    scheme = scheme_of(url)
+    kind: type[RedisStore] = RedisStore
+    if scheme.endswith("+cluster"):
+        kind = RedisClusterStore
+    elif scheme.endswith("+sentinel"):
+        kind = RedisSentinelStore
     return kind(made.client, url=url, timeout=timeout, closers=made.closers)

@@ -193,6 +193,13 @@ class SentinelGroup:
             + f"/{self.service}/0"
         )
 
+    def replica_known(self) -> bool:
+        for s in self.sentinels:
+            reply = s.command("SENTINEL", "replicas", self.service)
+            if f"\r\n{self.replica.port}\r\n" not in reply or "s_down" in reply or "disconnected" in reply:
+                return False
+        return True
+
     def master_port(self) -> int | None:
         """The master's port as the first answering Sentinel sees it now."""
         for s in self.sentinels:
@@ -244,6 +251,9 @@ def sentinel_group(sentinels: int = 1) -> Iterator[SentinelGroup]:
                 started.append(node)
                 group.sentinels.append(node)
             _wait("sentinels to see the master", lambda: group.master_port() == m_port, 15)
+            # A Sentinel that has not yet listed the replica (it learns replicas from the
+            # master's INFO) answers a failover with NOGOODSLAVE.
+            _wait("sentinels to know the replica", group.replica_known, 15)
             yield group
         finally:
             for node in started:
