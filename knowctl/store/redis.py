@@ -4,7 +4,8 @@ One class for every deployment shape: the client (one server, Sentinel-managed m
 Cluster) is built per URL scheme in :mod:`knowctl.store.redis_clients`; the scripts, the
 timeouts and the error mapping live here once. Cluster-only key handling (scans over every
 primary, unlinks grouped by slot, subscriptions on a chosen node) is in
-:mod:`knowctl.store.redis_cluster`.
+:mod:`knowctl.store.redis_cluster`; following a Sentinel failover, in
+:mod:`knowctl.store.redis_sentinel`.
 
 Every check-and-update is one Lua script (``knowctl/store/lua``), so it is atomic however
 many daemons share the server, and it reads the server's clock (TIME), so pods with skewed
