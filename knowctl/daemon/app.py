@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from enum import StrEnum
@@ -30,6 +31,11 @@ log = logging.getLogger("knowctl.daemon")
 SIMULATOR_PREFIX = "/_simulator/upstream"
 SIMULATOR_CONTROL = "/_simulator/"
 OPS_ROUTES = frozenset({"/api/health", "/api/ready", "/api/metrics"})
+
+# Clients call a handful of paths over and over; a parse is a few regex matches. ApiCall is
+# frozen, so one parsed value can serve every request for its path; the bound keeps paths
+# made up by clients from growing it.
+_parse_path = functools.lru_cache(maxsize=1024)(parse_path)
 
 
 class Component(Protocol):
@@ -136,15 +142,15 @@ class Gateway:
                 route = "simulator"
                 status = await self._to_simulator(scope, receive, send)
             else:
-                call = parse_path(path)
+                call = _parse_path(path)
                 if call is None:
                     await respond_error(send, 404, f"The requested path {path} was not found.")
                 else:
                     route = call.action or "list_models"
                     status = await self.model_calls(scope, receive, send, call)
         finally:
-            metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
-            metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+            metrics.HTTP_REQUESTS_BY(route, str(status)).inc()
+            metrics.HTTP_DURATION_BY(route).observe(time.perf_counter() - started)
 
     async def _ops(self, route: str, scope: Scope, send: Send) -> int:
         if scope["method"] not in ("GET", "HEAD"):

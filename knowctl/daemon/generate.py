@@ -126,8 +126,8 @@ class Generation:
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                metrics.UPSTREAM_DURATION.labels(model).observe(time.perf_counter() - started)
-                metrics.UPSTREAM_REQUESTS.labels(model, str(response.status)).inc()
+                metrics.UPSTREAM_DURATION_BY(model).observe(time.perf_counter() - started)
+                metrics.UPSTREAM_REQUESTS_BY(model, str(response.status)).inc()
                 headers = [*response_headers(response), *ctx.response_headers]
                 if response.status != 200:
                     body = await response.read()
@@ -153,7 +153,7 @@ class Generation:
                     return Outcome(200)  # usage unknown: the reservation stands
                 return _stream_outcome(b"".join(captured), ctx.sse)
         except UpstreamFailure as failure:
-            metrics.UPSTREAM_REQUESTS.labels(model, failure.outcome).inc()
+            metrics.UPSTREAM_REQUESTS_BY(model, failure.outcome).inc()
             log.warning("upstream call for %s failed: %s", model, failure.message)
             if headers_sent:
                 raise  # too late for a status: cut the connection, the answer is incomplete

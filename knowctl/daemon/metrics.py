@@ -8,6 +8,7 @@ scrapes a running daemon and checks that every name they use is really exported.
 from __future__ import annotations
 
 import os
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,6 +21,28 @@ from prometheus_client import (
 )
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class Children(Generic[M]):
+    """The labelled children of one family, each looked up once. ``family.labels()`` takes a
+    lock and builds the label tuple on every call; on the hot path that was several per
+    request. Label values are bounded (routes, statuses, models, windows), and prometheus
+    keeps every child anyway, so this adds no entries of its own."""
+
+    __slots__ = ("_children", "_family")
+
+    def __init__(self, family: M) -> None:
+        self._family = family
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._family.labels(*values)
+        return child
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -100,6 +123,12 @@ CACHE_REQUESTS = Counter(
     ["layer", "result"],
     registry=REGISTRY,
 )
+
+# The children the request path labels on every call.
+HTTP_REQUESTS_BY = Children(HTTP_REQUESTS)  # (route, status)
+HTTP_DURATION_BY = Children(HTTP_DURATION)  # (route,)
+UPSTREAM_REQUESTS_BY = Children(UPSTREAM_REQUESTS)  # (model, outcome)
+UPSTREAM_DURATION_BY = Children(UPSTREAM_DURATION)  # (model,)
 
 ProcessCollector(registry=REGISTRY)
 

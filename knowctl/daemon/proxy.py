@@ -167,8 +167,8 @@ class ModelCallHandler:
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                metrics.UPSTREAM_DURATION.labels(model).observe(time.perf_counter() - started)
-                metrics.UPSTREAM_REQUESTS.labels(model, str(response.status)).inc()
+                metrics.UPSTREAM_DURATION_BY(model).observe(time.perf_counter() - started)
+                metrics.UPSTREAM_REQUESTS_BY(model, str(response.status)).inc()
                 out_headers = [*response_headers(response), *ctx.response_headers]
                 if response.status == 200 and not response.headers.get("content-length"):
                     # An answer of unknown length may be long: pass it on as it arrives.
@@ -190,7 +190,7 @@ class ModelCallHandler:
                     )
                 return response.status
         except UpstreamFailure as failure:
-            metrics.UPSTREAM_REQUESTS.labels(model, failure.outcome).inc()
+            metrics.UPSTREAM_REQUESTS_BY(model, failure.outcome).inc()
             log.warning("upstream call for %s failed: %s", model, failure.message)
             if headers_sent:
                 # Too late for an error status: cut the connection so the client sees an
