@@ -34,7 +34,7 @@ class Children(Generic[M]):
     __slots__ = ("_children", "_family")
 
     def __init__(self, family: M) -> None:
-        self._family = family
+        self._family: M = family
         self._children: dict[tuple[str, ...], M] = {}
 
     def __call__(self, *values: str) -> M:
