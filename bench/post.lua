@@ -1,21 +1,35 @@
--- wrk script: POST a generateContent body with a distinct prompt on every request, and
--- print the run's figures as one JSON line (prefixed "RESULT ") for bench/run.py to read.
+-- wrk script: POST a generateContent body and print the run's figures as one JSON line
+-- (prefixed "RESULT ") for bench/run.py to read.
+-- BENCH_SAME_PROMPT=1: the same prompt every time (cache hits); else a distinct prompt on
+-- every request (misses).
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 
+local same = os.getenv("BENCH_SAME_PROMPT") == "1"
 local threads = {}
 local counter = 0
 local thread_id = 0
+local fixed = nil
 
 function setup(thread)
   thread:set("thread_id", #threads + 1)
   table.insert(threads, thread)
 end
 
+function init(args)
+  if same then
+    fixed = wrk.format(nil, nil, nil,
+      '{"contents":[{"role":"user","parts":[{"text":"benchmark prompt that is always the same"}]}]}')
+  end
+end
+
 function request()
+  if fixed then
+    return fixed
+  end
   counter = counter + 1
   local body = '{"contents":[{"role":"user","parts":[{"text":"benchmark prompt ' .. thread_id .. '-' .. counter ..
-    ' about the tides and the moon"}]}]}'
+    '-' .. os.time() .. ' about the tides and the moon"}]}]}'
   return wrk.format(nil, nil, nil, body)
 end
 

@@ -1,124 +1,339 @@
-"""Gateway versus simulator, side by side in one run.
+"""knowctl bench: every performance case of the gateway beside its baseline, in one run.
 
-Starts ``knowctl simulate`` and ``knowctl serve --upstream <simulator>`` on free loopback
-ports, then drives the same wrk load (distinct prompts, generateContent) first straight at the
-simulator and then through the gateway, at each concurrency. Prints requests/s, p50 and p99
-per case, and the gateway's throughput ratio and added latency; saves the figures as JSON
-under bench/results/.
+Starts a private redis-server, ``knowctl simulate`` and ``knowctl serve`` (per-user limits and
+provider quota on Redis, generous limits) on free loopback ports, and runs each case with
+the same load generator for gateway and baseline:
 
-    python bench/run.py [--duration 10] [--concurrency 32 1] [--latency-ms 0]
+  hit      cache hit (L1) vs a bare ASGI app doing one Redis GET (bench/baseline_app.py), wrk c32
+  miss     distinct prompts (quota admission, cache write) vs the simulator directly, wrk c32 and c1
+  slow     simulator latency 200 ms, wrk c256, gateway vs direct
+  stream   time to the first SSE event through the gateway vs direct (asyncio client)
+  ops      /api/health, ready, metrics, quota/stats, cache/stats while wrk loads the gateway
+  memory   idle RSS, and RSS with 10,000 L1 entries
+  cli      `knowctl --help` wall time (hyperfine when installed)
+
+Prints a table (case, baseline, gateway, ratio, p50, p99, target) and saves it to
+bench/results/<stamp>.json and .md. Before each case it prints the load average and how busy
+the CPUs are, and warns when something else is using them.
+
+    python bench/run.py [--duration 10] [--cases hit miss ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import asyncio
 import datetime as dt
 import json
 import os
 import platform
 import shutil
-import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+from clients import fill, generate_body, probe, ttfb
+from harness import (
+    GENERATE,
+    STREAM,
+    Service,
+    baseline_app,
+    configure_simulator,
+    gateway,
+    machine_state,
+    percentile,
+    redis_command,
+    redis_server,
+    rss_mb,
+    simulator,
+    wrk,
+    wrk_background,
+)
 
 HERE = Path(__file__).resolve().parent
-PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
+CASES = ("hit", "miss", "slow", "stream", "ops", "memory", "cli")
+BUSY_WARNING = 0.25  # CPU busy fraction, sampled while our processes idle
+OPS = ("/api/health", "/api/ready", "/api/metrics", "/api/quota/stats", "/api/cache/stats")
+OPS_TARGET_MS = {"/api/health": 10, "/api/ready": 10, "/api/metrics": 50}
+SAME_PROMPT = "benchmark prompt that is always the same"  # bench/post.lua's fixed prompt
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class Row:
+    case: str
+    unit: str  # "req/s", "ms" or "MB"
+    baseline: float | None
+    gateway: float
+    p50: str = ""  # "baseline / gateway" in ms
+    p99: str = ""
+    target: str = ""
+    met: bool | None = None
+    cpu_us: float | None = None  # the gateway's CPU time per request
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        return None if not self.baseline else self.gateway / self.baseline
 
 
-@contextlib.contextmanager
-def knowctl(*args: str, ready: str) -> Iterator[None]:
-    env = {**os.environ, "NO_GCE_CHECK": "True", "KNOWCTL_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", "knowctl", *args], env=env, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
+def ms(us: float) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def pair(a: float, b: float) -> str:
+    return f"{a:.2f} / {b:.2f}"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.duration: float = args.duration
+        self.rows: list[Row] = []
+        self.states: dict[str, dict[str, float]] = {}
+
+    def state(self, case: str) -> None:
+        s = machine_state()
+        self.states[case] = s
+        warn = "  WARNING: the machine is busy, figures will be low" if s["cpu_busy"] > BUSY_WARNING else ""
+        print(f"[{case}] load {s['load1']:.2f} {s['load5']:.2f} {s['load15']:.2f}, "
+              f"cpu busy {s['cpu_busy']:.0%} before the case{warn}", flush=True)
+
+    def pair_wrk(self, label: str, base: Service, gw: Service, conc: int, *, same: bool = False,
+                 duration: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """Baseline and gateway under the same wrk load, each warmed up first."""
+        seconds = duration or self.duration
+        wrk(base.url + GENERATE, conc, 1, same_prompt=same)
+        wrk(gw.url + GENERATE, conc, 1, same_prompt=same)
+        b = wrk(base.url + GENERATE, conc, seconds, same_prompt=same, pid=base.pid)
+        g = wrk(gw.url + GENERATE, conc, seconds, same_prompt=same, pid=gw.pid)
+        for name, r in (("baseline", b), ("gateway", g)):
+            print(f"  {label} {name}: {r['rps']:.0f} req/s, p50 {ms(r['p50_us'])} ms, "
+                  f"p99 {ms(r['p99_us'])} ms, errors {r['errors']:.0f}, "
+                  f"{r['cpu_us_per_request']:.0f} µs CPU/request", flush=True)
+        return b, g
+
+    def throughput_row(self, case: str, base: dict[str, float], gw: dict[str, float], target: float) -> Row:
+        row = Row(case, "req/s", base["rps"], gw["rps"],
+                  p50=pair(base["p50_us"] / 1000, gw["p50_us"] / 1000),
+                  p99=pair(base["p99_us"] / 1000, gw["p99_us"] / 1000),
+                  target=f">= {target:.0%}", extra={"baseline": base, "gateway": gw,
+                                                      "gateway_cpu_us_per_request": gw["cpu_us_per_request"]})
+        row.cpu_us = gw["cpu_us_per_request"]
+        row.met = row.ratio is not None and row.ratio >= target and gw["errors"] == 0
+        return row
+
+    # --- cases -----------------------------------------------------------------------------
+    def hit(self, sim_url: str, store: str) -> None:
+        with gateway(sim_url, store) as gw, baseline_app(store) as base:
+            # The gateway caches the answer; the baseline answers those very bytes from Redis.
+            answer = httpx.post(gw.url + GENERATE, content=generate_body(SAME_PROMPT), timeout=10)
+            answer.raise_for_status()
+            redis_command(store, "SET", "bench:answer", answer.content)
+            self.state("hit")
+            b, g = self.pair_wrk("hit c32", base, gw, 32, same=True)
+            self.rows.append(self.throughput_row("hit L1 c32 (vs bare ASGI + 1 Redis GET)", b, g, 0.5))
+
+    def miss(self, sim: Service, store: str) -> None:
+        with gateway(sim.url, store) as gw:
+            self.state("miss")
+            b, g = self.pair_wrk("miss c32", sim, gw, 32)
+            self.rows.append(self.throughput_row("miss c32 (vs simulator direct)", b, g, 0.15))
+            b, g = self.pair_wrk("miss c1", sim, gw, 1)
+            self.rows.append(self.throughput_row("miss c1 (vs simulator direct)", b, g, 0.0))
+            added50 = (g["p50_us"] - b["p50_us"]) / 1000
+            added99 = (g["p99_us"] - b["p99_us"]) / 1000
+            self.rows.append(Row("miss c1 added latency p50 / p99 (ms)", "ms", None, added50,
+                                 p50=f"+{added50:.2f}", p99=f"+{added99:.2f}", target="< 1 / < 3 ms",
+                                 met=added50 < 1 and added99 < 3))
+
+    def slow(self, sim: Service, store: str) -> None:
+        configure_simulator(sim, latency_ms=200)
+        try:
+            with gateway(sim.url, store) as gw:
+                self.state("slow")
+                b, g = self.pair_wrk("slow c256", sim, gw, 256)
+                self.rows.append(self.throughput_row("sim 200 ms, c256 (vs direct)", b, g, 0.95))
+        finally:
+            configure_simulator(sim, latency_ms=0)
+
+    def stream(self, sim_url: str, store: str, sim: Any, streams: int) -> None:
+        # Chunks 20 ms apart, so the first event is on the wire well before the rest.
+        configure_simulator(sim, chunk_delay_ms=20, chunks=4)
+        try:
+            with gateway(sim_url, store) as gw:
+                self.state("stream")
+                asyncio.run(ttfb(sim_url, STREAM, 50, 4))  # warm-up
+                asyncio.run(ttfb(gw.url, STREAM, 50, 4))
+                for conc in (1, 16):
+                    d = asyncio.run(ttfb(sim_url, STREAM, streams, conc))
+                    g = asyncio.run(ttfb(gw.url, STREAM, streams, conc))
+                    d50, g50 = percentile(d["first_event"], 50) * 1000, percentile(g["first_event"], 50) * 1000
+                    d99, g99 = percentile(d["first_event"], 99) * 1000, percentile(g["first_event"], 99) * 1000
+                    print(f"  stream c{conc}: first event direct p50 {d50:.2f} ms p99 {d99:.2f}, "
+                          f"gateway p50 {g50:.2f} ms p99 {g99:.2f}", flush=True)
+                    errors = d["errors"][0] + g["errors"][0]
+                    self.rows.append(Row(
+                        f"stream TTFB, first SSE event, c{conc} ({streams} streams)", "ms", d50, g50,
+                        p50=pair(d50, g50), p99=pair(d99, g99),
+                        target="+ < 1 ms" if conc == 1 else "",
+                        met=(g50 - d50 < 1 and errors == 0) if conc == 1 else None,
+                        extra={"direct_head_p50_ms": percentile(d["head"], 50) * 1000,
+                               "gateway_head_p50_ms": percentile(g["head"], 50) * 1000, "errors": errors}))
+        finally:
+            configure_simulator(sim, chunk_delay_ms=0)
+
+    def ops(self, sim_url: str, store: str) -> None:
+        with gateway(sim_url, store) as gw:
+            self.state("ops")
+            asyncio.run(fill(gw.url, GENERATE, 200))  # some metrics, stats and entries to report
+            idle = asyncio.run(probe(gw.url, list(OPS), 30))
+            seconds = max(6.0, self.duration)
+            load = wrk_background(gw.url + GENERATE, 32, seconds)
             try:
-                httpx.get(ready, timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"knowctl {' '.join(args)} did not start") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+                time.sleep(1.0)  # let the load build up
+                rounds = max(20, int((seconds - 2) / 0.12))
+                busy = asyncio.run(probe(gw.url, list(OPS), rounds, pause_s=0.02))
+            finally:
+                out, _ = load.communicate(timeout=seconds + 30)
+            line = next((li for li in out.splitlines() if li.startswith("RESULT ")), None)
+            background = json.loads(line[len("RESULT "):]) if line else {}
+            rps = background.get("requests", 0) / max(1, background.get("duration_us", 1)) * 1e6
+            print(f"  ops: background load {rps:.0f} req/s (miss path, c32)", flush=True)
+            for path in OPS:
+                i50, i99 = percentile(idle[path], 50) * 1000, percentile(idle[path], 99) * 1000
+                b50, b99 = percentile(busy[path], 50) * 1000, percentile(busy[path], 99) * 1000
+                limit = OPS_TARGET_MS.get(path, 20)
+                self.rows.append(Row(f"{path} under load (idle -> loaded)", "ms", i50, b50,
+                                     p50=pair(i50, b50), p99=pair(i99, b99), target=f"< {limit} ms",
+                                     met=b99 < limit, extra={"samples": len(busy[path]), "load_rps": rps}))
+
+    def memory(self, sim_url: str, store: str) -> None:
+        with gateway(sim_url, store) as gw, baseline_app(store) as base:
+            self.state("memory")
+            time.sleep(1.0)
+            idle, base_idle = rss_mb(gw.pid), rss_mb(base.pid)
+            self.rows.append(Row("idle RSS (MB; baseline: bare ASGI app)", "MB", base_idle, idle,
+                                 target="< 80 MB", met=idle < 80))
+            answered = asyncio.run(fill(gw.url, GENERATE, 10_000))
+            entries = httpx.get(gw.url + "/api/cache/stats", timeout=10).json()["layers"]["l1"]["entries"]
+            full = rss_mb(gw.pid)
+            print(f"  memory: {answered} answers, {entries} L1 entries, RSS {idle:.1f} -> {full:.1f} MB",
+                  flush=True)
+            self.rows.append(Row(f"RSS with {entries} L1 entries (MB; baseline: idle)", "MB", idle, full,
+                                 target="reported", extra={"l1_entries": entries}))
+
+    def cli(self) -> None:
+        self.state("cli")
+        knowctl = str(Path(sys.executable).with_name("knowctl"))
+        base = self._wall([sys.executable, "-c", "pass"])
+        gw = self._wall([knowctl, "--help"])
+        self.rows.append(Row("`knowctl --help` wall (ms; baseline: python -c pass)", "ms",
+                             base["median"], gw["median"], p50=pair(base["median"], gw["median"]),
+                             p99=pair(base["max"], gw["max"]), target="< 300 ms", met=gw["max"] < 300,
+                             extra={"baseline": base, "gateway": gw}))
+
+    @staticmethod
+    def _wall(argv: list[str], runs: int = 15) -> dict[str, Any]:
+        if shutil.which("hyperfine"):
+            out = subprocess.run(["hyperfine", "--warmup", "2", "--runs", str(runs), "--export-json", "/dev/stdout",
+                                  "--style", "none", " ".join(argv)], capture_output=True, text=True,
+                                 check=True, timeout=120).stdout
+            times = [t * 1000 for t in json.loads(out[out.index("{"):])["results"][0]["times"]]
+            tool = "hyperfine"
+        else:
+            times = []
+            for i in range(runs + 2):
+                started = time.perf_counter()
+                subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=30)
+                if i >= 2:  # the first runs warm the page cache
+                    times.append((time.perf_counter() - started) * 1000)
+            tool = "subprocess"
+        return {"median": statistics.median(times), "min": min(times), "max": max(times), "tool": tool}
 
 
-def wrk(url: str, concurrency: int, duration: float) -> dict[str, float]:
-    threads = 1 if concurrency < 8 else 2
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-         "-s", str(HERE / "post.lua"), url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    line = next(li for li in out.splitlines() if li.startswith("RESULT "))
-    result: dict[str, float] = json.loads(line[len("RESULT "):])
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
+# --- report --------------------------------------------------------------------------------------
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if unit == "req/s" else f"{value:,.2f}"
+
+
+def table(rows: list[Row]) -> list[list[str]]:
+    out = [["case", "unit", "baseline", "gateway", "ratio", "p50 ms (base / gw)", "p99 ms (base / gw)",
+            "target", "met", "gw CPU µs/req"]]
+    for r in rows:
+        ratio = f"{r.ratio:.1%}" if r.ratio is not None and r.unit == "req/s" else (
+            f"{r.ratio:.2f}x" if r.ratio is not None else "-")
+        met = "-" if r.met is None else ("yes" if r.met else "NO")
+        out.append([r.case, r.unit, fmt(r.baseline, r.unit), fmt(r.gateway, r.unit), ratio, r.p50 or "-",
+                    r.p99 or "-", r.target or "-", met, "-" if r.cpu_us is None else f"{r.cpu_us:.0f}"])
+    return out
+
+
+def print_table(cells: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def markdown(cells: list[list[str]], header: str) -> str:
+    lines = [header, "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells[1:]]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per case")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 1])
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="simulator latency")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--streams", type=int, default=500, help="streams per TTFB measurement")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--no-save", action="store_true", help="print only (for quick checks)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench needs wrk: apt-get install wrk")
 
-    sim_port, gw_port = free_port(), free_port()
-    sim = f"http://127.0.0.1:{sim_port}"
-    gateway = f"http://127.0.0.1:{gw_port}"
-    rows = []
-    with knowctl("simulate", "--port", str(sim_port), "--latency-ms", str(args.latency_ms),
-                 ready=f"{sim}/_simulator/stats"), \
-         knowctl("serve", "--port", str(gw_port), "--upstream", sim, ready=f"{gateway}/api/health"):
-        for concurrency in args.concurrency:
-            wrk(sim + PATH, concurrency, 1)  # warm both up: connection pools, caches
-            wrk(gateway + PATH, concurrency, 1)
-            direct = wrk(sim + PATH, concurrency, args.duration)
-            through = wrk(gateway + PATH, concurrency, args.duration)
-            rows.append({"concurrency": concurrency, "direct": direct, "gateway": through})
+    bench = Bench(args)
+    started = machine_state()
+    runs: dict[str, Callable[[], None]] = {}
+    with redis_server() as store, simulator() as sim:
+        runs = {
+            "hit": lambda: bench.hit(sim.url, store),
+            "miss": lambda: bench.miss(sim, store),
+            "slow": lambda: bench.slow(sim, store),
+            "stream": lambda: bench.stream(sim.url, store, sim, args.streams),
+            "ops": lambda: bench.ops(sim.url, store),
+            "memory": lambda: bench.memory(sim.url, store),
+            "cli": bench.cli,
+        }
+        for case in CASES:
+            if case in args.cases:
+                redis_command(store, "FLUSHALL")  # every case starts from an empty store
+                runs[case]()
 
-    print(f"\nknowctl bench: generateContent, distinct prompts, simulator latency {args.latency_ms} ms, "
-          f"{args.duration:g} s per case, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    header = f"{'conc':>4}  {'case':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        for case in ("direct", "gateway"):
-            r = row[case]
-            errors = int(r["non_2xx"] + r["socket_errors"])
-            print(f"{row['concurrency']:>4}  {case:<8} {r['rps']:>9.0f} {r['p50_us'] / 1000:>8.2f} "
-                  f"{r['p99_us'] / 1000:>8.2f} {errors:>6}")
-        ratio = row["gateway"]["rps"] / row["direct"]["rps"]
-        added_p50 = (row["gateway"]["p50_us"] - row["direct"]["p50_us"]) / 1000
-        added_p99 = (row["gateway"]["p99_us"] - row["direct"]["p99_us"]) / 1000
-        row["ratio"] = ratio
-        print(f"{'':>4}  gateway/direct throughput {ratio:.1%}, added p50 {added_p50:+.2f} ms, "
-              f"p99 {added_p99:+.2f} ms")
-    args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    record = {"when": stamp, "machine": platform.platform(), "cpus": os.cpu_count(),
-              "loadavg_before": os.getloadavg(), "simulator_latency_ms": args.latency_ms,
-              "duration_s": args.duration, "rows": rows}
-    path = args.out / f"overhead-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2))
-    print(f"saved {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    header = (f"knowctl bench {stamp}: {os.cpu_count()} cores, {platform.platform()}, "
+              f"{args.duration:g} s per wrk run; load before: {started['load1']:.2f} "
+              f"(cpu busy {started['cpu_busy']:.0%}), after: {os.getloadavg()[0]:.2f}")
+    cells = table(bench.rows)
+    print("\n" + header)
+    print_table(cells)
+    if args.no_save:
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"when": stamp, "machine": platform.platform(), "cpus": os.cpu_count(), "python": sys.version,
+              "duration_s": args.duration, "machine_before": started, "machine_per_case": bench.states,
+              "rows": [{**asdict(r), "ratio": r.ratio} for r in bench.rows]}
+    (args.out / f"{stamp}.json").write_text(json.dumps(record, indent=2))
+    (args.out / f"{stamp}.md").write_text(markdown(cells, header))
+    print(f"saved bench/results/{stamp}.json and .md")
 
 
 if __name__ == "__main__":

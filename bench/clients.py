@@ -1,0 +1,160 @@
+"""Small asyncio clients for what wrk cannot measure: time to first byte of streams, filling
+the cache with N distinct answers, and ops endpoint latencies. Raw sockets with keep-alive,
+so the client adds as little as possible to what it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import orjson
+
+_counter = itertools.count()
+
+
+def generate_body(text: str | None = None) -> bytes:
+    prompt = text or f"bench {uuid.uuid4().hex} {next(_counter)} about the tides and the moon"
+    return orjson.dumps({"contents": [{"role": "user", "parts": [{"text": prompt}]}]})
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; answers are read by Content-Length or chunked."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            await self.writer.wait_closed()
+
+    def _send(self, method: str, path: str, body: bytes) -> None:
+        assert self.writer is not None
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+
+    async def _head(self) -> tuple[int, dict[str, str]]:
+        assert self.reader is not None
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    async def _chunks(self) -> list[bytes]:
+        """A chunked body, chunk by chunk (the first arrives before the rest is sent)."""
+        assert self.reader is not None
+        out = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            data = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return out
+            out.append(data[:-2])
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        assert self.reader is not None
+        self._send(method, path, body)
+        status, headers = await self._head()
+        if headers.get("transfer-encoding") == "chunked":
+            return status, b"".join(await self._chunks())
+        return status, await self.reader.readexactly(int(headers.get("content-length", "0")))
+
+    async def first_event(self, path: str, body: bytes) -> tuple[float, float, int]:
+        """Send a streaming call: (seconds to the response head, seconds to the first SSE
+        event, status); reads the rest of the stream so the connection can be reused."""
+        assert self.reader is not None
+        started = time.perf_counter()
+        self._send("POST", path, body)
+        status, headers = await self._head()
+        head_at = time.perf_counter()
+        if headers.get("transfer-encoding") != "chunked":
+            await self.reader.readexactly(int(headers.get("content-length", "0")))
+            return head_at - started, time.perf_counter() - started, status
+        size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        first_at = time.perf_counter()
+        await self.reader.readexactly(size + 2)
+        if size:
+            await self._chunks()
+        return head_at - started, first_at - started, status
+
+
+async def ttfb(url: str, path: str, streams: int, concurrency: int) -> dict[str, list[float]]:
+    """Time to the head and to the first event of ``streams`` streaming calls, distinct prompts."""
+    heads: list[float] = []
+    firsts: list[float] = []
+    errors = 0
+    remaining = itertools.count()
+
+    async def worker() -> None:
+        nonlocal errors
+        conn = Connection(url)
+        await conn.open()
+        try:
+            while next(remaining) < streams:
+                head, first, status = await conn.first_event(path, generate_body())
+                if status != 200:
+                    errors += 1
+                heads.append(head)
+                firsts.append(first)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"head": heads, "first_event": firsts, "errors": [float(errors)]}
+
+
+async def fill(url: str, path: str, count: int, concurrency: int = 32) -> int:
+    """Send ``count`` distinct generation calls; return how many answered 200."""
+    ok = 0
+    remaining = itertools.count()
+
+    async def worker() -> None:
+        nonlocal ok
+        conn = Connection(url)
+        await conn.open()
+        try:
+            while next(remaining) < count:
+                status, _ = await conn.request("POST", path, generate_body())
+                ok += status == 200
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+async def probe(url: str, paths: list[str], rounds: int, pause_s: float = 0.02) -> dict[str, list[float]]:
+    """Latency of each GET in ``paths``, ``rounds`` times, one at a time on one connection."""
+    conn = Connection(url)
+    await conn.open()
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    try:
+        for _ in range(rounds):
+            for path in paths:
+                started = time.perf_counter()
+                status, _ = await conn.request("GET", path)
+                elapsed = time.perf_counter() - started
+                if status != 200:
+                    raise RuntimeError(f"GET {path} answered {status}")
+                times[path].append(elapsed)
+            await asyncio.sleep(pause_s)
+    finally:
+        await conn.close()
+    return times
