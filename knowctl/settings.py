@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         description="Seconds a stopping daemon waits for admitted and queued requests to finish "
         "(keep terminationGracePeriodSeconds above preStop + this).",
     )
+    access_log: bool = Field(
+        True,
+        description="One structured log line per request (request id, route, status, user, cache "
+        "result, quota decision, latency).",
+    )
     max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
     )

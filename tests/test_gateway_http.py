@@ -236,3 +236,19 @@ def test_simulate_mode_runs_alone(tmp_path: Path) -> None:
         stats = httpx.get(handle.url + "/_simulator/stats").json()
         assert stats["served"] == 1
         assert "SIMULATOR" in handle.log_text()
+
+
+def test_access_log_line_per_request(gateway: Gateway, simulator: Simulator) -> None:
+    marker = uuid.uuid4().hex
+    response = httpx.post(gateway.url + GEN, json=body(f"logged {marker}"), headers={"x-request-id": marker})
+    assert response.status_code == 200
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [orjson.loads(line) for line in gateway.log_text().splitlines() if marker in line]
+        if lines:
+            break
+        time.sleep(0.05)
+    entry = lines[0]
+    assert entry["logger"] == "knowctl.access" and entry["request_id"] == marker
+    assert entry["route"] == "generateContent" and entry["status"] == 200
+    assert entry["cache"] == "MISS" and entry["user"] and entry["latency_ms"] > 0

@@ -16,6 +16,7 @@ from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, re
 from knowctl.daemon.cache import AnswerCache
 from knowctl.daemon.callers import CallerRegistry
 from knowctl.daemon.credentials import UpstreamCredentials
+from knowctl.daemon.logging import access_log
 from knowctl.daemon.proxy import ModelCallHandler
 from knowctl.daemon.quota import ProviderQuota
 from knowctl.daemon.topics import TopicService
@@ -31,6 +32,7 @@ log = logging.getLogger("knowctl.daemon")
 SIMULATOR_PREFIX = "/_simulator/upstream"
 SIMULATOR_CONTROL = "/_simulator/"
 OPS_ROUTES = frozenset({"/api/health", "/api/ready", "/api/metrics"})
+READY_PING_INTERVAL_S = 1.0
 
 # Clients call a handful of paths over and over; a parse is a few regex matches. ApiCall is
 # frozen, so one parsed value can serve every request for its path; the bound keeps paths
@@ -74,6 +76,9 @@ class Gateway:
         for component in self._components():
             self.admin.add_routes(component.admin_routes())
         self._simulator = simulator  # an ASGI app, only with --simulate
+        self._access_log = settings.access_log
+        self._store_state: dict[str, Any] | None = None
+        self._store_checked = 0.0
 
     def _components(self) -> tuple[Component, ...]:
         """In start-up order; shut down in reverse."""
@@ -149,8 +154,11 @@ class Gateway:
                     route = call.action or "list_models"
                     status = await self.model_calls(scope, receive, send, call)
         finally:
+            elapsed = time.perf_counter() - started
             metrics.HTTP_REQUESTS_BY(route, str(status)).inc()
-            metrics.HTTP_DURATION_BY(route).observe(time.perf_counter() - started)
+            metrics.HTTP_DURATION_BY(route).observe(elapsed)
+            if self._access_log:
+                access_log(scope, route, status, elapsed)
 
     async def _ops(self, route: str, scope: Scope, send: Send) -> int:
         if scope["method"] not in ("GET", "HEAD"):
@@ -168,8 +176,12 @@ class Gateway:
         await respond(send, 200, metrics.exposition(), CONTENT_TYPE_LATEST.encode())
         return 200
 
-    async def _ready(self, send: Send) -> int:
-        """200 whenever the daemon can serve; 503 only while starting or draining."""
+    async def _store_health(self) -> dict[str, Any]:
+        """The store's state, pinged at most once per READY_PING_INTERVAL_S: probes from every
+        load balancer and kubelet then cost no store round trip each, and stay fast under load."""
+        now = time.monotonic()
+        if self._store_state is not None and now - self._store_checked < READY_PING_INTERVAL_S:
+            return self._store_state
         store: dict[str, Any] = {"backend": self.store.backend, "url": self.store.describe()}
         try:
             store["latency_ms"] = round(await self.store.ping() * 1000, 3)
@@ -178,6 +190,12 @@ class Gateway:
         except StoreUnavailable as exc:
             store.update(ok=False, error=str(exc))
             metrics.STORE_UP.set(0)
+        self._store_state, self._store_checked = store, now
+        return store
+
+    async def _ready(self, send: Send) -> int:
+        """200 whenever the daemon can serve; 503 only while starting or draining."""
+        store = await self._store_health()
         status = 200 if self.phase is Phase.READY else 503
         body = {
             "status": self.phase.value,

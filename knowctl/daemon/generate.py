@@ -16,6 +16,7 @@ from typing import Any
 from knowctl.daemon import metrics
 from knowctl.daemon.asgi import Send, respond
 from knowctl.daemon.components import Answer, Cached, CallRefused, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.logging import SCOPE_CACHE, SCOPE_QUOTA
 from knowctl.daemon.replies import CACHE_HEADER, send_cached, send_refusal
 from knowctl.daemon.request import CallContext
 from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
@@ -67,6 +68,7 @@ class Generation:
                 return await send_cached(send, ctx, cached)
         else:
             ctx.response_headers.append((CACHE_HEADER, b"BYPASS"))
+            ctx.scope[SCOPE_CACHE] = "BYPASS"
         async with self._cache.flight(key) as flight:
             if flight.answer is not None:  # an identical call finished while we waited
                 fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
@@ -87,13 +89,17 @@ class Generation:
             got = await self._quota.try_admit(ctx)
             if not isinstance(got, Ticket):
                 if await self._serve_stale(ctx, send, key):
+                    ctx.scope[SCOPE_QUOTA] = "fallback"
                     return Outcome(200)
                 try:
                     ticket = await self._quota.wait_admit(ctx, got)
                 except CallRefused as refusal:
+                    ctx.scope[SCOPE_QUOTA] = "refused"
                     return Outcome(await send_refusal(send, ctx, refusal))
+                ctx.scope[SCOPE_QUOTA] = "queued"
             else:
                 ticket = got
+                ctx.scope[SCOPE_QUOTA] = "admitted"
         try:
             outcome = await self._forward(ctx, send, key)
         except BaseException:
@@ -133,6 +139,7 @@ class Generation:
                     body = await response.read()
                     return await self._upstream_error(ctx, send, key, response.status, body, headers)
                 headers.append((CACHE_HEADER, b"MISS"))
+                ctx.scope.setdefault(SCOPE_CACHE, "MISS")
                 if not ctx.streaming:
                     body = await response.read()
                     await respond(send, 200, body, _content_type(headers), _without_content_type(headers))

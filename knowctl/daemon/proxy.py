@@ -23,6 +23,7 @@ from knowctl.daemon.asgi import (
 )
 from knowctl.daemon.components import Callers, CallRefused, QuotaGate, ResponseCache
 from knowctl.daemon.generate import Generation
+from knowctl.daemon.logging import SCOPE_USER
 from knowctl.daemon.replies import send_refusal
 from knowctl.daemon.request import CallContext
 from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
@@ -137,6 +138,7 @@ class ModelCallHandler:
         """Identity, priority and the caller's own limits (generation calls only count)."""
         if self._callers is not None:
             ctx.identity = await self._callers.identify(ctx)
+            ctx.scope[SCOPE_USER] = ctx.identity.user
         cap = ctx.identity.max_priority if ctx.identity is not None else None
         try:
             ctx.priority = effective_priority(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from knowctl.daemon.asgi import JSON, Send, respond, respond_error
 from knowctl.daemon.components import Cached, CallRefused
+from knowctl.daemon.logging import SCOPE_CACHE
 from knowctl.daemon.request import CallContext
 from knowctl.errors import retry_after_header, retry_info
 from knowctl.policy.framing import render_json_array, render_sse
@@ -34,9 +35,11 @@ async def send_cached(send: Send, ctx: CallContext, cached: Cached, label: str |
         body, content_type = render_sse(chunks), SSE
     else:
         body, content_type = render_json_array(chunks), JSON
+    label = label or _label(cached.layer)
+    ctx.scope[SCOPE_CACHE] = label
     headers = [
         *ctx.response_headers,
-        (CACHE_HEADER, (label or _label(cached.layer)).encode()),
+        (CACHE_HEADER, label.encode()),
         (b"age", str(int(cached.age_s)).encode()),
     ]
     await respond(send, 200, body, content_type, headers)
