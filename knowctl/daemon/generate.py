@@ -21,7 +21,7 @@ from knowctl.daemon.replies import CACHE_HEADER, send_cached, send_refusal
 from knowctl.daemon.request import CallContext
 from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
 from knowctl.errors import parse_retry_delay, retry_after_header
-from knowctl.policy.framing import is_complete_success, last_usage, split_json_array, split_sse
+from knowctl.policy.framing import split_json_array, split_sse, summarize
 
 log = logging.getLogger("knowctl.generate")
 
@@ -142,10 +142,12 @@ class Generation:
                 ctx.scope.setdefault(SCOPE_CACHE, "MISS")
                 if not ctx.streaming:
                     body = await response.read()
+                    summary = summarize((body,))
+                    if summary is None:  # nothing is sent yet: a clear error beats a broken 200
+                        raise UpstreamFailure(502, "upstream sent an answer that is not valid JSON")
                     await respond(send, 200, body, _content_type(headers), _without_content_type(headers))
-                    chunks = (body,)
-                    answer = Answer(chunks) if is_complete_success(chunks) else None
-                    return Outcome(200, answer, usage=last_usage(chunks))
+                    complete, usage = summary
+                    return Outcome(200, Answer((body,)) if complete else None, usage=usage)
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 headers_sent = True
                 captured: list[bytes] = []
@@ -177,6 +179,8 @@ class Generation:
         body: bytes,
         headers: list[tuple[bytes, bytes]],
     ) -> Outcome:
+        if status >= 500 and await self._serve_stale(ctx, send, key):
+            return Outcome(200)  # the provider failed: a stale answer beats its error
         if status != 429:
             await respond(send, status, body, _content_type(headers), _without_content_type(headers))
             return Outcome(status)
@@ -202,8 +206,11 @@ def _stream_outcome(data: bytes, sse: bool) -> Outcome:
         if parsed is None:
             return Outcome(200)
         chunks = parsed
-    answer = Answer(chunks) if is_complete_success(chunks) else None
-    return Outcome(200, answer, usage=last_usage(chunks))
+    summary = summarize(chunks)
+    if summary is None:
+        return Outcome(200)
+    complete, usage = summary
+    return Outcome(200, Answer(chunks) if complete else None, usage=usage)
 
 
 def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -72,9 +72,27 @@ def last_usage(chunks: Sequence[bytes]) -> dict[str, Any] | None:
 def is_complete_success(chunks: Sequence[bytes]) -> bool:
     """True only for an answer worth storing: every chunk parses, none is an error, the
     prompt was not blocked, and the last chunk ends a candidate with a normal finishReason."""
-    if not chunks:
-        return False
+    return bool(chunks) and _complete([_load(chunk) for chunk in chunks])
+
+
+def summarize(chunks: Sequence[bytes]) -> tuple[bool, dict[str, Any] | None] | None:
+    """One parse of an answer: (is it a complete success, its final usageMetadata), or None
+    when a chunk is not a JSON object at all (a broken upstream answer)."""
     parsed = [_load(chunk) for chunk in chunks]
+    if not parsed or any(p is None for p in parsed):
+        return None
+    usage = next(
+        (
+            dict(p["usageMetadata"])
+            for p in reversed(parsed)
+            if p and isinstance(p.get("usageMetadata"), dict)
+        ),
+        None,
+    )
+    return _complete(parsed), usage
+
+
+def _complete(parsed: Sequence[dict[str, Any] | None]) -> bool:
     if any(p is None or "error" in p for p in parsed):
         return False
     last = parsed[-1]
