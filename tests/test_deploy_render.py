@@ -143,6 +143,21 @@ def test_configmap_holds_every_non_secret_setting_and_loads_as_settings(tmp_path
     assert settings.port == 8080
 
 
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        ([], 10),  # the autoscaler's ceiling
+        (["gateway.autoscaling.max_replicas=7"], 7),
+        (["gateway.autoscaling.max_replicas=4", "settings.workers=2"], 8),
+        (["gateway.autoscaling.enabled=false", "gateway.replicas=5"], 5),
+    ],
+)
+def test_max_replicas_follows_the_most_daemons_that_can_run(sets: list[str], expected: int) -> None:
+    """Each daemon's share of a limit during a store outage is limit / max_replicas."""
+    cm = find(k8s_objects(sets), "ConfigMap", "knowctl-config")
+    assert yaml.safe_load(cm["data"]["knowctl.yaml"])["max_replicas"] == expected
+
+
 def test_secret_is_a_placeholder_and_secret_files_are_wired() -> None:
     objs = k8s_objects()
     secret = find(objs, "Secret", "knowctl-secrets")

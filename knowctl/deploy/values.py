@@ -359,6 +359,13 @@ def redis_host(values: Values, target: Literal["k8s", "compose"]) -> str:
 def gateway_settings(values: Values, target: Literal["k8s", "compose"] = "k8s") -> Settings:
     """The daemon's Settings in the container: defaults, what a deployment needs, then values."""
     base: dict[str, Any] = {"host": "0.0.0.0", "port": values.gateway.port, "log_format": "json"}
+    # While the store is unreachable each daemon keeps 1/max_replicas of every limit, so the
+    # most daemons that can run at once must be the divisor: the autoscaler's ceiling on
+    # Kubernetes, the fixed replica count on Compose (times worker processes per container).
+    gateway = values.gateway
+    autoscaled = target == "k8s" and gateway.autoscaling.enabled
+    daemons = gateway.autoscaling.max_replicas if autoscaled else gateway.replicas
+    base["max_replicas"] = daemons * int(values.settings.get("workers", 1))
     if values.redis.enabled:
         base["store_url"] = f"redis://{redis_host(values, target)}:6379/0"
     try:
