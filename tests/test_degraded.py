@@ -51,6 +51,18 @@ def test_first_local_window_admits_nothing_then_the_share() -> None:
     assert share.usage("s", windows)[0].used == 3
 
 
+def test_windows_that_start_empty_admit_the_share_at_once() -> None:
+    """Per-user limits (start_full=False): the share from the first moment, never more."""
+    clock = Clock()
+    share = LocalShare(replicas=2, grace_s=1.0, start_full=False, clock=clock)
+    windows = (Window("minute", W, 6),)
+    share.store_down()
+    got = [share.acquire("u", windows, [1], 1.0, f"r{i}").admitted for i in range(4)]
+    assert got == [True, True, True, False]  # 6 // 2, with no wait for a phantom to leave
+    clock.now += W
+    assert share.acquire("u", windows, [1], 1.0, "later").admitted
+
+
 def test_recovery_counts_against_both_until_the_local_entries_left() -> None:
     clock = Clock()
     share = LocalShare(replicas=1, grace_s=1.0, clock=clock)

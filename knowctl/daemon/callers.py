@@ -60,9 +60,18 @@ class CallerRegistry:
         self.mode = settings.resolved_auth_mode(holds_credentials)
         self._holds_credentials = holds_credentials
         self._store = store
-        # The same shared-or-local windows as the provider quota, on the user and IP scopes.
+        # The same shared-or-local windows as the provider quota, on the user and IP scopes,
+        # each daemon holding its share (limit / max_replicas) while the store is down. Unlike
+        # the provider's quota, the local windows start EMPTY: per-user limits keep callers
+        # fair, they are no contract with Google, and starting them full would refuse every
+        # user for a whole window (a day, with a daily limit) after any store blip. The cost
+        # is bounded: at most one extra window's worth of a user's limit, once per outage.
         self._windows = QuotaStore(
-            store, self._spawn, replicas=settings.max_replicas, timeout=settings.store_timeout
+            store,
+            self._spawn,
+            replicas=settings.max_replicas,
+            timeout=settings.store_timeout,
+            start_full=False,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._trusted = policy.parse_networks(settings.trusted_proxies)

@@ -55,8 +55,17 @@ def drained_at(window: Window, moment: float) -> float:
 class LocalShare:
     """This daemon's share windows, and which mode each scope is in."""
 
-    def __init__(self, replicas: int, grace_s: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        replicas: int,
+        grace_s: float,
+        *,
+        start_full: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.replicas = max(1, replicas)
+        # False: local windows start empty (see QuotaStore's caller in callers.py for why).
+        self._start_full = start_full
         self._grace = grace_s
         self._clock = clock
         self.down = False
@@ -150,7 +159,7 @@ class LocalShare:
             return found[2]
         self._sweep(now)
         logs = found[2] if found is not None and same else [WindowLog() for _ in windows]
-        if self._outage_at is not None:
+        if self._outage_at is not None and self._start_full:
             # As if the shared window had been full at the outage: a whole share, recorded then.
             for w, log in zip(windows, logs, strict=True):
                 log.record(f"{PHANTOM}{self._epoch}", local_limit(w.limit, self.replicas), self._outage_at)

@@ -40,13 +40,14 @@ class QuotaStore:
         *,
         replicas: int,
         timeout: float,
+        start_full: bool = True,
     ) -> None:
         self.shared = store
         open_after, probe_every = intervals(timeout)
         # Long enough for the breaker to decide, so a failing call ends local or retried.
         self._decide_s = open_after + 2 * timeout
         # Daemons notice the store's return within a probe interval of each other.
-        self.local = LocalShare(replicas, grace_s=2 * probe_every + timeout)
+        self.local = LocalShare(replicas, grace_s=2 * probe_every + timeout, start_full=start_full)
         self._spawn = spawn  # runs background work (kept referenced by the caller)
         on_change(store, self._store_changed)
 
