@@ -1,34 +1,44 @@
-# The everyday commands. `make test` installs what the tests need and runs them all.
+# The everyday commands: `make run` (the gateway with its simulator), `make test`, `make lint`,
+# `make bench`. Each installs what it needs into .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+BASE := $(VENV)/.installed-base
+DEV := $(VENV)/.installed-dev
 
 .PHONY: install run test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# The daemon and CLI alone: all `make run` needs.
+$(BASE): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $(BASE)
+
+# Plus the test clients (google-genai, the vertexai SDK), validators and linters.
+$(DEV): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test,vertex,deploy]'
-	touch $(STAMP)
+	touch $(DEV) $(BASE)
 
-install: $(STAMP)
+install: $(DEV)
 
-run: $(STAMP)  ## the gateway with its built-in simulator as upstream
+run: $(BASE)
 	$(VENV)/bin/knowctl serve --simulate
 
-test: $(STAMP)
+test: $(DEV)
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(VENV)/bin/ruff check knowctl tests bench
 	$(VENV)/bin/ruff format --check knowctl
 	$(VENV)/bin/mypy
 
-format: $(STAMP)
+format: $(DEV)
 	$(VENV)/bin/ruff format knowctl
 	$(VENV)/bin/ruff check --fix knowctl tests bench
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(PY) bench/run.py
 
 clean:
