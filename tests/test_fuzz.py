@@ -357,11 +357,6 @@ def test_memory_stays_bounded_under_abuse(target: tuple[Gateway, int], client: h
     assert grown < 30 * 1024 * 1024, f"RSS grew {grown / 1e6:.1f} MB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="malformed HTTP (a control character in a header) is refused by uvicorn's parser itself, "
-    "with a text/plain 400 'Invalid HTTP request received.', before the app sees it",
-)
 def test_malformed_http_gets_googles_error_shape(target: tuple[Gateway, int]) -> None:
     gateway, _ = target
     port = int(gateway.url.rsplit(":", 1)[1])

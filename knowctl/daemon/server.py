@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from knowctl.daemon.app import SIMULATOR_PREFIX, Gateway, Phase
+from knowctl.daemon.protocol import GatewayHttpProtocol
 from knowctl.logs import setup_logging
 from knowctl.settings import Settings, load_settings
 
@@ -44,7 +45,7 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Confi
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # httptools, with Google-shaped 400s for malformed HTTP
         lifespan="on",
         access_log=False,
         log_config=None,
