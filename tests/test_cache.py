@@ -258,6 +258,36 @@ async def test_concurrent_misses_across_two_daemons_make_one_upstream_call(redis
     assert await pipeline(b, k, upstream) == "hit" and len(upstream) == 1
 
 
+async def test_a_miss_leaves_no_lease_and_tells_only_watching_daemons(redis_daemons: Daemons) -> None:
+    a, b = await redis_daemons.new(), await redis_daemons.new()
+    raw = a._store  # the BreakerStore of daemon a
+    k = key()
+    async with raw.subscribe(keys.cache_channel()) as sub:
+        upstream: list[int] = []
+        assert await pipeline(a, k, upstream, delay=0.01) == "miss"  # nobody watched: no news
+        for name in (keys.cache_lease(k), keys.cache_watch(k)):
+            assert await raw.get(name) is None
+        k2 = key()
+        results = await asyncio.gather(pipeline(a, k2, upstream, delay=0.3), pipeline(b, k2, upstream))
+        assert sorted(results) == ["coalesced", "miss"] and len(upstream) == 2
+        news = await asyncio.wait_for(sub.__anext__(), 5)
+        assert news == b"S" + k2.encode()  # the watcher was told to read the saved entry
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sub.__anext__(), 0.3)
+    for name in (keys.cache_lease(k2), keys.cache_watch(k2)):
+        assert await raw.get(name) is None
+
+
+async def test_a_lookup_lease_nobody_flies_with_is_given_back(redis_daemons: Daemons) -> None:
+    a, b = await redis_daemons.new(), await redis_daemons.new()
+    k = key()
+    assert await a.lookup(k) is None  # took the lease, but no flight follows
+    await eventually(lambda: not a.coalescer._tasks)
+    upstream: list[int] = []
+    assert await pipeline(b, k, upstream, delay=0.01) == "miss"  # b leads at once
+    assert len(upstream) == 1
+
+
 async def test_followers_go_upstream_when_the_leader_fails(redis_daemons: Daemons) -> None:
     a, b = await redis_daemons.new(), await redis_daemons.new()
     k = key()

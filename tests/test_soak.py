@@ -3,9 +3,10 @@
 Every prompt is new, so every call misses the cache, goes upstream and is saved: the L1
 cache is what would grow without bound, and it is bounded by bytes (a small budget here, so
 it fills within the run). The store is Redis, as in production: with memory:// the store
-itself is in the process and keeps every answer for cache_l2_ttl + cache_stale_ttl (two
-hours by default), unbounded by bytes (reported; not this test's subject). RSS is sampled through the run; after a warm-up, the growth from
-the second half's first sample to its last must stay small.
+itself is in the process; it keeps answers for cache_l2_ttl + cache_stale_ttl (two hours by
+default) but within its own byte bound (``memory://?max_bytes=N``), which the memory:// soak
+checks. RSS is sampled through the run; after a warm-up, the growth from the second half's
+first sample to its last must stay small.
 
 The CI version runs about 25 s; ``-m slow`` runs the long one (KNOWCTL_SOAK_S, default 300).
 """
@@ -58,13 +59,13 @@ async def drive(url: str, pid: int, seconds: float, workers: int = 16) -> tuple[
     return done, samples
 
 
-def soak(tmp_path: Path, simulator: Simulator, redis_url: str, seconds: float, allowed_growth: int) -> None:
+def soak(tmp_path: Path, simulator: Simulator, store_url: str, seconds: float, allowed_growth: int) -> None:
     handle, process = start_gateway(
         tmp_path,
         "--upstream",
         simulator.url,
         "--store",
-        redis_url,
+        store_url,
         env={"KNOWCTL_USER_LIMITS": "none", "KNOWCTL_CACHE_L1_MAX_BYTES": str(L1_BYTES)},
     )
     with process as proc:
@@ -80,6 +81,17 @@ def soak(tmp_path: Path, simulator: Simulator, redis_url: str, seconds: float, a
 
 def test_rss_stops_growing_short(tmp_path: Path, simulator: Simulator, redis_url: str) -> None:
     soak(tmp_path, simulator, redis_url, seconds=25, allowed_growth=12 * 1024 * 1024)
+
+
+def test_rss_stops_growing_on_the_memory_store(tmp_path: Path, simulator: Simulator) -> None:
+    # The in-process store's copies are bounded too: 4 MB of them fill within the run.
+    soak(
+        tmp_path,
+        simulator,
+        f"memory://?max_bytes={2 * L1_BYTES}",
+        seconds=25,
+        allowed_growth=12 * 1024 * 1024,
+    )
 
 
 @pytest.mark.slow

@@ -6,7 +6,11 @@ for fallback, coalescing of identical misses, and pattern invalidation.
   fallback after that. Invalidation removes both at once.
 - With ``memory://`` the store is this process, so "L2" is an in-process dict too; the
   entry counts and bytes reported for L1 are the LRU's own, never the store's.
-- A hit costs one dict lookup (L1) or one store GET (L2) and a ``struct`` unpack: no JSON.
+- A hit costs one dict lookup (L1) or one store call (L2) and a ``struct`` unpack: no JSON.
+  On a shared store that call also takes the coalescing lease when the entry is not fresh
+  (``Store.read_or_lease``), and the save stores the answer, releases the lease and tells
+  any waiting daemon in one call (``Store.finish_lease``): a miss costs two cache round
+  trips in all.
 - Store errors degrade to misses and skipped writes; they never fail a request. While the
   store's breaker is open the store is not even asked (L1 only), and the breaker, not this
   module, logs the outage: once, not once per request.
@@ -27,7 +31,7 @@ from typing import Any
 from knowctl.daemon import cache_metrics as cm
 from knowctl.daemon import cacheentry, metrics
 from knowctl.daemon.admin import AdminError, AdminRequest, AdminResponse, Route
-from knowctl.daemon.coalesce import Coalescer
+from knowctl.daemon.coalesce import SAVED, Coalescer
 from knowctl.daemon.components import Answer, Cached, Flight
 from knowctl.daemon.lru import LRU
 from knowctl.daemon.request import CallContext
@@ -98,7 +102,7 @@ class AnswerCache:
             shared=self._shared,
             timeout=settings.coalesce_timeout,
             daemon_id=self._id,
-            read_fresh=self._read_fresh,
+            read_or_lease=self.read_or_lease,
             on_coalesced=self._coalesced,
         )
 
@@ -155,13 +159,56 @@ class AnswerCache:
             self._count("l1", True)
             return Cached(entry.answer, "L1", max(0.0, now - entry.stored_at))
         self._count("l1", False)
-        got = await self._read(key)
-        if got is not None and now - got.stored_at < self._l2_ttl:
-            self._promote(key, got, len_hint=None)
+        if self._shared and self._store_usable():
+            # One round trip: the entry, or the lease for the flight that follows a miss.
+            token = self.coalescer.new_token()
+            try:
+                got, leased = await self._lease_read(key, token, False)
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                got, leased = None, False
+            if leased:
+                self.coalescer.park(key, token)
+        else:
+            got = await self._read(key)
+            if got is not None and now - got.stored_at < self._l2_ttl:
+                self._promote(key, got, len_hint=None)
+            else:
+                got = None
+        if got is not None:
             self._count("l2", True)
             return Cached(got.answer, "L2", max(0.0, now - got.stored_at))
         self._count("l2", False)
         return None
+
+    async def read_or_lease(self, key: str, token: bytes, lead_anyway: bool) -> tuple[Answer | None, bool]:
+        """For the coalescer: (the fresh answer of ``key`` in the store, or None; whether the
+        lease of ``key`` is now ours under ``token``). ``lead_anyway``: take a free lease even
+        when a fresh answer exists. Raises StoreUnavailable."""
+        got, leased = await self._lease_read(key, token, lead_anyway)
+        return (got.answer if got is not None else None), leased
+
+    async def _lease_read(self, key: str, token: bytes, lead_anyway: bool) -> tuple[_Entry | None, bool]:
+        """The fresh entry (promoted to L1), and whether the lease is ours: one round trip,
+        unless the store's clock and ours disagree on freshness."""
+        entry, lease, watch = keys.cache_entry(key), keys.cache_lease(key), keys.cache_watch(key)
+        ttl, stale = self.coalescer.lease_ttl, self._keep - self._l2_ttl
+        got = await self._store.read_or_lease(entry, lease, watch, token, ttl, None if lead_anyway else stale)
+        decoded = cacheentry.decode(got.value) if got.value is not None else None
+        found = _Entry(decoded[1], decoded[0]) if decoded is not None else None
+        if found is not None and self._clock() - found.stored_at < self._l2_ttl:
+            self._promote(key, found, len_hint=len(got.value or b""))
+        else:
+            found = None
+        if lead_anyway:
+            return found, got.leased
+        if found is not None:
+            if got.leased:  # the store deems it stale (its clock runs ahead of ours)
+                self.coalescer.release(key, token)
+            return found, False
+        if got.fresh:  # the store deems fresh what our clock finds stale: ask for the lease
+            got = await self._store.read_or_lease(entry, lease, watch, token, ttl, None)
+        return None, got.leased
 
     async def stale(self, key: str) -> Cached | None:
         now = self._clock()
@@ -186,9 +233,22 @@ class AnswerCache:
         self._l1_put(key, _Entry(answer, now), len(blob), self._l1_ttl)
         self.counts.saves += 1
         cm.SAVES.labels("stored").inc()
+        token = self.coalescer.take_lease(key)  # taken before any await: ours to release
         if self._store_usable():
             try:
-                await self._store.set(keys.cache_entry(key), blob, self._keep)
+                if token is None:
+                    await self._store.set(keys.cache_entry(key), blob, self._keep)
+                else:  # store, release the lease and tell the waiting daemons, at once
+                    await self._store.finish_lease(
+                        keys.cache_lease(key),
+                        keys.cache_watch(key),
+                        token,
+                        keys.cache_channel(),
+                        SAVED + key.encode(),
+                        entry=keys.cache_entry(key),
+                        value=blob,
+                        ttl=self._keep,
+                    )
             except StoreUnavailable as exc:
                 self._store_failed(exc)
         self.coalescer.saved(key)
@@ -387,13 +447,6 @@ class AnswerCache:
             return None
         decoded = cacheentry.decode(blob) if blob is not None else None
         return _Entry(decoded[1], decoded[0]) if decoded is not None else None
-
-    async def _read_fresh(self, key: str) -> Answer | None:
-        got = await self._read(key)
-        if got is None or self._clock() - got.stored_at >= self._l2_ttl:
-            return None
-        self._promote(key, got, len_hint=None)
-        return got.answer
 
     def _store_usable(self) -> bool:
         return not is_down(self._store)

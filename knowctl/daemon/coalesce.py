@@ -2,14 +2,18 @@
 daemons sharing a store.
 
 - In a daemon: the first miss for a key leads; later ones wait on its future.
-- Across daemons: the local leader takes a short lease in the store (SET NX PX). A daemon
-  that finds the lease taken waits for the leader's news on the cache channel (its answer,
-  or "done without one"), re-reading the lease now and then in case the news was lost, and
-  gives up after ``coalesce_timeout``; then it goes upstream itself.
-- The pipeline saves the answer right after the flight ends. Until that save (at most a
-  short grace period) the finished flight stays visible, and the leader holds its lease, so
-  a request arriving between the end of the flight and the save is still coalesced. An
-  answer that is not saved (no-store) is shared only with requests that were waiting.
+- Across daemons: the local leader takes a short lease in the store, in the same round trip
+  that read the entry (``Store.read_or_lease``; the cache lookup has usually taken it already, see
+  :meth:`Coalescer.park`). A daemon that finds the lease taken marks it watched
+  and waits for the leader's news on the cache channel ("saved: read it", an answer that
+  was not saved, or "done without one"), re-reading the lease now and then in case the news
+  was lost, and gives up after ``coalesce_timeout``; then it goes upstream itself. A leader
+  nobody watches sends nothing.
+- The save stores the answer, releases the lease and tells the watchers in one round trip
+  (``Store.finish_lease``). When the pipeline saves after the flight ends, the finished
+  flight stays visible (at most a short grace period) and the leader holds its lease until
+  the save, so a request arriving in between is still coalesced. An answer that is not
+  saved (no-store) is shared only with requests that were waiting.
 
 Store failures never block a request: the daemon then leads on its own.
 """
@@ -38,8 +42,12 @@ LEASE_POLL_S = 0.5
 # Answers larger than this are not sent over pub/sub; waiters read them from the store.
 MAX_MESSAGE_BYTES = 512 * 1024
 
-ANSWER = b"F"  # F key \n entry: the leader's answer
+ANSWER = b"F"  # F key \n entry: the leader's answer, which it did not store
+SAVED = b"S"  # S key: the leader stored its answer: read it from the store
 NO_ANSWER = b"D"  # D key: the leader finished without an answer worth sharing
+
+# (a fresh answer or None, whether the lease is now ours); see AnswerCache.read_or_lease.
+LeaseReader = Callable[[str, bytes, bool], Awaitable[tuple[Answer | None, bool]]]
 
 
 class _Known:
@@ -80,33 +88,62 @@ class Coalescer:
         shared: bool,
         timeout: float,
         daemon_id: str,
-        read_fresh: Callable[[str], Awaitable[Answer | None]],
+        read_or_lease: LeaseReader,
         on_coalesced: Callable[[], None],
     ) -> None:
         self._store = store
-        self._shared = shared
+        self.shared = shared
         self._timeout = timeout
+        self.lease_ttl = timeout + SAVE_GRACE_S
         self._id = daemon_id
-        self._read_fresh = read_fresh
+        self._read_or_lease = read_or_lease
         self._on_coalesced = on_coalesced
         self._local: dict[str, _Leader] = {}
         self._remote: dict[str, asyncio.Future[Answer | None]] = {}
+        self._parked: dict[str, bytes] = {}  # leases a lookup took, for the flight that follows
         self._tokens = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    def new_token(self) -> bytes:
+        return f"{self._id}:{next(self._tokens)}".encode()
+
+    def park(self, key: str, token: bytes) -> None:
+        """A cache lookup took ``key``'s lease: the flight that the pipeline enters next, with
+        no await in between, leads with it. One not claimed by then is released."""
+        self._parked[key] = token
+        asyncio.get_running_loop().call_soon(self._unclaimed, key, token)
+
+    def release(self, key: str, token: bytes) -> None:
+        """Give back a lease taken needlessly (in the background), waking any watcher."""
+        self._spawn(self._finish_lease(key, token, NO_ANSWER + key.encode()))
+
+    def take_lease(self, key: str) -> bytes | None:
+        """The lease of ``key``'s local leader, handed to the save that releases it."""
+        leader = self._local.get(key)
+        if leader is None or leader.lease is None:
+            return None
+        token, leader.lease = leader.lease, None
+        return token
+
     @asynccontextmanager
     async def flight(self, key: str) -> AsyncIterator[Flight]:
+        parked = self._parked.pop(key, None)
         existing = self._local.get(key)
         if existing is not None:
+            if parked is not None:
+                # A local leader appeared while our lookup awaited the store (it waits for the
+                # lease we took): follow it, and hand the lease back so that it can lead.
+                self.release(key, parked)
             answer = await self._follow(existing)
             if answer is not None:
                 self._on_coalesced()
             yield _Known(answer)
             return
         leader = _Leader(key, asyncio.get_running_loop().create_future())
+        leader.lease = parked
         self._local[key] = leader
         try:
-            if self._shared:
+            if self.shared and parked is None:
                 answer = await self._wait_for_remote(leader)
                 if answer is not None:
                     self._on_coalesced()
@@ -138,8 +175,8 @@ class Coalescer:
         if kind == ANSWER:
             decoded = cacheentry.decode(payload)
             waiter.set_result(decoded[1] if decoded is not None else None)
-        elif kind == NO_ANSWER:
-            waiter.set_result(None)
+        elif kind in (SAVED, NO_ANSWER):
+            waiter.set_result(None)  # look again: read the saved entry, or take the lease
 
     async def close(self) -> None:
         for waiter in self._remote.values():
@@ -166,24 +203,22 @@ class Coalescer:
         (return its answer). None also when the store fails or the wait times out."""
         key = leader.key
         lease_key = keys.cache_lease(key)
-        token = f"{self._id}:{next(self._tokens)}".encode()
+        token = self.new_token()
         deadline = time.monotonic() + self._timeout
-        first = True
+        # The first look leads whenever the lease is free, fresh entry or not: the lookup
+        # found none (or was not asked: Cache-Control: no-cache).
+        lead_anyway = True
         while True:
             # Listen before looking, so news sent in between is not missed.
             waiter: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
             self._remote[key] = waiter
             try:
                 try:
-                    if not first:  # the leader may have finished and saved meanwhile
-                        answer = await self._read_fresh(key)
-                        if answer is not None:
-                            return answer
-                    first = False
-                    if await self._store.set_if_absent(lease_key, token, self._timeout + SAVE_GRACE_S):
+                    answer, leased = await self._read_or_lease(key, token, lead_anyway)
+                    lead_anyway = False
+                    if leased:
                         leader.lease = token
                         return None
-                    answer = await self._read_fresh(key)
                     if answer is not None:
                         return answer
                     while True:
@@ -198,7 +233,7 @@ class Coalescer:
                             continue
                         if got is not None:
                             return got
-                        break  # the leader failed: compete for the lease
+                        break  # the leader saved, or failed: look again
                 except StoreUnavailable:
                     return None
             finally:
@@ -234,20 +269,31 @@ class Coalescer:
             await self._announce(leader)
 
     async def _announce(self, leader: _Leader) -> None:
-        """Tell waiting daemons how it ended, then release the lease."""
+        """Release the lease of a leader whose answer was not saved, telling any watcher how
+        it ended (a saved answer released it already, see AnswerCache.save)."""
+        token, leader.lease = leader.lease, None
+        if token is None:
+            return
         key = leader.key.encode()
         message = NO_ANSWER + key
         if leader.result is not None:
             entry = cacheentry.encode(leader.result, time.time())
             if len(entry) <= MAX_MESSAGE_BYTES:
                 message = ANSWER + key + b"\n" + entry
+        await self._finish_lease(leader.key, token, message)
+
+    async def _finish_lease(self, key: str, token: bytes, message: bytes) -> None:
         try:
-            await self._store.publish(keys.cache_channel(), message)
+            await self._store.finish_lease(
+                keys.cache_lease(key), keys.cache_watch(key), token, keys.cache_channel(), message
+            )
         except StoreUnavailable as exc:
-            log.debug("cache: could not announce a coalesced answer: %s", exc)
-        if leader.lease is not None:
-            with contextlib.suppress(StoreUnavailable):
-                await self._store.delete_if_equal(keys.cache_lease(leader.key), leader.lease)
+            log.debug("cache: could not release a coalescing lease: %s", exc)
+
+    def _unclaimed(self, key: str, token: bytes) -> None:
+        if self._parked.get(key) == token:
+            del self._parked[key]
+            self.release(key, token)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -23,6 +23,7 @@ from knowctl.policy.windows import Window
 
 __all__ = [
     "Admission",
+    "LeaseRead",
     "Store",
     "StoreUnavailable",
     "Subscription",
@@ -212,6 +213,37 @@ class Store(ABC):
     async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
         """The ``limit`` largest members of the tally ``key``, largest first."""
 
+    # --- coalescing leases (owner: cache) -------------------------------------------------------
+    # The hot path of a cache miss: one round trip reads the entry and takes its lease, one
+    # stores the answer, releases the lease and tells waiters. ``entry``, ``lease`` and
+    # ``watch`` share one hash tag (knowctl.store.keys), so on Redis each is one Lua script.
+    @abstractmethod
+    async def read_or_lease(
+        self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
+    ) -> LeaseRead:
+        """One atomic step: read ``entry``; unless it is fresh (its remaining TTL exceeds
+        ``stale_ttl``: entries are written for their fresh time plus ``stale_ttl``; None: never
+        fresh), take ``lease`` with ``token`` for ``lease_ttl`` seconds if it is free, else set
+        ``watch`` (same TTL) so that the holder's :meth:`finish_lease` announces its end."""
+
+    @abstractmethod
+    async def finish_lease(
+        self,
+        lease: str,
+        watch: str,
+        token: bytes,
+        channel: str,
+        message: bytes,
+        *,
+        entry: str | None = None,
+        value: bytes = b"",
+        ttl: float = 0.0,
+    ) -> bool:
+        """One atomic step: store ``value`` under ``entry`` for ``ttl`` seconds (when ``entry``
+        is given), remove ``lease`` if it still holds ``token``, and publish ``message`` on
+        ``channel`` only if ``watch`` exists (then removed): nobody waits, nothing is sent.
+        True if the lease was still ours."""
+
 
 def check_window_call(
     scope: str, windows: Sequence[Window], amounts: Sequence[int] | None, reservation_id: str | None
@@ -267,6 +299,16 @@ def redact_url(url: str) -> str:
 # --- cache (owner: cache) ---------------------------------------------------------------------
 import re  # noqa: E402 (this section keeps its imports with it)
 from collections.abc import Mapping  # noqa: E402
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRead:
+    """What :meth:`Store.read_or_lease` found and did."""
+
+    value: bytes | None  # the entry, fresh or not; None when absent
+    fresh: bool  # its remaining TTL exceeds the stale part (no lease was asked for)
+    leased: bool  # the lease is now the caller's
+
 
 _MATCH_SPECIAL = frozenset("[]\\^")
 

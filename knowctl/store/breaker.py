@@ -33,7 +33,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from knowctl.store import keys
-from knowctl.store.base import Admission, Store, StoreUnavailable, Subscription, Window, WindowUsage
+from knowctl.store.base import (
+    Admission,
+    LeaseRead,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    Window,
+    WindowUsage,
+)
 
 log = logging.getLogger("knowctl.store")
 
@@ -268,6 +276,31 @@ class BreakerStore(Store):
 
     async def delete_if_equal(self, key: str, value: bytes) -> bool:
         return await self._guard(lambda: self.inner.delete_if_equal(key, value))
+
+    async def read_or_lease(
+        self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
+    ) -> LeaseRead:
+        return await self._guard(
+            lambda: self.inner.read_or_lease(entry, lease, watch, token, lease_ttl, stale_ttl)
+        )
+
+    async def finish_lease(
+        self,
+        lease: str,
+        watch: str,
+        token: bytes,
+        channel: str,
+        message: bytes,
+        *,
+        entry: str | None = None,
+        value: bytes = b"",
+        ttl: float = 0.0,
+    ) -> bool:
+        return await self._guard(
+            lambda: self.inner.finish_lease(
+                lease, watch, token, channel, message, entry=entry, value=value, ttl=ttl
+            )
+        )
 
     async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
         return await self._guard(lambda: self.inner.scan_keys(match, cursor, count))

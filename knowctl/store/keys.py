@@ -169,6 +169,12 @@ def cache_lease(cache_key: str) -> str:
     return f"{PREFIX}{{{CACHE}:{_tag_safe(cache_key)}}}:lease"
 
 
+def cache_watch(cache_key: str) -> str:
+    """Present while another daemon waits for the holder of ``cache_key``'s lease: only then
+    does the holder announce how it ended. Tagged with its entry and lease."""
+    return f"{PREFIX}{{{CACHE}:{_tag_safe(cache_key)}}}:watch"
+
+
 def cache_channel() -> str:
     """Cache news between daemons: coalesced answers, invalidations."""
     return channel("cache")

@@ -3,6 +3,12 @@
 Every operation runs without awaiting, so on one event loop it is atomic; a lock also makes
 it safe for loops in several threads. Same semantics as the Redis backend, with the clock
 injected so tests can drive time.
+
+Plain values (cached answers, mostly) are bounded by bytes like a Redis with ``maxmemory``
+and ``allkeys-lru``: past ``max_bytes`` (``memory://?max_bytes=N``, default 64 MiB) the least
+recently used go first. Without that bound every distinct answer stayed for the cache's
+whole TTL plus its stale time, and the daemon's memory grew with the number of prompts.
+Window logs are not plain values and are never evicted.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from knowctl.policy.windows import Window, WindowLog, capacity, try_admit
@@ -24,12 +31,19 @@ from knowctl.store.base import (
     check_ttl,
     check_window_call,
 )
+from knowctl.store.urls import memory_max_bytes
 
 # A subscriber that falls this far behind loses its oldest messages rather than growing
 # without bound; messages are wake-up hints, and Redis drops slow subscribers too.
 SUBSCRIBER_BUFFER = 1024
 
 _CLOSED = object()  # queued to subscribers when the store closes: ends their iteration
+
+ITEM_OVERHEAD = 128  # bytes a plain value costs beyond its key and data (dict slot, tuple)
+
+
+def _cost(key: str, value: bytes) -> int:
+    return len(key) + len(value) + ITEM_OVERHEAD
 
 
 class MemoryStore(Store):
@@ -39,7 +53,11 @@ class MemoryStore(Store):
         self._url = url
         self._clock = clock
         self._lock = threading.Lock()
-        self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at)
+        # key -> (value, expires at), least recently used first
+        self._values: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self.max_bytes = memory_max_bytes(url)
+        self.bytes = 0  # what the plain values cost (see _cost)
+        self.evictions = 0  # plain values dropped for room (not expiry)
         self._logs: dict[tuple[str, str], WindowLog] = {}  # (scope, window name) -> log
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
         self._closed = False
@@ -76,8 +94,9 @@ class MemoryStore(Store):
             if item is None:
                 return None
             if item[1] <= self._clock():
-                del self._values[key]
+                self._drop(key)
                 return None
+            self._values.move_to_end(key)
             return item[0]
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -85,8 +104,7 @@ class MemoryStore(Store):
         check_ttl(ttl)
         self._check_open()
         with self._lock:
-            self._sweep()
-            self._values[key] = (bytes(value), self._clock() + ttl)
+            self._put(key, value, self._clock() + ttl)
 
     async def delete(self, *names: str) -> int:
         for key in names:
@@ -96,10 +114,29 @@ class MemoryStore(Store):
         removed = 0
         with self._lock:
             for key in set(names):
-                item = self._values.pop(key, None)
+                item = self._drop(key)
                 if item is not None and item[1] > now:
                     removed += 1
         return removed
+
+    def _put(self, key: str, value: bytes, expires_at: float) -> None:
+        """Store a plain value (caller holds the lock), evicting the least recently used
+        values past ``max_bytes``."""
+        self._sweep()
+        self._drop(key)
+        data = bytes(value)
+        self._values[key] = (data, expires_at)
+        self.bytes += _cost(key, data)
+        while self.bytes > self.max_bytes and len(self._values) > 1:
+            old, (gone, _) = self._values.popitem(last=False)
+            self.bytes -= _cost(old, gone)
+            self.evictions += 1
+
+    def _drop(self, key: str) -> tuple[bytes, float] | None:
+        item = self._values.pop(key, None)
+        if item is not None:
+            self.bytes -= _cost(key, item[0])
+        return item
 
     def _sweep(self) -> None:
         # Expired keys nobody reads again would otherwise stay forever; an occasional full
@@ -108,7 +145,7 @@ class MemoryStore(Store):
             return
         now = self._clock()
         for key in [k for k, (_, exp) in self._values.items() if exp <= now]:
-            del self._values[key]
+            self._drop(key)
         self._sweep_at = max(1024, 2 * len(self._values))
 
     # --- sliding windows -------------------------------------------------------------------
@@ -253,7 +290,7 @@ class MemoryStore(Store):
             item = self._values.get(key)
             if item is not None and item[1] > now:
                 return False
-            self._values[key] = (bytes(value), now + ttl)
+            self._put(key, value, now + ttl)
             return True
 
     async def delete_if_equal(self, key: str, value: bytes) -> bool:
@@ -263,8 +300,63 @@ class MemoryStore(Store):
             item = self._values.get(key)
             if item is None or item[1] <= self._clock() or item[0] != value:
                 return False
-            del self._values[key]
+            self._drop(key)
             return True
+
+    async def read_or_lease(
+        self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
+    ) -> LeaseRead:
+        for name in (entry, lease, watch):
+            keys.check(name)
+        check_ttl(lease_ttl)
+        self._check_open()
+        with self._lock:
+            now = self._clock()
+            item = self._live(entry, now)
+            value = None if item is None else item[0]
+            if item is not None and stale_ttl is not None and item[1] - now > stale_ttl:
+                return LeaseRead(value, fresh=True, leased=False)
+            if self._live(lease, now) is None:
+                self._put(lease, token, now + lease_ttl)
+                return LeaseRead(value, fresh=False, leased=True)
+            self._put(watch, b"1", now + lease_ttl)
+            return LeaseRead(value, fresh=False, leased=False)
+
+    async def finish_lease(
+        self,
+        lease: str,
+        watch: str,
+        token: bytes,
+        channel: str,
+        message: bytes,
+        *,
+        entry: str | None = None,
+        value: bytes = b"",
+        ttl: float = 0.0,
+    ) -> bool:
+        for name in (lease, watch, channel, *([entry] if entry is not None else [])):
+            keys.check(name)
+        if entry is not None:
+            check_ttl(ttl)
+        self._check_open()
+        with self._lock:
+            now = self._clock()
+            if entry is not None:
+                self._put(entry, value, now + ttl)
+            held = self._live(lease, now)
+            mine = held is not None and held[0] == token
+            if mine:
+                self._drop(lease)
+            watched = self._live(watch, now) is not None
+            self._drop(watch)
+            subs = list(self._subscribers.get(channel, ())) if watched else []
+        for sub in subs:
+            sub.push(bytes(message))
+        return mine
+
+    def _live(self, key: str, now: float) -> tuple[bytes, float] | None:
+        item = self._values.get(key)
+        return item if item is not None and item[1] > now else None
 
     async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
         keys.check(match)
@@ -362,4 +454,4 @@ class _MemorySubscription(Subscription):
 # This section's imports stay with it (the methods above use them at run time only).
 from collections.abc import Mapping  # noqa: E402
 
-from knowctl.store.base import match_regex  # noqa: E402
+from knowctl.store.base import LeaseRead, match_regex  # noqa: E402

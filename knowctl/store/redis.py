@@ -286,6 +286,49 @@ class RedisStore(Store):
             self.__dict__["_delete_if_equal_script"] = script
         return script
 
+    def _lease_script(self, name: str, text: str) -> Any:
+        script = self.__dict__.get(name)
+        if script is None:
+            script = self._client.register_script(text)
+            self.__dict__[name] = script
+        return script
+
+    async def read_or_lease(
+        self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
+    ) -> LeaseRead:
+        for name in (entry, lease, watch):
+            keys.check(name)
+        check_ttl(lease_ttl)
+        script = self._lease_script("_read_or_lease_script", _READ_OR_LEASE)
+        args = [token, max(1, round(lease_ttl * 1000)), -1 if stale_ttl is None else round(stale_ttl * 1000)]
+        raw: Any = await self._call("read_or_lease", lambda: script(keys=[entry, lease, watch], args=args))
+        value, fresh, leased = raw
+        return LeaseRead(None if value is None else bytes(value), fresh == 1, leased == 1)
+
+    async def finish_lease(
+        self,
+        lease: str,
+        watch: str,
+        token: bytes,
+        channel: str,
+        message: bytes,
+        *,
+        entry: str | None = None,
+        value: bytes = b"",
+        ttl: float = 0.0,
+    ) -> bool:
+        names = [lease, watch]
+        args: list[Any] = [token, channel, message]
+        if entry is not None:
+            check_ttl(ttl)
+            names.append(entry)
+            args += [value, max(1, round(ttl * 1000))]
+        for name in (*names, channel):
+            keys.check(name)
+        script = self._lease_script("_finish_lease_script", _FINISH_LEASE)
+        mine: Any = await self._call("finish_lease", lambda: script(keys=names, args=args))
+        return int(mine) == 1
+
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         keys.check(key)
         check_ttl(ttl)
@@ -446,7 +489,7 @@ async def _close_quietly(pubsub: PubSub) -> None:
 # This section's imports stay with it (the methods above use them at run time only).
 from collections.abc import Mapping  # noqa: E402
 
-from knowctl.store.base import check_match  # noqa: E402
+from knowctl.store.base import LeaseRead, check_match  # noqa: E402
 
 _UNLINK_BATCH = 1000
 
@@ -455,4 +498,39 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"""
+
+# KEYS: entry, lease, watch. ARGV: token, lease ms, stale ms (-1: never fresh).
+# Returns {entry or nil, fresh (1/0), leased (1/0)}.
+_READ_OR_LEASE = """
+local value = redis.call('GET', KEYS[1])
+local stale = tonumber(ARGV[3])
+if value and stale >= 0 then
+  local left = redis.call('PTTL', KEYS[1])
+  if left == -1 or left > stale then
+    return {value, 1, 0}
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {value, 0, 1}
+end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+return {value, 0, 0}
+"""
+
+# KEYS: lease, watch[, entry]. ARGV: token, channel, message[, value, ttl ms].
+# Returns 1 if the lease was still ours (and is now released), else 0.
+_FINISH_LEASE = """
+if KEYS[3] then
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+end
+local mine = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  mine = 1
+end
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return mine
 """

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 SCHEMES = (
     "memory",
@@ -124,4 +124,19 @@ def check_store_url(url: str) -> str:
         )
     if "+" in scheme:
         parse_multi_host(url)
+    if scheme == "memory":
+        memory_max_bytes(url)
     return url
+
+
+DEFAULT_MEMORY_MAX_BYTES = 64 * 1024 * 1024
+
+
+def memory_max_bytes(url: str) -> int:
+    """How many bytes of plain values a ``memory://`` store keeps (``?max_bytes=N``)."""
+    raw = dict(parse_qsl(urlsplit(url).query)).get("max_bytes")
+    if raw is None:
+        return DEFAULT_MEMORY_MAX_BYTES
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"memory:// max_bytes must be a positive integer, got {raw!r}")
+    return int(raw)
