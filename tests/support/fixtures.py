@@ -47,12 +47,19 @@ def simulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simu
         yield Simulator(url)
 
 
+def _pristine(simulator: Simulator) -> None:
+    simulator.reset()
+    simulator.configure(latency_ms=0, rpm=0, tpm=0, window_s=60, chunk_delay_ms=0, fault=None)
+
+
 @pytest.fixture
-def simulator(simulator_process: Simulator) -> Simulator:
-    """The shared simulator, with counters, quota and faults reset for this test."""
-    simulator_process.reset()
-    simulator_process.configure(latency_ms=0, rpm=0, tpm=0, window_s=60, chunk_delay_ms=0)
-    return simulator_process
+def simulator(simulator_process: Simulator) -> Iterator[Simulator]:
+    """The shared simulator, with counters, quota and faults reset for this test, and again
+    after it: a test that uses the simulator only through a gateway (simulator_process) must
+    not meet a quota or fault another test left behind."""
+    _pristine(simulator_process)
+    yield simulator_process
+    _pristine(simulator_process)
 
 
 def start_gateway(
