@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from knowctl.store import Store, open_store
 from tests.support.redis_cluster import RedisCluster, SentinelGroup, redis_cluster, sentinel_group
 from tests.support.redis_server import RedisServer, redis_server
 
 # Gateway and simulator fixtures (owner: knowctl/daemon): real processes on loopback ports.
 pytest_plugins = ["tests.support.fixtures"]
+
+# Generous: store tests are about semantics, not about the daemon's short production timeout.
+STORE_TIMEOUT = 2.0
 
 # ---------------------------------------------------------------------------------------
 # State-store fixtures (owner: knowctl/store). A real Redis-protocol server, started once
@@ -39,6 +43,20 @@ def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "cluster":
         return str(request.getfixturevalue("redis_cluster_url"))
     return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (pytest.mark.anyio) run on asyncio, as the daemon does."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An open store on each backend of ``store_url``, closed after the test."""
+    s = open_store(store_url, timeout=STORE_TIMEOUT)
+    yield s
+    await s.close()
 
 
 # --- end of state-store fixtures --------------------------------------------------------

@@ -26,10 +26,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 2.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 class Clock:
     def __init__(self) -> None:

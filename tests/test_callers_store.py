@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -30,16 +30,6 @@ TIMEOUT = 2.0
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url, timeout=TIMEOUT)
-    yield s
-    await s.close()
 
 
 def unique(prefix: str = "u") -> str:

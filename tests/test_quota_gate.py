@@ -31,16 +31,6 @@ pytestmark = pytest.mark.anyio
 WAIT = 10.0  # generous bound on anything that should happen "soon"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url, timeout=2.0)
-    yield s
-    await s.close()
 
 
 def model() -> str:

@@ -26,16 +26,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 2.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url, timeout=TIMEOUT)
-    yield s
-    await s.close()
 
 
 @pytest.fixture

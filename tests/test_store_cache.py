@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
-from knowctl.store import Store, keys, open_store
+from knowctl.store import Store, keys
 from knowctl.store.base import check_match
 
 pytestmark = pytest.mark.anyio
@@ -16,16 +15,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 2.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = open_store(store_url, timeout=TIMEOUT)
-    yield s
-    await s.close()
 
 
 def rid() -> str:

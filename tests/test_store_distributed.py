@@ -30,10 +30,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 2.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
 
 def backend(url: str, timeout: float = TIMEOUT) -> RedisStore:
     """The bare backend, without what open_store may wrap around it: these tests are about
