@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
+TOOLS := $(VENV)/.installed-tools
 
 .PHONY: install run test lint format bench clean
 
@@ -21,12 +22,17 @@ $(DEV): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test,vertex,deploy]'
 	touch $(DEV) $(BASE)
 
-install: $(DEV)
+# Outside the venv: redis-server/-sentinel, wrk and the deployment validators (root or sudo).
+$(TOOLS): .ci/install-test-deps .ci/install-deploy-tools | $(DEV)
+	.ci/install-test-deps $(VENV)
+	touch $(TOOLS)
+
+install: $(DEV) $(TOOLS)
 
 run: $(BASE)
 	$(VENV)/bin/knowctl serve --simulate
 
-test: $(DEV)
+test: $(DEV) $(TOOLS)
 	$(PY) -m pytest
 
 lint: $(DEV)
@@ -38,7 +44,7 @@ format: $(DEV)
 	$(VENV)/bin/ruff format knowctl
 	$(VENV)/bin/ruff check --fix knowctl tests bench
 
-bench: $(DEV)
+bench: $(DEV) $(TOOLS)
 	$(PY) bench/run.py
 
 clean:
