@@ -31,11 +31,6 @@ class ClientDisconnected(Exception):
     """The client went away before its body arrived."""
 
 
-def header_map(scope: Scope) -> dict[str, str]:
-    """Request headers by lower-case name (the last one wins; latin-1 as HTTP/1.1 says)."""
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-
-
 async def read_body(receive: Receive, limit: int, declared_length: str | None) -> bytes:
     """The whole request body, refused early when it is, or grows, larger than ``limit``."""
     if declared_length is not None and declared_length.isdigit() and int(declared_length) > limit:

@@ -18,8 +18,6 @@ for fallback, coalescing of identical misses, and pattern invalidation.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -31,6 +29,7 @@ from typing import Any
 from knowctl.daemon import cache_metrics as cm
 from knowctl.daemon import cacheentry, metrics
 from knowctl.daemon.admin import AdminError, AdminRequest, AdminResponse, Route
+from knowctl.daemon.channel import ChannelListener
 from knowctl.daemon.coalesce import SAVED, Coalescer
 from knowctl.daemon.components import Answer, Cached, Flight
 from knowctl.daemon.lru import LRU
@@ -43,7 +42,6 @@ from knowctl.store.breaker import is_down
 
 log = logging.getLogger("knowctl.cache")
 
-RESUBSCRIBE_S = 0.5
 SCAN_COUNT = 1000  # keys Redis examines per SCAN step: each step stays short
 UNLINK_BATCH = 1000
 L1_DROP_BATCH = 1000  # keys per "drop these" message to other daemons
@@ -94,9 +92,9 @@ class AnswerCache:
         self.counts = _Counts()
         self._id = uuid.uuid4().hex
         self._hooks: list[InvalidationHook] = []
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed = False
-        self._closed = False
+        self._listener = ChannelListener(
+            store, keys.cache_channel(), self._dispatch, self._on_subscribed, name="cache-bus"
+        )
         self.coalescer = Coalescer(
             store,
             shared=self._shared,
@@ -111,16 +109,10 @@ class AnswerCache:
         """Listen for other daemons' news; returns once subscribed (or after ``wait_s``)."""
         if not self._shared:
             return
-        subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._listener = asyncio.create_task(self._listen(subscribed), name="cache-bus")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(subscribed), wait_s)
+        await self._listener.start(wait_s)
 
     async def close(self) -> None:
-        self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._listener.close()
         await self.coalescer.close()
 
     def on_invalidate(self, hook: InvalidationHook) -> None:
@@ -465,24 +457,10 @@ class AnswerCache:
         except StoreUnavailable as exc:
             self._store_failed(exc)
 
-    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
-        gap = False
-        while not self._closed:
-            try:
-                async with self._store.subscribe(keys.cache_channel()) as sub:
-                    self._subscribed = True
-                    if not subscribed.done():
-                        subscribed.set_result(None)
-                    if gap:  # invalidations sent while we were away are lost: forget L1
-                        self._l1.clear()
-                        self._l1_gauges()
-                    async for raw in sub:
-                        self._dispatch(raw)
-            except StoreUnavailable as exc:
-                log.debug("cache: news channel unavailable: %s", exc)
-            self._subscribed = False
-            gap = True
-            await asyncio.sleep(RESUBSCRIBE_S)
+    def _on_subscribed(self, resumed: bool) -> None:
+        if resumed:  # invalidations sent while we were away are lost: forget L1
+            self._l1.clear()
+            self._l1_gauges()
 
     def _dispatch(self, raw: bytes) -> None:
         kind, rest = raw[:1], raw[1:]

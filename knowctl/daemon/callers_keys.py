@@ -9,8 +9,6 @@ store is down a key this daemon has seen before is judged by its last known reco
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -21,6 +19,7 @@ from dataclasses import replace
 
 import orjson
 
+from knowctl.daemon.channel import ChannelListener
 from knowctl.policy import callers as policy
 from knowctl.policy.callers import KeyRecord
 from knowctl.store import Store, StoreUnavailable, keys
@@ -31,7 +30,6 @@ CACHE_TTL_S = 5.0  # a valid key is re-read from the store this often
 NEGATIVE_TTL_S = 1.0  # an unknown key: short, a key created on another daemon works at once
 CACHE_MAX = 10_000
 KNOWN_MAX = 10_000  # last known records kept for store outages
-RESUBSCRIBE_S = 0.5
 
 
 class KeyBook:
@@ -51,22 +49,17 @@ class KeyBook:
         # what it read, which may predate the revocation.
         self._generation = 0
         self._id = uuid.uuid4().hex
-        self._listener: asyncio.Task[None] | None = None
-        self._closed = False
+        self._listener = ChannelListener(
+            store, keys.keys_channel(), self._dispatch, self._on_subscribed, name="callers-keys"
+        )
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self, wait_s: float) -> None:
         """Listen for key changes; return once subscribed or after ``wait_s`` (store down)."""
-        subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._listener = asyncio.create_task(self._listen(subscribed), name="callers-keys")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(subscribed), wait_s)
+        await self._listener.start(wait_s)
 
     async def close(self) -> None:
-        self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._listener.close()
 
     # --- lookups ------------------------------------------------------------------------------
     async def lookup(self, digest: str) -> KeyRecord | None:
@@ -183,20 +176,10 @@ class KeyBook:
             # The change is in the store; other daemons see it when their cache entry expires.
             log.warning("callers: could not announce a key change: %s", exc)
 
-    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
-        while not self._closed:
-            try:
-                async with self._store.subscribe(keys.keys_channel()) as sub:
-                    if not subscribed.done():
-                        subscribed.set_result(None)
-                    # Messages sent while unsubscribed are lost: re-read everything.
-                    self._generation += 1
-                    self._cache.clear()
-                    async for raw in sub:
-                        self._dispatch(raw)
-            except StoreUnavailable as exc:
-                log.debug("callers: key channel unavailable: %s", exc)
-            await asyncio.sleep(RESUBSCRIBE_S)
+    def _on_subscribed(self, resumed: bool) -> None:
+        # Messages sent while unsubscribed are lost: re-read everything.
+        self._generation += 1
+        self._cache.clear()
 
     def _dispatch(self, raw: bytes) -> None:
         try:

@@ -54,13 +54,6 @@ class Answer:
     chunks: tuple[bytes, ...]
     model_version: str | None = None
 
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        """``usageMetadata`` of the last chunk (where Google puts the final counts)."""
-        from knowctl.policy.framing import last_usage
-
-        return last_usage(self.chunks)
-
 
 @dataclass(frozen=True, slots=True)
 class Cached:

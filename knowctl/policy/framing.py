@@ -60,15 +60,6 @@ def _load(chunk: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def last_usage(chunks: Sequence[bytes]) -> dict[str, Any] | None:
-    """``usageMetadata`` of the last chunk that has one (Google sends the final counts last)."""
-    for chunk in reversed(chunks):
-        parsed = _load(chunk)
-        if parsed is not None and isinstance(parsed.get("usageMetadata"), dict):
-            return dict(parsed["usageMetadata"])
-    return None
-
-
 def is_complete_success(chunks: Sequence[bytes]) -> bool:
     """True only for an answer worth storing: every chunk parses, none is an error, the
     prompt was not blocked, and the last chunk ends a candidate with a normal finishReason."""
