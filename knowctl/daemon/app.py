@@ -119,7 +119,7 @@ class Gateway:
                 try:
                     await self.startup()
                 except Exception as exc:
-                    log.error("start-up failed: %s", exc)
+                    log.error("start-up failed: %s", str(exc) or repr(exc))
                     await self.shutdown()  # release what did start (connections, tasks)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

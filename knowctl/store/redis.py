@@ -33,6 +33,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from knowctl.policy.windows import Window, capacity, day_boundaries
 from knowctl.store import keys
@@ -46,6 +47,7 @@ from knowctl.store.base import (
     check_window_call,
     redact_url,
 )
+from knowctl.store.resp import Arg, Multiplexer
 
 T = TypeVar("T")
 
@@ -104,16 +106,19 @@ class RedisStore(Store):
         url: str,
         timeout: float,
         closers: Sequence[Callable[[], Awaitable[Any]]] = (),
+        mux: Multiplexer | None = None,
     ) -> None:
         """``client`` comes from knowctl.store.redis_clients (timeouts, no retries) and is
         owned by the store from now on; ``closers`` are closed with it; ``url`` is only
-        described (redacted), never connected to here."""
+        described (redacted), never connected to here. ``mux``, for one server, carries the
+        single commands (knowctl.store.resp); the client the rest (pipelines, SCAN, pub/sub)."""
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         self._url = url
         self._timeout = timeout
         self._client = client
         self._closers = list(closers)
+        self._mux = mux
         # register_script only hashes the text; the first EVALSHA that meets NOSCRIPT (first
         # use, server restart, SCRIPT FLUSH) loads the script and runs it again.
         self._acquire = self._client.register_script(load_script("acquire"))
@@ -125,27 +130,64 @@ class RedisStore(Store):
         return redact_url(self._url)
 
     async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation within the timeout, mapping outages to StoreUnavailable."""
+        """Run one Redis operation through redis-py within the timeout, mapping outages to
+        StoreUnavailable."""
         try:
             async with asyncio.timeout(self._timeout):
                 return await make()
-        except (TimeoutError, rexc.TimeoutError) as exc:
-            raise StoreUnavailable(f"{self.describe()}: {op} timed out after {self._timeout:g}s") from exc
-        except (rexc.ConnectionError, OSError) as exc:
-            raise StoreUnavailable(f"{self.describe()}: {op} failed: {exc}") from exc
-        except (rexc.RedisError, rexc.RedisClusterException) as exc:
-            if _unavailable(exc):
-                raise StoreUnavailable(f"{self.describe()}: {op} failed: {exc!r}") from exc
-            raise
+        except Exception as exc:
+            mapped = self._outage(op, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def _run(self, op: str, *args: Arg) -> Any:
+        """One command that answers at once: on the multiplexed connection when there is one
+        (it bounds the wait itself), else through redis-py."""
+        mux = self._mux
+        if mux is None:
+            return await self._call(op, lambda: self._client.execute_command(*args))
+        try:
+            return await mux.execute(*args)
+        except Exception as exc:
+            mapped = self._outage(op, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def _eval(self, op: str, script: AsyncScript, script_keys: list[str], args: list[Any]) -> Any:
+        """Run a registered Lua script (loading it on the server on first use)."""
+        mux = self._mux
+        if mux is None:
+            return await self._call(op, lambda: script(keys=script_keys, args=args))
+        try:
+            return await mux.evalsha(str(script.sha), str(script.script), script_keys, args)
+        except Exception as exc:
+            mapped = self._outage(op, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _outage(self, op: str, exc: Exception) -> StoreUnavailable | None:
+        """The StoreUnavailable that ``exc`` means, or None when it is a bug to raise as is."""
+        if isinstance(exc, TimeoutError | rexc.TimeoutError):
+            return StoreUnavailable(f"{self.describe()}: {op} timed out after {self._timeout:g}s")
+        if isinstance(exc, rexc.ConnectionError | OSError):
+            return StoreUnavailable(f"{self.describe()}: {op} failed: {exc}")
+        if isinstance(exc, rexc.RedisError | rexc.RedisClusterException) and _unavailable(exc):
+            return StoreUnavailable(f"{self.describe()}: {op} failed: {exc!r}")
+        return None
 
     async def ping(self) -> float:
         started = time.perf_counter()
-        await self._call("PING", self._client.ping)
+        await self._run("PING", "PING")
         return time.perf_counter() - started
 
     async def close(self) -> None:
         for sub in list(self._subscriptions):
             await sub.aclose()
+        if self._mux is not None:
+            await self._mux.close()
         for close in [self._client.aclose, *self._closers]:
             try:
                 async with asyncio.timeout(self._timeout):
@@ -156,14 +198,14 @@ class RedisStore(Store):
     # --- plain keys -------------------------------------------------------------------------
     async def get(self, key: str) -> bytes | None:
         keys.check(key)
-        value: Any = await self._call("GET", lambda: self._client.get(key))
+        value: Any = await self._run("GET", "GET", key)
         return None if value is None else bytes(value)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         keys.check(key)
         check_ttl(ttl)
         ms = max(1, round(ttl * 1000))
-        await self._call("SET", lambda: self._client.set(key, value, px=ms))
+        await self._run("SET", "SET", key, value, "PX", ms)
 
     async def delete(self, *names: str) -> int:
         for key in names:
@@ -210,7 +252,7 @@ class RedisStore(Store):
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [capacity(w.limit, share) for w in windows]
         script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
-        raw: list[int] = await self._call("acquire", lambda: self._acquire(keys=script_keys, args=args))
+        raw: list[int] = await self._eval("acquire", self._acquire, script_keys, args)
         per = raw[2:]
         return Admission(
             admitted=raw[0] == 1,
@@ -227,13 +269,13 @@ class RedisStore(Store):
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [w.limit for w in windows]  # unused by adjust.lua
         script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
-        await self._call("adjust", lambda: self._adjust(keys=script_keys, args=args))
+        await self._eval("adjust", self._adjust, script_keys, args)
 
     async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:
         check_window_call(scope, windows, None, None)
         zeros = [0] * len(windows)
         script_keys, args = self._script_input(scope, windows, "-", zeros, zeros)
-        raw: list[int] = await self._call("usage", lambda: self._usage(keys=script_keys, args=args))
+        raw: list[int] = await self._eval("usage", self._usage, script_keys, args)
         return [
             WindowUsage(w.name, int(raw[3 * i]), w.limit, int(raw[3 * i + 1]), raw[3 * i + 2] / 1e6)
             for i, w in enumerate(windows)
@@ -242,7 +284,7 @@ class RedisStore(Store):
     # --- notifications ----------------------------------------------------------------------
     async def publish(self, channel: str, message: bytes) -> None:
         keys.check(channel)
-        await self._call("PUBLISH", lambda: self._client.publish(channel, message))
+        await self._run("PUBLISH", "PUBLISH", channel, message)
 
     def subscribe(self, channel: str) -> Subscription:
         keys.check(channel)
@@ -257,11 +299,11 @@ class RedisStore(Store):
     # --- records (owner: callers) -------------------------------------------------------------
     async def hash_set(self, key: str, field: str, value: bytes) -> None:
         keys.check(key)
-        await self._call("HSET", lambda: self._client.hset(key, field, value))
+        await self._run("HSET", "HSET", key, field, value)
 
     async def hash_get(self, key: str, field: str) -> bytes | None:
         keys.check(key)
-        value: Any = await self._call("HGET", lambda: self._client.hget(key, field))
+        value: Any = await self._run("HGET", "HGET", key, field)
         return None if value is None else bytes(value)
 
     async def hash_get_all(self, key: str) -> dict[str, bytes]:
@@ -273,7 +315,7 @@ class RedisStore(Store):
         keys.check(key)
         if not fields:
             return 0
-        removed: Any = await self._call("HDEL", lambda: self._client.hdel(key, *fields))
+        removed: Any = await self._run("HDEL", "HDEL", key, *fields)
         return int(removed)
 
     # --- cache (owner: cache) -----------------------------------------------------------------
@@ -301,7 +343,7 @@ class RedisStore(Store):
         check_ttl(lease_ttl)
         script = self._lease_script("_read_or_lease_script", _READ_OR_LEASE)
         args = [token, max(1, round(lease_ttl * 1000)), -1 if stale_ttl is None else round(stale_ttl * 1000)]
-        raw: Any = await self._call("read_or_lease", lambda: script(keys=[entry, lease, watch], args=args))
+        raw: Any = await self._eval("read_or_lease", script, [entry, lease, watch], args)
         value, fresh, leased = raw
         return LeaseRead(None if value is None else bytes(value), fresh == 1, leased == 1)
 
@@ -326,20 +368,20 @@ class RedisStore(Store):
         for name in (*names, channel):
             keys.check(name)
         script = self._lease_script("_finish_lease_script", _FINISH_LEASE)
-        mine: Any = await self._call("finish_lease", lambda: script(keys=names, args=args))
+        mine: Any = await self._eval("finish_lease", script, names, args)
         return int(mine) == 1
 
     async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         keys.check(key)
         check_ttl(ttl)
         ms = max(1, round(ttl * 1000))
-        stored: Any = await self._call("SET NX", lambda: self._client.set(key, value, px=ms, nx=True))
+        stored: Any = await self._run("SET NX", "SET", key, value, "PX", ms, "NX")
         return bool(stored)
 
     async def delete_if_equal(self, key: str, value: bytes) -> bool:
         keys.check(key)
         script = self._cache_script()
-        removed: Any = await self._call("delete_if_equal", lambda: script(keys=[key], args=[value]))
+        removed: Any = await self._eval("delete_if_equal", script, [key], [value])
         return int(removed) == 1
 
     async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:

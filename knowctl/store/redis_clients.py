@@ -17,6 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from knowctl.store.resp import Multiplexer, address_for
 from knowctl.store.urls import parse_multi_host, scheme_of
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class Clients:
 
     client: Redis | RedisCluster
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    mux: Multiplexer | None = None  # one server: its single commands (knowctl.store.resp)
 
 
 def _no_retry() -> Retry:
@@ -43,8 +45,10 @@ def _timeouts(timeout: float) -> dict[str, Any]:
 
 
 def single(url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Clients:
-    """``redis://`` / ``rediss://``: one server through a blocking pool (a burst waits for a
-    free connection, at most ``timeout``, instead of failing at once)."""
+    """``redis://`` / ``rediss://``: one server. Single commands share one pipelined
+    connection (knowctl.store.resp) unless the URL sets options only redis-py implements;
+    pipelines, scans and subscriptions use a blocking pool (a burst waits for a free
+    connection, at most ``timeout``, instead of failing at once)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -52,7 +56,9 @@ def single(url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNE
         retry=_no_retry(),
         **_timeouts(timeout),
     )
-    return Clients(Redis.from_pool(pool))
+    address = address_for(url)
+    mux = Multiplexer(address, timeout=timeout) if address is not None else None
+    return Clients(Redis.from_pool(pool), mux=mux)
 
 
 def cluster(url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> Clients:
@@ -129,4 +135,4 @@ def open_redis_store(url: str, *, timeout: float) -> RedisStore:
         kind = RedisClusterStore
     elif scheme.endswith("+sentinel"):
         kind = RedisSentinelStore
-    return kind(made.client, url=url, timeout=timeout, closers=made.closers)
+    return kind(made.client, url=url, timeout=timeout, closers=made.closers, mux=made.mux)
