@@ -189,8 +189,9 @@ def wrk_background(
     url: str, concurrency: int, duration: float, *, same_prompt: bool = False
 ) -> subprocess.Popen[str]:
     seconds = max(1, round(duration))
+    threads = 1 if concurrency < 8 else 2
     return subprocess.Popen(
-        ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(HERE / "post.lua"), url],
+        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(HERE / "post.lua"), url],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "BENCH_SAME_PROMPT": "1" if same_prompt else ""},
     )

@@ -114,16 +114,16 @@ async def test_miss_then_l1_hit_then_l2_hit_on_another_daemon_promoted(
 ) -> None:
     a, b = await daemons.new(), await daemons.new()
     k = key()
-    assert await a.lookup(k) is None
+    assert (await a.lookup(k)).cached is None
     await a.save(k, OK)
-    hit = await a.lookup(k)
+    hit = (await a.lookup(k)).cached
     assert hit is not None and hit.layer == "L1" and hit.answer == OK and hit.age_s == 0
     clock.now += 5
-    first = await b.lookup(k)
+    first = (await b.lookup(k)).cached
     assert (
         first is not None and first.layer == "L2" and first.answer == OK and first.age_s == pytest.approx(5)
     )
-    second = await b.lookup(k)
+    second = (await b.lookup(k)).cached
     assert second is not None and second.layer == "L1"  # promoted
     assert b.stats()["layers"]["l1"]["hits"] == 1 and b.stats()["layers"]["l2"]["hits"] == 1
     assert a.stats()["layers"]["l2"]["misses"] == 1
@@ -133,7 +133,7 @@ async def test_streamed_answers_round_trip_exactly(daemons: Daemons) -> None:
     a, b = await daemons.new(), await daemons.new()
     k = key()
     await a.save(k, STREAMED)
-    got = await b.lookup(k)
+    got = (await b.lookup(k)).cached
     assert got is not None and got.answer.chunks == STREAMED.chunks
 
 
@@ -142,10 +142,10 @@ async def test_ttl_expiry_per_layer_and_stale_copies(daemons: Daemons, clock: Cl
     k = key()
     await a.save(k, OK)
     clock.now += 11  # past L1's TTL: served from L2 (and promoted again)
-    got = await a.lookup(k)
+    got = (await a.lookup(k)).cached
     assert got is not None and got.layer == "L2"
     clock.now += 90  # past L2's TTL: a miss, but still a stale copy
-    assert await a.lookup(k) is None
+    assert (await a.lookup(k)).cached is None
     stale = await a.stale(k)
     assert stale is not None and stale.layer == "STALE" and stale.age_s == pytest.approx(101)
     clock.now += 50  # past the stale TTL too
@@ -161,9 +161,9 @@ async def test_promotion_never_outlives_l2_freshness(daemons: Daemons, clock: Cl
     k = key()
     await a.save(k, OK)
     clock.now += 90
-    assert (await b.lookup(k)) is not None
+    assert (await b.lookup(k)).cached is not None
     clock.now += 11  # 101 s after the save: L1 copy in b must be gone too
-    assert await b.lookup(k) is None
+    assert (await b.lookup(k)).cached is None
 
 
 async def test_lru_eviction_by_count_and_bytes(daemons: Daemons) -> None:
@@ -173,7 +173,7 @@ async def test_lru_eviction_by_count_and_bytes(daemons: Daemons) -> None:
         await by_count.save(k, OK)
     stats = by_count.stats()["layers"]["l1"]
     assert stats["entries"] == 2 and stats["evictions"] == 1
-    got = await by_count.lookup(ks[0])
+    got = (await by_count.lookup(ks[0])).cached
     assert got is not None and got.layer == "L2"  # evicted from L1, still in the store
     size = len(cacheentry.encode(OK, 0.0))
     by_bytes = await daemons.new(cache_l1_max_bytes=2 * size + 10)
@@ -199,7 +199,7 @@ async def test_failures_are_never_stored(daemons: Daemons, bad: Answer) -> None:
     a = await daemons.new()
     k = key()
     await a.save(k, bad)
-    assert await a.lookup(k) is None and await a.stale(k) is None
+    assert (await a.lookup(k)).cached is None and await a.stale(k) is None
     assert a.stats()["refused_saves"] == 1 and a.stats()["saves"] == 0
 
 
@@ -208,10 +208,11 @@ async def test_failures_are_never_stored(daemons: Daemons, bad: Answer) -> None:
 
 async def pipeline(cache: AnswerCache, k: str, upstream: list[int], delay: float = 0.2) -> str:
     """What knowctl.daemon.generate does with the cache, with a fake upstream call."""
-    if await cache.lookup(k) is not None:
+    found = await cache.lookup(k)
+    if found.cached is not None:
         return "hit"
     answer: Answer | None = None
-    async with cache.flight(k) as flight:
+    async with cache.flight(k, found.lease) as flight:
         if flight.answer is not None:
             return "coalesced"
         try:
@@ -277,7 +278,9 @@ async def test_a_miss_leaves_no_lease_and_tells_only_watching_daemons(redis_daem
 async def test_a_lookup_lease_nobody_flies_with_is_given_back(redis_daemons: Daemons) -> None:
     a, b = await redis_daemons.new(), await redis_daemons.new()
     k = key()
-    assert await a.lookup(k) is None  # took the lease, but no flight follows
+    found = await a.lookup(k)
+    assert found.cached is None and found.lease is not None  # took the lease...
+    a.release(k, found.lease)  # ... but no flight follows (the caller was refused, say)
     await eventually(lambda: not a.coalescer._tasks)
     upstream: list[int] = []
     assert await pipeline(b, k, upstream, delay=0.01) == "miss"  # b leads at once
@@ -320,11 +323,11 @@ async def test_invalidate_dry_run_limit_and_every_daemons_l1(daemons: Daemons) -
     other = f"topic:{topic}x:{0:064x}"
     for k in [*ks, other]:
         await a.save(k, OK)
-        assert await b.lookup(k) is not None  # now in b's L1 too
+        assert (await b.lookup(k)).cached is not None  # now in b's L1 too
     dry = await a.invalidate(f"topic:{topic}:*", dry_run=True)
     assert dry["matched"] == 5 and dry["deleted"] == 0 and dry["remaining"] == 5
     assert set(dry["sample"]) == set(ks)
-    assert (await b.lookup(ks[0])) is not None
+    assert (await b.lookup(ks[0])).cached is not None
     limited = await a.invalidate(f"topic:{topic}:*", limit=2)
     assert (limited["matched"], limited["deleted"], limited["remaining"]) == (5, 2, 3)
     everything = await a.invalidate(f"topic:{topic}:*", limit=0)
@@ -332,9 +335,9 @@ async def test_invalidate_dry_run_limit_and_every_daemons_l1(daemons: Daemons) -
     for cache in (a, b):
         await eventually(lambda c=cache: all(k not in c._l1 for k in ks))  # type: ignore[misc]
         for k in ks:
-            assert await cache.lookup(k) is None
+            assert (await cache.lookup(k)).cached is None
             assert await cache.stale(k) is None  # the stale copies went too
-    assert (await b.lookup(other)) is not None
+    assert (await b.lookup(other)).cached is not None
     assert a.stats()["invalidations"] == 2 and a.stats()["invalidated_keys"] == 5
 
 
@@ -404,11 +407,11 @@ async def test_store_outage_is_a_miss_never_an_error(clock: Clock) -> None:
     try:
         k = key()
         started = time.monotonic()
-        assert await cache.lookup(k) is None
+        assert (await cache.lookup(k)).cached is None
         upstream: list[int] = []
         assert await pipeline(cache, k, upstream, delay=0.01) == "miss"  # leads locally
         assert len(upstream) == 1
-        got = await cache.lookup(k)
+        got = (await cache.lookup(k)).cached
         assert got is not None and got.layer == "L1"  # L1 still works
         assert (await cache.stale(k)) is not None  # the local copy is the fallback
         assert cache.stats()["degraded"] is True

@@ -8,9 +8,9 @@ for fallback, coalescing of identical misses, and pattern invalidation.
   entry counts and bytes reported for L1 are the LRU's own, never the store's.
 - A hit costs one dict lookup (L1) or one store call (L2) and a ``struct`` unpack: no JSON.
   On a shared store that call also takes the coalescing lease when the entry is not fresh
-  (``Store.read_or_lease``), and the save stores the answer, releases the lease and tells
-  any waiting daemon in one call (``Store.finish_lease``): a miss costs two cache round
-  trips in all.
+  (``Store.read_or_lease``) and hands it to the caller for its flight; the save stores the
+  answer, releases the lease and tells any waiting daemon in one call
+  (``Store.finish_lease``): a miss costs two cache round trips in all.
 - Store errors degrade to misses and skipped writes; they never fail a request. While the
   store's breaker is open the store is not even asked (L1 only), and the breaker, not this
   module, logs the outage: once, not once per request.
@@ -31,7 +31,7 @@ from knowctl.daemon import cacheentry, metrics
 from knowctl.daemon.admin import AdminError, AdminRequest, AdminResponse, Route
 from knowctl.daemon.channel import ChannelListener
 from knowctl.daemon.coalesce import SAVED, Coalescer
-from knowctl.daemon.components import Answer, Cached, Flight
+from knowctl.daemon.components import Answer, Cached, Flight, Lookup
 from knowctl.daemon.lru import LRU
 from knowctl.daemon.request import CallContext
 from knowctl.policy import cachekey
@@ -86,7 +86,7 @@ class AnswerCache:
         self._l1_ttl = settings.cache_l1_ttl
         self._l2_ttl = settings.cache_l2_ttl
         self._keep = settings.cache_l2_ttl + settings.cache_stale_ttl
-        self._shared = store.backend != "memory"
+        self.shared = store.backend != "memory"
         self._l1: LRU[_Entry] = LRU(settings.cache_l1_max_entries, settings.cache_l1_max_bytes, clock=clock)
         self._evictions_seen = 0
         self.counts = _Counts()
@@ -97,7 +97,7 @@ class AnswerCache:
         )
         self.coalescer = Coalescer(
             store,
-            shared=self._shared,
+            shared=self.shared,
             timeout=settings.coalesce_timeout,
             daemon_id=self._id,
             read_or_lease=self.read_or_lease,
@@ -107,7 +107,7 @@ class AnswerCache:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self, wait_s: float = 1.0) -> None:
         """Listen for other daemons' news; returns once subscribed (or after ``wait_s``)."""
-        if not self._shared:
+        if not self.shared:
             return
         await self._listener.start(wait_s)
 
@@ -144,14 +144,17 @@ class AnswerCache:
             topic=topic,
         )
 
-    async def lookup(self, key: str) -> Cached | None:
-        now = self._clock()
+    def lookup_local(self, key: str) -> Cached | None:
         entry = self._l1.get(key)
-        if entry is not None:
-            self._count("l1", True)
-            return Cached(entry.answer, "L1", max(0.0, now - entry.stored_at))
-        self._count("l1", False)
-        if self._shared and self._store_usable():
+        self._count("l1", entry is not None)
+        if entry is None:
+            return None
+        return Cached(entry.answer, "L1", max(0.0, self._clock() - entry.stored_at))
+
+    async def lookup_shared(self, key: str) -> Lookup:
+        now = self._clock()
+        lease: bytes | None = None
+        if self.shared and self._store_usable():
             # One round trip: the entry, or the lease for the flight that follows a miss.
             token = self.coalescer.new_token()
             try:
@@ -159,19 +162,25 @@ class AnswerCache:
             except StoreUnavailable as exc:
                 self._store_failed(exc)
                 got, leased = None, False
-            if leased:
-                self.coalescer.park(key, token)
+            lease = token if leased else None
         else:
             got = await self._read(key)
             if got is not None and now - got.stored_at < self._l2_ttl:
                 self._promote(key, got, len_hint=None)
             else:
                 got = None
-        if got is not None:
-            self._count("l2", True)
-            return Cached(got.answer, "L2", max(0.0, now - got.stored_at))
-        self._count("l2", False)
-        return None
+        self._count("l2", got is not None)
+        if got is None:
+            return Lookup(lease=lease)
+        return Lookup(Cached(got.answer, "L2", max(0.0, now - got.stored_at)))
+
+    async def lookup(self, key: str) -> Lookup:
+        """L1, then L2: what the pipeline does, in one call (tests, tools)."""
+        local = self.lookup_local(key)
+        return Lookup(local) if local is not None else await self.lookup_shared(key)
+
+    def release(self, key: str, lease: bytes) -> None:
+        self.coalescer.release(key, lease)
 
     async def read_or_lease(self, key: str, token: bytes, lead_anyway: bool) -> tuple[Answer | None, bool]:
         """For the coalescer: (the fresh answer of ``key`` in the store, or None; whether the
@@ -245,8 +254,8 @@ class AnswerCache:
                 self._store_failed(exc)
         self.coalescer.saved(key)
 
-    def flight(self, key: str) -> AbstractAsyncContextManager[Flight]:
-        return self.coalescer.flight(key)
+    def flight(self, key: str, lease: bytes | None = None) -> AbstractAsyncContextManager[Flight]:
+        return self.coalescer.flight(key, lease)
 
     def admin_routes(self) -> list[Route]:
         return [
@@ -285,7 +294,7 @@ class AnswerCache:
         regex = cachekey.pattern_regex(pattern)  # BadPattern (a ValueError) when refused
         found = await self._scan(keys.cache_entries_match(pattern))
         matched = [k for k in (keys.cache_key_of(e) for e in found) if k is not None]
-        if not self._shared:  # entries only in L1 (their store write failed) count too
+        if not self.shared:  # entries only in L1 (their store write failed) count too
             seen = set(matched)
             matched += [k for k in self._l1 if regex.fullmatch(k) and k not in seen]
         result: dict[str, Any] = {
@@ -338,7 +347,7 @@ class AnswerCache:
         return {
             "enabled": self.enabled,
             "degraded": self.degraded,
-            "store": {"backend": self._store.backend, "shared": self._shared},
+            "store": {"backend": self._store.backend, "shared": self.shared},
             "layers": {
                 "l1": {
                     "hits": c.hits["l1"],
@@ -450,7 +459,7 @@ class AnswerCache:
 
     # --- news between daemons ----------------------------------------------------------------
     async def _broadcast(self, kind: bytes, text: str) -> None:
-        if not self._shared:
+        if not self.shared:
             return
         try:
             await self._store.publish(keys.cache_channel(), kind + self._id.encode() + b"\n" + text.encode())

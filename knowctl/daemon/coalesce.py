@@ -3,8 +3,8 @@ daemons sharing a store.
 
 - In a daemon: the first miss for a key leads; later ones wait on its future.
 - Across daemons: the local leader takes a short lease in the store, in the same round trip
-  that read the entry (``Store.read_or_lease``; the cache lookup has usually taken it already, see
-  :meth:`Coalescer.park`). A daemon that finds the lease taken marks it watched
+  that read the entry (``Store.read_or_lease``; the cache lookup has usually taken it already
+  and hands it to :meth:`Coalescer.flight`). A daemon that finds the lease taken marks it watched
   and waits for the leader's news on the cache channel ("saved: read it", an answer that
   was not saved, or "done without one"), re-reading the lease now and then in case the news
   was lost, and gives up after ``coalesce_timeout``; then it goes upstream itself. A leader
@@ -100,18 +100,11 @@ class Coalescer:
         self._on_coalesced = on_coalesced
         self._local: dict[str, _Leader] = {}
         self._remote: dict[str, asyncio.Future[Answer | None]] = {}
-        self._parked: dict[str, bytes] = {}  # leases a lookup took, for the flight that follows
         self._tokens = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def new_token(self) -> bytes:
         return f"{self._id}:{next(self._tokens)}".encode()
-
-    def park(self, key: str, token: bytes) -> None:
-        """A cache lookup took ``key``'s lease: the flight that the pipeline enters next, with
-        no await in between, leads with it. One not claimed by then is released."""
-        self._parked[key] = token
-        asyncio.get_running_loop().call_soon(self._unclaimed, key, token)
 
     def release(self, key: str, token: bytes) -> None:
         """Give back a lease taken needlessly (in the background), waking any watcher."""
@@ -126,8 +119,9 @@ class Coalescer:
         return token
 
     @asynccontextmanager
-    async def flight(self, key: str) -> AsyncIterator[Flight]:
-        parked = self._parked.pop(key, None)
+    async def flight(self, key: str, parked: bytes | None = None) -> AsyncIterator[Flight]:
+        """Lead the upstream call for ``key`` or follow the one in flight. ``parked``: the
+        lease the lookup took; from here on the flight owns it (and releases it)."""
         existing = self._local.get(key)
         if existing is not None:
             if parked is not None:
@@ -289,11 +283,6 @@ class Coalescer:
             )
         except StoreUnavailable as exc:
             log.debug("cache: could not release a coalescing lease: %s", exc)
-
-    def _unclaimed(self, key: str, token: bytes) -> None:
-        if self._parked.get(key) == token:
-            del self._parked[key]
-            self.release(key, token)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -64,6 +64,15 @@ class Cached:
     age_s: float  # seconds since it was stored (the Age header)
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a look in the shared store found: the answer, or on a miss (usually) the
+    coalescing lease, which the caller hands to the flight or gives back."""
+
+    cached: Cached | None = None
+    lease: bytes | None = None
+
+
 @dataclass(slots=True)
 class Ticket:
     """Quota reserved for one upstream call; settled once the real usage is known."""
@@ -97,11 +106,23 @@ class Callers(Protocol):
 
 
 class ResponseCache(Protocol):
+    shared: bool  # the answers live in a store other daemons share (lookups make I/O)
+
     def key_for(self, ctx: CallContext) -> str | None:
         """The cache key, or None when the call is not cacheable."""
         ...
 
-    async def lookup(self, key: str) -> Cached | None: ...
+    def lookup_local(self, key: str) -> Cached | None:
+        """The answer in this daemon's own cache (L1): no I/O."""
+        ...
+
+    async def lookup_shared(self, key: str) -> Lookup:
+        """The answer in the shared store (L2); on a miss, usually the coalescing lease too."""
+        ...
+
+    def release(self, key: str, lease: bytes) -> None:
+        """Give back a lease that lookup_shared took when no flight follows."""
+        ...
 
     async def stale(self, key: str) -> Cached | None: ...
 
@@ -109,7 +130,9 @@ class ResponseCache(Protocol):
         """Store a complete, successful answer (the cache re-checks and refuses anything else)."""
         ...
 
-    def flight(self, key: str) -> AbstractAsyncContextManager[Flight]: ...
+    def flight(self, key: str, lease: bytes | None) -> AbstractAsyncContextManager[Flight]:
+        """Coalesce identical misses; ``lease`` (from lookup_shared) is the flight's to keep."""
+        ...
 
     def admin_routes(self) -> list[Route]: ...
 

@@ -8,14 +8,16 @@ success. Writes after the answer (settle, save) happen once the caller has its l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from knowctl.daemon import metrics
 from knowctl.daemon.asgi import Send, respond
-from knowctl.daemon.components import Answer, Cached, CallRefused, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.components import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache, Ticket
 from knowctl.daemon.logging import SCOPE_CACHE, SCOPE_QUOTA
 from knowctl.daemon.replies import CACHE_HEADER, send_cached, send_refusal
 from knowctl.daemon.request import CallContext
@@ -24,6 +26,9 @@ from knowctl.errors import parse_retry_delay, retry_after_header
 from knowctl.policy.framing import split_json_array, split_sse, summarize
 
 log = logging.getLogger("knowctl.generate")
+
+# Counts a call against its caller's limits; raises CallRefused when over.
+Admit = Callable[[CallContext], Awaitable[None]]
 
 # Streams larger than this are passed through but not kept for the cache.
 MAX_CAPTURE_BYTES = 8 * 1024 * 1024
@@ -57,19 +62,24 @@ class Generation:
         self._cache = cache
         self._quota = quota
 
-    async def __call__(self, ctx: CallContext, send: Send) -> int:
+    async def __call__(self, ctx: CallContext, send: Send, admit: Admit) -> int:
+        """Run one generation call; ``admit`` counts it against the caller's limits (raises
+        CallRefused), before anything is served, cached answers included."""
         key = self._cache.key_for(ctx) if self._cache is not None else None
         if key is None or self._cache is None:
+            await admit(ctx)
             return (await self._call_with_quota(ctx, send, None)).status
         read, write = cache_directives(ctx)
+        found = Lookup()
         if read:
-            cached = await self._cache.lookup(key)
-            if cached is not None:
-                return await send_cached(send, ctx, cached)
+            found = await self._admit_and_look(ctx, key, admit)
+            if found.cached is not None:
+                return await send_cached(send, ctx, found.cached)
         else:
+            await admit(ctx)
             ctx.response_headers.append((CACHE_HEADER, b"BYPASS"))
             ctx.scope[SCOPE_CACHE] = "BYPASS"
-        async with self._cache.flight(key) as flight:
+        async with self._cache.flight(key, found.lease) as flight:
             if flight.answer is not None:  # an identical call finished while we waited
                 fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
                 return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
@@ -82,6 +92,30 @@ class Generation:
             finally:
                 await flight.publish(outcome.answer)
         return outcome.status
+
+    async def _admit_and_look(self, ctx: CallContext, key: str, admit: Admit) -> Lookup:
+        """The caller's limit check and the cache lookup. When both need the shared store
+        they run side by side, so their commands share one round trip (knowctl.store.resp
+        sends the commands of one loop turn together): a miss then makes two round trips
+        before the upstream call (this one, then quota), not three."""
+        assert self._cache is not None
+        local = self._cache.lookup_local(key)
+        if local is not None or not self._cache.shared:
+            await admit(ctx)
+            return Lookup(local) if local is not None else await self._cache.lookup_shared(key)
+        checking = asyncio.ensure_future(admit(ctx))
+        try:
+            found = await self._cache.lookup_shared(key)
+        except BaseException:
+            checking.cancel()
+            raise
+        try:
+            await checking
+        except BaseException:
+            if found.lease is not None:  # refused (or cancelled): no flight will use it
+                self._cache.release(key, found.lease)
+            raise
+        return found
 
     async def _call_with_quota(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
         ticket: Ticket | None = None

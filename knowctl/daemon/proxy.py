@@ -107,11 +107,11 @@ class ModelCallHandler:
             payload=payload,
         )
         try:
-            await self._admit_caller(ctx)
+            await self._identify(ctx)
+            if call.generates:
+                return await self._generation(ctx, send, self._check_limits)
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
-        if call.generates:
-            return await self._generation(ctx, send)
         return await self._forward(ctx, send)
 
     async def generate_internal(self, ctx: CallContext) -> CapturedResponse:
@@ -127,15 +127,14 @@ class ModelCallHandler:
                 captured.body.extend(message.get("body", b""))
 
         try:
-            await self._admit_caller(ctx)
+            await self._identify(ctx)
+            await self._generation(ctx, capture, self._check_limits)
         except CallRefused as refusal:
             await send_refusal(capture, ctx, refusal)
-            return captured
-        await self._generation(ctx, capture)
         return captured
 
-    async def _admit_caller(self, ctx: CallContext) -> None:
-        """Identity, priority and the caller's own limits (generation calls only count)."""
+    async def _identify(self, ctx: CallContext) -> None:
+        """The caller's identity and the call's priority."""
         if self._callers is not None:
             ctx.identity = await self._callers.identify(ctx)
             ctx.scope[SCOPE_USER] = ctx.identity.user
@@ -146,7 +145,10 @@ class ModelCallHandler:
             )
         except ValueError as exc:
             raise CallRefused(400, f"X-Knowctl-Priority: {exc}") from None
-        if self._callers is not None and ctx.call.generates:
+
+    async def _check_limits(self, ctx: CallContext) -> None:
+        """The caller's own limits (only generation calls count)."""
+        if self._callers is not None:
             await self._callers.check_limits(ctx)
 
     @staticmethod
