@@ -245,6 +245,26 @@ async def test_queue_order_is_strict_priority_then_fifo(store: Store) -> None:
         assert counts["queued"] == 7 and counts["admitted"] == 8
 
 
+async def test_capacity_one_daemon_returns_wakes_the_waiters_of_another(store: Store) -> None:
+    m = model()
+    values: dict[str, Any] = {"quota_tpm": 20, "quota_minute_s": 60, "queue_timeout": 30}
+    async with gate(store, **values) as a, gate(store, **values) as b:
+        filler = await a.try_admit(ctx(m, "x" * 80))  # all 20 tokens, for the next 60 s
+        assert isinstance(filler, Ticket)
+        waiting = asyncio.create_task(admit(b, ctx(m, "x")))
+
+        async def queued() -> bool:
+            return bool((await b.stats())["queue"]["waiting"] == 1)
+
+        await eventually(queued)
+        await asyncio.sleep(0.3)  # b's flag "callers wait for this model" is in the store
+        started = time.monotonic()
+        await a.settle(filler, {"promptTokenCount": 1, "totalTokenCount": 1})  # used 1 of 20
+        ticket = await asyncio.wait_for(waiting, WAIT)
+        # Woken by a's announcement, not by its timer at the window's end a minute later.
+        assert isinstance(ticket, Ticket) and time.monotonic() - started < 5
+
+
 async def test_newcomers_do_not_overtake_the_queue(store: Store) -> None:
     m = model()
     async with gate(store, quota_rpm=1, quota_minute_s=0.5, queue_timeout=30) as q:

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aredis
 
 from knowctl.policy.windows import calendar_period
-from knowctl.store import Store, StoreUnavailable, Window, keys, open_store
+from knowctl.store import Announcement, Store, StoreUnavailable, Window, keys, open_store
 from knowctl.store.base import redact_url
 from knowctl.store.memory import MemoryStore
 from tests.support.net import LOOPBACK, free_port
@@ -193,6 +193,25 @@ async def test_adjust_returns_tokens_at_once(store: Store) -> None:
     await store.adjust(sc, ws, "never-recorded", [5, 500])
     assert [u.used for u in await store.usage(sc, ws)] == [2, 100]
     assert not (await store.acquire(sc, ws, [1, 1], reservation_id=rid())).admitted
+
+
+async def test_adjust_announces_returned_capacity_only_while_someone_waits(store: Store) -> None:
+    model = f"announce-{rid()}"
+    sc = keys.quota_scope(model)
+    ws = [Window("tpm", 60, 100)]
+    ch = keys.channel(f"freed-{rid()}")
+    announce = Announcement(keys.quota_waiting(model), ch, b"freed " + model.encode())
+    first, second = rid(), rid()
+    assert (await store.acquire(sc, ws, [60], reservation_id=first)).admitted
+    assert (await store.acquire(sc, ws, [30], reservation_id=second)).admitted
+    async with store.subscribe(ch) as sub:
+        await store.adjust(sc, ws, first, [10], announce=announce)  # nobody waits: silence
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(sub), 0.3)
+        await store.set(announce.flag, b"1", 5)  # a daemon has callers queued
+        await store.adjust(sc, ws, second, [5], announce=announce)
+        assert await asyncio.wait_for(anext(sub), 3) == announce.message
+    assert [u.used for u in await store.usage(sc, ws)] == [15]  # both adjustments counted
 
 
 async def test_adjust_keeps_the_reservation_time(store: Store) -> None:

@@ -37,7 +37,7 @@ from knowctl.policy import tokens as tp
 from knowctl.policy.priority import Priority
 from knowctl.policy.windows import Window
 from knowctl.settings import Settings
-from knowctl.store import Store, keys
+from knowctl.store import Announcement, Store, keys
 
 log = logging.getLogger("knowctl.quota")
 
@@ -65,6 +65,7 @@ class _Model:
     inflight: dict[str, int] = field(default_factory=dict)  # window -> units reserved, unsettled
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
     hold_checked: bool = False
+    awaited_until: float = 0.0  # epoch: the store's "callers wait for this model" flag lasts
 
 
 class ProviderQuota:
@@ -162,6 +163,10 @@ class ProviderQuota:
             self._refuse(m, f"Quota exceeded for {m.name} and the wait queue is full.", retry_after)
         tokens = await self._estimate(ctx, m)
         waiter, is_head = m.queue.push(ctx.priority, tokens)
+        now = time.time()
+        if now >= m.awaited_until - timeout / 2:  # marked for at least another half wait
+            m.awaited_until = now + timeout + 1
+            self._bus.waiting(m.name, timeout + 1)
         self._waiting += 1
         self._count(m, "queued")
         metrics.QUEUE_DEPTH.labels(ctx.priority.name).inc()
@@ -214,11 +219,12 @@ class ProviderQuota:
         metrics.TOKEN_ESTIMATE_ERROR.observe(actual - ticket.estimated_tokens)
         if actual == ticket.estimated_tokens:
             return
-        if not await self._adjust(m, ticket, qp.amounts(m.windows, actual)):
+        returned = actual < ticket.estimated_tokens
+        announce = self._bus.freed(m.name) if returned else None
+        if not await self._adjust(m, ticket, qp.amounts(m.windows, actual), announce):
             return
-        if actual < ticket.estimated_tokens:
+        if returned:
             m.wake.set()
-            self._bus.freed(m.name)
 
     def upstream_exhausted(self, model: str, retry_delay: float | None) -> None:
         m = self._models.get(model) or self._new_model(model)
@@ -323,17 +329,18 @@ class ProviderQuota:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(m.wake.wait(), max(delay, 0.001))
 
-    async def _adjust(self, m: _Model, ticket: Ticket, amounts: tuple[int, ...]) -> bool:
+    async def _adjust(
+        self, m: _Model, ticket: Ticket, amounts: tuple[int, ...], announce: Announcement | None = None
+    ) -> bool:
         where = str(ticket.data.get("where", "shared"))
-        return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, where)
+        return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, where, announce)
 
     async def _release(self, m: _Model, ticket: Ticket) -> None:
         """Give back an admission nobody will use: amounts 0 free it in every window."""
         await self.settle(ticket, None)
-        if not await self._adjust(m, ticket, (0,) * len(m.windows)):
+        if not await self._adjust(m, ticket, (0,) * len(m.windows), self._bus.freed(m.name)):
             return
         m.wake.set()
-        self._bus.freed(m.name)
 
     def _refuse(self, m: _Model, message: str, retry_after: float | None) -> NoReturn:
         self._count(m, "refused")

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from knowctl.store import Store, StoreUnavailable, keys
+from knowctl.store import Announcement, Store, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.quota")
 
@@ -67,9 +67,23 @@ class QuotaBus:
         task.add_done_callback(self._tasks.discard)
 
     # --- sending ------------------------------------------------------------------------------
-    def freed(self, model: str) -> None:
-        """Tell the other daemons that ``model`` has capacity again (in the background)."""
-        self.spawn(self._send({"t": "freed", "m": model}))
+    def freed(self, model: str) -> Announcement:
+        """ "``model`` has capacity again", for the adjustment that returns it: published only
+        while some daemon has callers waiting (see waiting), not after every call."""
+        message = orjson.dumps({"t": "freed", "m": model, "from": self._id})
+        return Announcement(keys.quota_waiting(model), keys.quota_channel(), message)
+
+    def waiting(self, model: str, for_s: float) -> None:
+        """Ask the other daemons to announce returned capacity of ``model`` for the next
+        ``for_s`` seconds: this one has callers queued (in the background)."""
+
+        async def mark() -> None:
+            try:
+                await self._store.set(keys.quota_waiting(model), b"1", for_s)
+            except StoreUnavailable as exc:  # waiters still wake at the computed free time
+                log.debug("quota: could not mark %s as awaited: %s", model, exc)
+
+        self.spawn(mark())
 
     def hold(self, model: str, until: float, delay: float) -> None:
         """Share a hold (epoch ``until``, ``delay`` seconds from now) with every daemon."""

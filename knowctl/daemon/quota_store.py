@@ -24,7 +24,7 @@ from typing import Any
 from knowctl.daemon import metrics
 from knowctl.daemon.degraded import LocalShare, Mode
 from knowctl.policy.windows import Window
-from knowctl.store import Admission, Store, StoreUnavailable, WindowUsage
+from knowctl.store import Admission, Announcement, Store, StoreUnavailable, WindowUsage
 from knowctl.store.breaker import intervals, is_down, on_change
 
 log = logging.getLogger("knowctl.quota")
@@ -105,10 +105,17 @@ class QuotaStore:
             return admission, "shared"
 
     async def adjust(
-        self, scope: str, windows: Sequence[Window], rid: str, amounts: Sequence[int], where: str
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        rid: str,
+        amounts: Sequence[int],
+        where: str,
+        announce: Announcement | None = None,
     ) -> bool:
         """Set a reservation's amounts; retried like acquire (setting amounts is idempotent).
-        False when the store never answered: the reservation then keeps its old amounts."""
+        False when the store never answered: the reservation then keeps its old amounts.
+        ``announce`` goes with the shared store's adjustment (see Store.adjust)."""
         if where in ("local", "both"):
             self.local.adjust(scope, windows, rid, amounts)
             if where == "local":
@@ -116,7 +123,7 @@ class QuotaStore:
         give_up = time.monotonic() + self._decide_s
         while True:
             try:
-                await self.shared.adjust(scope, windows, rid, amounts)
+                await self.shared.adjust(scope, windows, rid, amounts, announce=announce)
                 return True
             except StoreUnavailable as exc:
                 if self.degraded or time.monotonic() >= give_up:

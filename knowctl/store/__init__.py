@@ -7,11 +7,20 @@ when a Redis URL is opened.
 
 from __future__ import annotations
 
-from knowctl.store.base import Admission, Store, StoreUnavailable, Subscription, Window, WindowUsage
+from knowctl.store.base import (
+    Admission,
+    Announcement,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    Window,
+    WindowUsage,
+)
 from knowctl.store.urls import SCHEMES, scheme_of
 
 __all__ = [
     "Admission",
+    "Announcement",
     "Store",
     "StoreUnavailable",
     "Subscription",

@@ -40,6 +40,17 @@ class StoreUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Announcement:
+    """A message to publish after an adjustment, only if ``flag`` (a key of the same scope,
+    so of the same Cluster slot) exists: "capacity came back", sent only while some daemon
+    says it has callers waiting for it, instead of to every daemon after every call."""
+
+    flag: str
+    channel: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     """The outcome of :meth:`Store.acquire`; tuples are per window, in the order given."""
 
@@ -140,10 +151,17 @@ class Store(ABC):
 
     @abstractmethod
     async def adjust(
-        self, scope: str, windows: Sequence[Window], reservation_id: str, amounts: Sequence[int]
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        reservation_id: str,
+        amounts: Sequence[int],
+        *,
+        announce: Announcement | None = None,
     ) -> None:
         """Set an earlier reservation's amounts (estimate -> actual), keeping its time.
-        Windows the reservation has already left are untouched."""
+        Windows the reservation has already left are untouched. ``announce``: in the same
+        step, publish its message if its flag key exists."""
 
     @abstractmethod
     async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]: ...

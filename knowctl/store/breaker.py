@@ -35,6 +35,7 @@ from typing import TypeVar
 from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
+    Announcement,
     LeaseRead,
     Store,
     StoreUnavailable,
@@ -244,9 +245,17 @@ class BreakerStore(Store):
         )
 
     async def adjust(
-        self, scope: str, windows: Sequence[Window], reservation_id: str, amounts: Sequence[int]
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        reservation_id: str,
+        amounts: Sequence[int],
+        *,
+        announce: Announcement | None = None,
     ) -> None:
-        await self._guard(lambda: self.inner.adjust(scope, windows, reservation_id, amounts))
+        await self._guard(
+            lambda: self.inner.adjust(scope, windows, reservation_id, amounts, announce=announce)
+        )
 
     async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:
         return await self._guard(lambda: self.inner.usage(scope, windows))

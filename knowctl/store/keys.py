@@ -107,6 +107,13 @@ def quota_hold(model: str) -> str:
     return f"{PREFIX}{scope_tag(quota_scope(model))}:hold"
 
 
+def quota_waiting(model: str) -> str:
+    """Present while some daemon has callers queued for ``model``'s quota: only then is
+    returned capacity announced (see Store.adjust). Tagged like the model's windows, since
+    the adjustment script reads it with them."""
+    return f"{PREFIX}{scope_tag(quota_scope(model))}:waiting"
+
+
 def quota_channel() -> str:
     """Where daemons announce quota news: capacity returned, a model held after a 429."""
     return channel("quota")

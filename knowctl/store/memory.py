@@ -24,6 +24,7 @@ from knowctl.policy.windows import Window, WindowLog, capacity, try_admit
 from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
+    Announcement,
     Store,
     StoreUnavailable,
     Subscription,
@@ -184,7 +185,13 @@ class MemoryStore(Store):
         )
 
     async def adjust(
-        self, scope: str, windows: Sequence[Window], reservation_id: str, amounts: Sequence[int]
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        reservation_id: str,
+        amounts: Sequence[int],
+        *,
+        announce: Announcement | None = None,
     ) -> None:
         check_window_call(scope, windows, amounts, reservation_id)
         self._check_open()
@@ -195,6 +202,8 @@ class MemoryStore(Store):
                 log.trim(w, now)
                 log.adjust(reservation_id, amount)
             self._forget_empty(scope, windows, logs)
+        if announce is not None and await self.get(announce.flag) is not None:
+            await self.publish(announce.channel, announce.message)
 
     async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:
         check_window_call(scope, windows, None, None)

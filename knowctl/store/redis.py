@@ -39,6 +39,7 @@ from knowctl.policy.windows import Window, capacity, day_boundaries
 from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
+    Announcement,
     Store,
     StoreUnavailable,
     Subscription,
@@ -230,9 +231,9 @@ class RedisStore(Store):
         reservation_id: str,
         caps: Sequence[int],
         amounts: Sequence[int],
-    ) -> tuple[list[str], list[str | int]]:
+    ) -> tuple[list[str], list[Arg]]:
         script_keys: list[str] = []
-        args: list[str | int] = [reservation_id, len(windows)]
+        args: list[Arg] = [reservation_id, len(windows)]
         around = time.time()  # only picks which midnights to send; the script uses TIME
         for w, cap, amount in zip(windows, caps, amounts, strict=True):
             script_keys += keys.window_keys(scope, w.name).as_list()
@@ -264,11 +265,22 @@ class RedisStore(Store):
         )
 
     async def adjust(
-        self, scope: str, windows: Sequence[Window], reservation_id: str, amounts: Sequence[int]
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        reservation_id: str,
+        amounts: Sequence[int],
+        *,
+        announce: Announcement | None = None,
     ) -> None:
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [w.limit for w in windows]  # unused by adjust.lua
         script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        if announce is not None:
+            keys.check(announce.flag)
+            keys.check(announce.channel)
+            script_keys.append(announce.flag)
+            args += [announce.channel, announce.message]
         await self._eval("adjust", self._adjust, script_keys, args)
 
     async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:

@@ -1,8 +1,11 @@
 -- Set an earlier reservation's amounts (estimate -> actual) in the windows that still hold
 -- it, keeping its recording time, so returned units are free at once.
+-- Optional announcement after the windows: KEYS[last] a flag key, ARGV[last - 1] a channel,
+-- ARGV[last] a message, published only while the flag exists (someone waits for capacity).
 local rid = ARGV[1]
 local now = server_now()
-for _, w in ipairs(parse_windows(now)) do
+local windows = parse_windows(now)
+for _, w in ipairs(windows) do
   trim(w)
   local old = redis.call('HGET', w.amt, rid)
   if old then
@@ -12,5 +15,8 @@ for _, w in ipairs(parse_windows(now)) do
       redis.call('INCRBY', w.sum, delta) -- INCRBY keeps the key's TTL
     end
   end
+end
+if #KEYS > 3 * #windows and redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+  redis.call('PUBLISH', ARGV[#ARGV - 1], ARGV[#ARGV])
 end
 return 0
