@@ -226,14 +226,14 @@ class AnswerCache:
         self.coalescer.saving(key)  # before any await: see Coalescer._after_save
         if not is_complete_success(answer.chunks):
             self.counts.refused += 1
-            cm.SAVES.labels("refused").inc()
+            cm.SAVES_BY("refused").inc()
             self.coalescer.saved(key)
             return
         now = self._clock()
         blob = cacheentry.encode(answer, now)
         self._l1_put(key, _Entry(answer, now), len(blob), self._l1_ttl)
         self.counts.saves += 1
-        cm.SAVES.labels("stored").inc()
+        cm.SAVES_BY("stored").inc()
         token = self.coalescer.take_lease(key)  # taken before any await: ours to release
         if self._store_usable():
             try:
@@ -414,7 +414,7 @@ class AnswerCache:
             self.counts.hits[layer] += 1
         else:
             self.counts.misses[layer] += 1
-        metrics.CACHE_REQUESTS.labels(layer, "hit" if hit else "miss").inc()
+        metrics.CACHE_REQUESTS_BY(layer, "hit" if hit else "miss").inc()
 
     def _coalesced(self) -> None:
         self.counts.coalesced += 1

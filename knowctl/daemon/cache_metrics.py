@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from knowctl.daemon.metrics import REGISTRY
+from knowctl.daemon.metrics import REGISTRY, Children
 
 L1_ENTRIES = Gauge(
     "knowctl_cache_l1_entries", "Answers held in this daemon's in-process cache.", registry=REGISTRY
@@ -20,6 +20,7 @@ SAVES = Counter(
     ["result"],
     registry=REGISTRY,
 )
+SAVES_BY = Children(SAVES)  # (result,)
 STALE_SERVED = Counter(
     "knowctl_cache_stale_served",
     "Stale answers served as a fallback (quota or upstream gone).",

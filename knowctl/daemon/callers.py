@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import uuid
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING
 
 from knowctl.daemon.callers_keys import KeyBook
 from knowctl.daemon.components import CallRefused
+from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota_store import QuotaStore
 from knowctl.daemon.request import CallContext
 from knowctl.policy import callers as policy
@@ -201,7 +201,7 @@ class CallerRegistry:
         user_windows = self.user_windows(identity.tier)
         if not user_windows and not self._ip_windows:
             return
-        reservation = uuid.uuid4().hex
+        reservation = unique_id()
         states: list[tuple[str, int, float]] = []
         refused: list[tuple[Admission, Sequence[Window], str]] = []
         admitted_user: str | None = None  # where the user's unit was recorded

@@ -129,6 +129,10 @@ HTTP_REQUESTS_BY = Children(HTTP_REQUESTS)  # (route, status)
 HTTP_DURATION_BY = Children(HTTP_DURATION)  # (route,)
 UPSTREAM_REQUESTS_BY = Children(UPSTREAM_REQUESTS)  # (model, outcome)
 UPSTREAM_DURATION_BY = Children(UPSTREAM_DURATION)  # (model,)
+CACHE_REQUESTS_BY = Children(CACHE_REQUESTS)  # (layer, result)
+QUOTA_USED_BY = Children(QUOTA_USED)  # (model, window)
+QUOTA_DECISIONS_BY = Children(QUOTA_DECISIONS)  # (model, decision)
+QUEUE_DEPTH_BY = Children(QUEUE_DEPTH)  # (priority,)
 
 ProcessCollector(registry=REGISTRY)
 

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any, NoReturn
 from knowctl.daemon import metrics
 from knowctl.daemon.admin import AdminRequest, AdminResponse, Route
 from knowctl.daemon.components import CallRefused, Ticket
+from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota_bus import QuotaBus
 from knowctl.daemon.quota_store import QuotaStore
 from knowctl.daemon.request import CallContext
@@ -169,7 +169,7 @@ class ProviderQuota:
             self._bus.waiting(m.name, timeout + 1)
         self._waiting += 1
         self._count(m, "queued")
-        metrics.QUEUE_DEPTH.labels(ctx.priority.name).inc()
+        metrics.QUEUE_DEPTH_BY(ctx.priority.name).inc()
         if is_head:
             m.wake.set()  # the pump must reconsider who goes first
         if m.pump is None:
@@ -184,7 +184,7 @@ class ProviderQuota:
             raise
         finally:
             self._waiting -= 1
-            metrics.QUEUE_DEPTH.labels(ctx.priority.name).dec()
+            metrics.QUEUE_DEPTH_BY(ctx.priority.name).dec()
             if m.queue.remove(waiter):
                 m.wake.set()
             if not waiter.future.done():
@@ -252,7 +252,7 @@ class ProviderQuota:
 
     # --- admission ---------------------------------------------------------------------------
     async def _acquire(self, m: _Model, priority: Priority, tokens: int) -> Ticket | float:
-        rid = uuid.uuid4().hex
+        rid = unique_id()
         amounts = qp.amounts(m.windows, tokens)
         share = self._cfg.share(priority)
         got = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
@@ -260,7 +260,7 @@ class ProviderQuota:
             return STORE_BUSY_RETRY_S
         admission, where = got
         for w, used in zip(m.windows, admission.usage, strict=True):
-            metrics.QUOTA_USED.labels(m.name, w.name).set(used)
+            metrics.QUOTA_USED_BY(m.name, w.name).set(used)
         if not admission.admitted:
             return admission.retry_after
         for w, amount in zip(m.windows, amounts, strict=True):
@@ -348,7 +348,7 @@ class ProviderQuota:
 
     def _count(self, m: _Model, decision: str) -> None:
         m.counts[decision] += 1
-        metrics.QUOTA_DECISIONS.labels(m.name, decision).inc()
+        metrics.QUOTA_DECISIONS_BY(m.name, decision).inc()
 
     # --- model state, holds and notifications ---------------------------------------------------
     async def _model(self, name: str) -> _Model:
