@@ -111,6 +111,9 @@ class UpstreamClient:
             timeout=self._timeout,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            # No cookies between callers (they must not leak from one to another) and none of
+            # the jar's work on every request and answer.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
