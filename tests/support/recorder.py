@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class Recorded:
     path: str  # with the query string, exactly as received
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when its body had arrived
 
 
 @dataclass
