@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from knowctl.store import Store, StoreUnavailable
 
@@ -26,12 +26,13 @@ class ChannelListener:
         store: Store,
         channel: str,
         on_message: Callable[[bytes], None],
-        on_subscribed: Callable[[bool], None],
+        on_subscribed: Callable[[bool], Awaitable[None] | None],
         *,
         name: str,
     ) -> None:
-        """``on_subscribed(resumed)`` runs each time the subscription starts; ``resumed`` is
-        False the first time and True after a gap in which messages may have been lost."""
+        """``on_subscribed(resumed)`` runs each time the subscription starts, before any message
+        is handed over (awaited if it returns an awaitable); ``resumed`` is False the first
+        time and True after a gap in which messages may have been lost."""
         self._store = store
         self._channel = channel
         self._on_message = on_message
@@ -61,7 +62,9 @@ class ChannelListener:
                 async with self._store.subscribe(self._channel) as sub:
                     if not subscribed.done():
                         subscribed.set_result(None)
-                    self._on_subscribed(resumed)
+                    pending = self._on_subscribed(resumed)
+                    if pending is not None:
+                        await pending
                     async for raw in sub:
                         self._on_message(raw)
             except StoreUnavailable as exc:

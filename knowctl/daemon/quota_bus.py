@@ -8,7 +8,6 @@ with a TTL, so a daemon that starts during a hold learns of it on its first call
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -16,12 +15,10 @@ from typing import Any
 
 import orjson
 
+from knowctl.daemon.channel import ChannelListener
 from knowctl.store import Announcement, Store, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.quota")
-
-# Pause before subscribing again after the notification channel was lost.
-RESUBSCRIBE_S = 0.5
 
 
 class QuotaBus:
@@ -36,26 +33,29 @@ class QuotaBus:
         self._store = store
         self._on_freed = on_freed
         self._on_hold = on_hold
-        self._on_subscribed = on_subscribed
         self._id = uuid.uuid4().hex  # tells our own messages apart
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        # News sent while we were away is lost: on_subscribed looks again, every time.
+        self._listener = ChannelListener(
+            store,
+            keys.quota_channel(),
+            self._dispatch,
+            lambda _resumed: on_subscribed(),
+            name="quota-bus",
+        )
 
     async def start(self, wait_s: float) -> None:
         """Subscribe; return once subscribed, or after ``wait_s`` while the store is down
         (the listener keeps trying in the background)."""
-        subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._listener = asyncio.create_task(self._listen(subscribed), name="quota-bus")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(subscribed), wait_s)
+        await self._listener.start(wait_s)
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [t for t in (self._listener, *self._tasks) if t is not None]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(self._listener.close(), *tasks, return_exceptions=True)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, kept referenced until it ends."""
@@ -115,19 +115,6 @@ class QuotaBus:
             log.debug("quota: could not publish %s: %s", body.get("t"), exc)
 
     # --- receiving ----------------------------------------------------------------------------
-    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
-        while not self._closed:
-            try:
-                async with self._store.subscribe(keys.quota_channel()) as sub:
-                    if not subscribed.done():
-                        subscribed.set_result(None)
-                    await self._on_subscribed()  # news sent while we were away is lost: look again
-                    async for raw in sub:
-                        self._dispatch(raw)
-            except StoreUnavailable as exc:
-                log.debug("quota: notification channel unavailable: %s", exc)
-            await asyncio.sleep(RESUBSCRIBE_S)
-
     def _dispatch(self, raw: bytes) -> None:
         try:
             msg = orjson.loads(raw)
