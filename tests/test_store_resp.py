@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import exceptions as rexc
@@ -16,7 +20,8 @@ from knowctl.store import StoreUnavailable, keys, open_store
 from knowctl.store.breaker import BreakerStore
 from knowctl.store.redis import RedisStore
 from knowctl.store.resp import Multiplexer, address_for
-from tests.support.redis_server import RedisServer, redis_server
+from tests.support.net import LOOPBACK, free_port
+from tests.support.redis_server import RedisServer, redis_server, server_binary
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +174,46 @@ async def test_store_on_a_single_server_uses_the_multiplexer_and_maps_outages(
             await store.get(name)
     finally:
         await store.close()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """redis-server speaking only TLS, with a self-signed certificate for 127.0.0.1."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={LOOPBACK}",
+         "-addext", f"subjectAltName=IP:{LOOPBACK}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        [server_binary(), "--port", "0", "--tls-port", str(port), "--bind", LOOPBACK,
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.2):
+                break
+            time.sleep(0.05)
+        yield port, cert
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+async def test_tls_server_through_the_multiplexer(tls_server: tuple[int, Path]) -> None:
+    port, cert = tls_server
+    trusted = mux_for(f"rediss://{LOOPBACK}:{port}/0?ssl_ca_certs={cert}")
+    untrusted = mux_for(f"rediss://{LOOPBACK}:{port}/0")  # the system's CAs: not ours
+    try:
+        assert await trusted.execute("SET", "tls-key", "over tls") == b"OK"
+        assert await trusted.execute("GET", "tls-key") == b"over tls"
+        with pytest.raises(rexc.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await untrusted.execute("PING")
+    finally:
+        await trusted.close()
+        await untrusted.close()
