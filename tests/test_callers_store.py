@@ -30,8 +30,6 @@ TIMEOUT = 2.0
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 
 
-
-
 def unique(prefix: str = "u") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -328,6 +326,21 @@ async def test_ip_refusal_gives_the_user_unit_back(store: Store) -> None:
         assert await _limited(registry, ctx([("x-goog-api-key", key)], peer=peer)) == 429
         usage, _ = await registry.usage(user, None)
         assert usage[0]["used"] == 1
+    finally:
+        await registry.close()
+
+
+async def test_user_refusal_gives_the_address_unit_back(store: Store) -> None:
+    registry = await registry_on(store, user_limits="1/minute", ip_limits="5/minute")
+    try:
+        user = unique()
+        key, _ = await registry.keys.create(user, None, None, False)
+        peer = f"192.0.2.{uuid.uuid4().int % 200 + 1}"
+        assert await _limited(registry, ctx([("x-goog-api-key", key)], peer=peer)) == 200
+        assert await _limited(registry, ctx([("x-goog-api-key", key)], peer=peer)) == 429  # the user's
+        ip_windows = registry._ip_windows
+        used = [u.used for u in await store.usage(keys.ip_scope(peer), ip_windows)]
+        assert used == [1]  # both were checked at once; the refused call's unit came back
     finally:
         await registry.close()
 

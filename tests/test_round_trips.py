@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.fixtures import start_gateway
 from tests.support.recorder import recording_upstream
@@ -24,7 +25,10 @@ def generate(url: str, text: str) -> httpx.Response:
     )
 
 
-def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ip_limits", ["none", "100000/minute"])
+def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(
+    redis_url: str, tmp_path: Path, ip_limits: str
+) -> None:
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
     with tcp_proxy(host, int(port)) as proxy, recording_upstream() as upstream:
         handle, process = start_gateway(
@@ -37,6 +41,7 @@ def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(redis_url: 
                 "KNOWCTL_AUTH_MODE": "anonymous",
                 "KNOWCTL_USER_LIMITS": "100000/minute",  # the caller's limit check
                 "KNOWCTL_QUOTA_RPM": "100000",  # provider quota admission
+                "KNOWCTL_IP_LIMITS": ip_limits,  # the address's check goes with the user's
             },
         )
         with process:
@@ -52,3 +57,35 @@ def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(redis_url: 
     # background work (pub/sub, popularity tallies) could only add to a sample, so the
     # fewest is the pipeline's own count.
     assert min(counts) == 2, counts
+
+
+def test_a_refused_callers_coalescing_lease_is_given_back_at_once(redis_url: str, tmp_path: Path) -> None:
+    """The limit check and the cache lookup run side by side, so a refused caller may have
+    taken the lease of its prompt: it must go back at once, or the next caller of that
+    prompt would wait for coalesce_timeout."""
+    with recording_upstream() as upstream:
+        handle, process = start_gateway(
+            tmp_path,
+            "--upstream",
+            upstream.url,
+            "--store",
+            redis_url,
+            env={
+                "KNOWCTL_AUTH_MODE": "anonymous",
+                "KNOWCTL_TRUSTED_PROXIES": "127.0.0.1",  # X-Forwarded-For names the caller
+                "KNOWCTL_USER_LIMITS": "1/minute",
+                "KNOWCTL_COALESCE_TIMEOUT": "20",
+            },
+        )
+        noisy, other = {"x-forwarded-for": "198.51.100.7"}, {"x-forwarded-for": "198.51.100.8"}
+        prompt = {"contents": [{"role": "user", "parts": [{"text": uuid.uuid4().hex}]}]}
+        path = f"{handle.url}/v1beta/models/{MODEL}:generateContent"
+        with process:
+            first = {"contents": [{"role": "user", "parts": [{"text": uuid.uuid4().hex}]}]}
+            assert httpx.post(path, json=first, headers=noisy, timeout=10).status_code == 200
+            assert httpx.post(path, json=prompt, headers=noisy, timeout=10).status_code == 429
+            started = time.monotonic()
+            answer = httpx.post(path, json=prompt, headers=other, timeout=30)
+            waited = time.monotonic() - started
+    assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
+    assert waited < 5, f"waited {waited:.1f}s for a lease nobody held any more"

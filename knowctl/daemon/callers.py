@@ -202,31 +202,40 @@ class CallerRegistry:
         if not user_windows and not self._ip_windows:
             return
         reservation = unique_id()
+        checks: list[tuple[str, Sequence[Window], str, str]] = []  # scope, windows, prefix, who
+        if user_windows:
+            checks.append((keys.user_scope(identity.user), user_windows, "", f"user {identity.user}"))
+        if self._ip_windows:
+            ip = self.client_ip(ctx)
+            checks.append((keys.ip_scope(ip), self._ip_windows, IP_POLICY_PREFIX, f"address {ip}"))
+        results: list[tuple[Admission, str] | BaseException]
+        if len(checks) == 1:
+            scope, windows, _, _ = checks[0]
+            results = [await self._acquire(scope, windows, reservation)]
+        else:  # side by side, the user's and the address's checks share one store round trip
+            results = await asyncio.gather(
+                *(self._acquire(scope, windows, reservation) for scope, windows, _, _ in checks),
+                return_exceptions=True,
+            )
         states: list[tuple[str, int, float]] = []
         refused: list[tuple[Admission, Sequence[Window], str]] = []
-        admitted_user: str | None = None  # where the user's unit was recorded
-        if user_windows:
-            scope = keys.user_scope(identity.user)
-            verdict, where = await self._acquire(scope, user_windows, reservation)
-            states += _states("", user_windows, verdict)
+        failure: BaseException | None = None
+        admitted: list[tuple[str, Sequence[Window], str]] = []  # scope, windows, where recorded
+        for (scope, windows, prefix, who), result in zip(checks, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+                continue
+            verdict, where = result
+            states += _states(prefix, windows, verdict)
             if verdict.admitted:
-                admitted_user = where
+                admitted.append((scope, windows, where))
             else:
-                refused.append((verdict, user_windows, f"user {identity.user}"))
-        if self._ip_windows and not refused:
-            ip = self.client_ip(ctx)
-            verdict, _ = await self._acquire(keys.ip_scope(ip), self._ip_windows, reservation)
-            states += _states(IP_POLICY_PREFIX, self._ip_windows, verdict)
-            if not verdict.admitted:
-                refused.append((verdict, self._ip_windows, f"address {ip}"))
-                if admitted_user is not None:  # the call is refused: give the user's unit back
-                    await self._windows.adjust(
-                        keys.user_scope(identity.user),
-                        user_windows,
-                        reservation,
-                        [0] * len(user_windows),
-                        admitted_user,
-                    )
+                refused.append((verdict, windows, who))
+        if refused or failure is not None:
+            for scope, windows, where in admitted:  # the call is refused: give its units back
+                await self._windows.adjust(scope, windows, reservation, [0] * len(windows), where)
+        if failure is not None:
+            raise failure
         ctx.response_headers.append((b"ratelimit-policy", self._policy_header(identity.tier)))
         ctx.response_headers.append((b"ratelimit", policy.rate_limit(states).encode()))
         if refused:

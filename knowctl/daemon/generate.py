@@ -9,6 +9,7 @@ success. Writes after the answer (settle, save) happen once the caller has its l
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -98,24 +99,22 @@ class Generation:
         they run side by side, so their commands share one round trip (knowctl.store.resp
         sends the commands of one loop turn together): a miss then makes two round trips
         before the upstream call (this one, then quota), not three."""
-        assert self._cache is not None
-        local = self._cache.lookup_local(key)
-        if local is not None or not self._cache.shared:
+        cache = self._cache
+        assert cache is not None
+        local = cache.lookup_local(key)
+        if local is not None or not cache.shared:
             await admit(ctx)
-            return Lookup(local) if local is not None else await self._cache.lookup_shared(key)
-        checking = asyncio.ensure_future(admit(ctx))
+            return Lookup(local) if local is not None else await cache.lookup_shared(key)
+        # The lookup's first step runs right after the limit check has queued its commands
+        # and before they are written: one write, one round trip.
+        looking = asyncio.ensure_future(cache.lookup_shared(key))
         try:
-            found = await self._cache.lookup_shared(key)
+            await admit(ctx)
         except BaseException:
-            checking.cancel()
+            # Refused (or cancelled): no flight will use a lease the lookup takes.
+            looking.add_done_callback(functools.partial(_give_back, cache, key))
             raise
-        try:
-            await checking
-        except BaseException:
-            if found.lease is not None:  # refused (or cancelled): no flight will use it
-                self._cache.release(key, found.lease)
-            raise
-        return found
+        return await looking
 
     async def _call_with_quota(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
         ticket: Ticket | None = None
@@ -226,6 +225,13 @@ class Generation:
             headers.append((b"retry-after", retry_after_header(retry_delay).encode()))
         await respond(send, status, body, _content_type(headers), _without_content_type(headers))
         return Outcome(status, provider_refused=True, retry_delay=retry_delay)
+
+
+def _give_back(cache: ResponseCache, key: str, looking: asyncio.Future[Lookup]) -> None:
+    if not looking.cancelled() and looking.exception() is None:
+        lease = looking.result().lease
+        if lease is not None:
+            cache.release(key, lease)
 
 
 def _stream_outcome(data: bytes, sse: bool) -> Outcome:
