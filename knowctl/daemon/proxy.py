@@ -174,7 +174,7 @@ class ModelCallHandler:
                 metrics.UPSTREAM_DURATION_BY(model).observe(time.perf_counter() - started)
                 metrics.UPSTREAM_REQUESTS_BY(model, str(response.status)).inc()
                 out_headers = [*response_headers(response), *ctx.response_headers]
-                if response.status == 200 and not response.headers.get("content-length"):
+                if response.status == 200 and response.header(b"content-length") is None:
                     # An answer of unknown length may be long: pass it on as it arrives.
                     start = {"type": "http.response.start", "status": 200, "headers": out_headers}
                     await send(start)
@@ -184,7 +184,7 @@ class ModelCallHandler:
                     await send({"type": "http.response.body", "body": b""})
                 else:
                     body = await response.read()
-                    content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+                    content_type = response.header(b"content-type") or b"application/json"
                     await respond(
                         send,
                         response.status,
