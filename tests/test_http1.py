@@ -4,9 +4,12 @@ keep-alive, chunked streams, bodies delimited by the connection's end, stalls, a
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +210,35 @@ def test_origin_parsing() -> None:
     assert http1.Origin.parse("https://example.com").host_header == "example.com"
     with pytest.raises(ValueError):
         http1.Origin.parse("ftp://example.com")
+
+
+async def test_https_checks_the_certificate_and_the_host(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={LOOPBACK}",
+         "-addext", f"subjectAltName=IP:{LOOPBACK}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    state = Server(port=0)
+    listener = await asyncio.start_server(lambda r, w: _serve(state, r, w), LOOPBACK, 0, ssl=served)
+    state.port = listener.sockets[0].getsockname()[1]
+    origin = http1.Origin("https", LOOPBACK, state.port)
+    trusting = http1.Pool(
+        max_connections=2, connect_timeout=2, timeout=2, tls=ssl.create_default_context(cafile=str(cert))
+    )
+    default = http1.Pool(max_connections=2, connect_timeout=2, timeout=2)  # the system's CAs
+    async with listener:
+        try:
+            for _ in range(2):
+                async with trusting.request("POST", origin, "/echo", {}, b"secret") as response:
+                    assert (response.status, await response.read()) == (200, b"secret")
+            assert state.connections == 1  # kept alive over TLS too
+            with pytest.raises(http1.ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                async with default.request("POST", origin, "/ok", {}, b""):
+                    pass
+        finally:
+            await trusting.close()
+            await default.close()

@@ -239,14 +239,22 @@ class _Connection(asyncio.Protocol):
 class Pool:
     """Keep-alive connections per origin, at most ``max_connections`` open in all."""
 
-    def __init__(self, *, max_connections: int, connect_timeout: float, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: for https origins; the system's CAs with host checks when not given."""
         self._max = max_connections
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._idle: dict[Origin, collections.deque[_Connection]] = {}
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
         self._closed = False
 
     def request(
