@@ -188,6 +188,8 @@ async def test_failures_are_typed(server: Server) -> None:
             await call(p, Server(port=free_port()), "/ok")
         with pytest.raises(http1.Broken, match="malformed header"):
             p.request("POST", server.origin, "/ok", {"x-evil": "a\r\nhost: elsewhere"}, b"")
+        with pytest.raises(http1.Broken, match="malformed request target"):
+            p.request("POST", server.origin, "/ok HTTP/1.1\r\nx: y", {}, b"")
         assert await call(p, server, "/ok") == (200, b"{}")  # the pool still works
     finally:
         await p.close()

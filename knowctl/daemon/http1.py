@@ -394,6 +394,8 @@ class _Exchange:
 
 
 def _request_bytes(method: str, origin: Origin, target: str, headers: dict[str, str], body: bytes) -> bytes:
+    if any(c in target for c in " \r\n"):
+        raise Broken(f"refusing to send the malformed request target {target!r}")
     lines = [f"{method} {target} HTTP/1.1", f"host: {origin.host_header}"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
