@@ -1,9 +1,11 @@
 """The generation pipeline: cache, coalescing, provider quota, upstream, settle, save.
 
-Order (DESIGN.md): cache lookup -> coalesce identical calls -> quota (admit now, else a
-stale answer, else the priority queue, else 429) -> upstream, streamed through as it
-arrives -> reconcile tokens with the real usage -> store the answer if it is a complete
-success. Writes after the answer (settle, save) happen once the caller has its last byte.
+Order (DESIGN.md): the caller's limits and the cache lookup (side by side: one store round
+trip) -> coalesce identical calls -> quota (admit now, else a stale answer, else the priority
+queue, else 429) -> upstream, streamed through as it arrives -> reconcile tokens with the
+real usage -> store the answer if it is a complete success. Writes after the answer
+(settle, save) happen once the caller has its last byte. A miss makes two store round trips
+before its upstream call (tests/test_round_trips.py holds it to that).
 """
 
 from __future__ import annotations
