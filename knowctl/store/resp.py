@@ -104,6 +104,9 @@ class _Connection(asyncio.Protocol):
         """Queue a command; the commands of one turn of the event loop leave in one write
         (one system call for all of them, where a write each cost 5-10 µs)."""
         future = self._loop.create_future()
+        if self.lost:  # lost while the caller waited for it to be opened: fail now, not at the timeout
+            future.set_exception(rexc.ConnectionError("connection to Redis lost"))
+            return future
         self.pending.append(future)
         if not self._outgoing:
             self._loop.call_soon(self._flush)
