@@ -184,6 +184,17 @@ class Bench:
                         met=(g50 - d50 < 1 and errors == 0) if conc == 1 else None,
                         extra={"direct_head_p50_ms": percentile(d["head"], 50) * 1000,
                                "gateway_head_p50_ms": percentile(g["head"], 50) * 1000, "errors": errors}))
+                # The same with no pause between a stream's events, so none between streams
+                # either: what the gateway adds when the machine does not idle between calls.
+                configure_simulator(sim, chunk_delay_ms=0)
+                d = asyncio.run(ttfb(sim_url, STREAM, streams, 1))
+                g = asyncio.run(ttfb(gw.url, STREAM, streams, 1))
+                d50, g50 = percentile(d["first_event"], 50) * 1000, percentile(g["first_event"], 50) * 1000
+                d99, g99 = percentile(d["first_event"], 99) * 1000, percentile(g["first_event"], 99) * 1000
+                print(f"  stream back to back: first event direct p50 {d50:.2f} ms, gateway {g50:.2f}", flush=True)
+                self.rows.append(Row(
+                    f"stream TTFB, back to back (no pause between events), c1 ({streams} streams)", "ms",
+                    d50, g50, p50=pair(d50, g50), p99=pair(d99, g99), target="reported"))
         finally:
             configure_simulator(sim, chunk_delay_ms=0)
 
