@@ -1,6 +1,6 @@
 """The ``knowctl`` command: one Typer app, one sub-app per command group.
 
-Command modules import only Typer at module level; everything heavy (uvicorn, aiohttp,
+Command modules import only Typer at module level; everything heavy (uvicorn, redis,
 google-auth, httpx) is imported inside the command that needs it, so ``knowctl --help``
 stays fast.
 """

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import aiohttp
+import orjson
 
 from knowctl.daemon import cache_metrics as cm
+from knowctl.daemon import http1
 from knowctl.settings import Settings
 
 log = logging.getLogger("knowctl.cdn")
@@ -32,7 +33,7 @@ class CdnPurger:
             else None
         )
         self.enabled = bool(self._endpoint and token and self._base)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: http1.Pool | None = None  # the same HTTP client as upstream calls, opened on first use
 
     def topic_urls(self, topics: Iterable[str]) -> list[str]:
         """The public URLs of these topics (names are validated: safe in a path)."""
@@ -46,24 +47,28 @@ class CdnPurger:
         if not self.enabled or not urls:
             return True
         assert self._endpoint is not None
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
+        if self._pool is None:
+            self._pool = http1.Pool(max_connections=2, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S)
+        origin, path = http1.Origin.parse(self._endpoint), urlsplit(self._endpoint).path
         ok = True
         headers = {"authorization": f"Bearer {self._token}", "content-type": "application/json"}
         for start in range(0, len(urls), BATCH):
             files = urls[start : start + BATCH]
             try:
-                async with self._session.post(self._endpoint, json={"files": files}, headers=headers) as r:
+                async with self._pool.request(
+                    "POST", origin, path, headers, orjson.dumps({"files": files})
+                ) as r:
+                    await r.read()
                     if r.status >= 300:
                         ok = False
                         log.warning("cdn: purge of %d URL(s) refused with HTTP %d", len(files), r.status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except http1.HttpError as exc:
                 ok = False
                 log.warning("cdn: purge of %d URL(s) failed: %s", len(files), type(exc).__name__)
         cm.CDN_PURGES.labels("ok" if ok else "failed").inc()
         return ok
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
