@@ -166,3 +166,35 @@ def test_provider_quota_gone_answers_stale_without_reaching_upstream(
     other = post(faulty, path, f"none-{uuid.uuid4().hex}")
     assert isinstance(other, httpx.Response) and other.status_code == 429 and is_google_error(other)
     simulator.configure(rpm=0)
+
+
+def upstream_counts(gateway: Gateway) -> dict[str, float]:
+    """knowctl_upstream_requests_total of MODEL, by outcome."""
+    text = httpx.get(gateway.url + "/api/metrics", timeout=10).text
+    prefix = f'knowctl_upstream_requests_total{{model="{MODEL}",outcome="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def test_upstream_outcomes_are_counted_and_failures_logged(faulty: Gateway, simulator: Simulator) -> None:
+    def status() -> int:
+        got = post(faulty, FRAMINGS["json"], uuid.uuid4().hex)
+        assert isinstance(got, httpx.Response)
+        return got.status_code
+
+    before = upstream_counts(faulty)
+    simulator.configure(fault="hang", count=1)
+    assert status() == 504
+    simulator.configure(fault="reset", count=1)
+    assert status() == 502
+    assert status() == 200
+    after = upstream_counts(faulty)
+
+    def added(outcome: str) -> float:
+        return after.get(outcome, 0) - before.get(outcome, 0)
+
+    assert (added("timeout"), added("broken"), added("200")) == (1, 1, 1)
+    assert f"upstream call for {MODEL} failed: upstream did not answer in time" in faulty.log_text()

@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from knowctl.daemon import metrics
 from knowctl.daemon.asgi import Send, respond
 from knowctl.daemon.components import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache, Ticket
 from knowctl.daemon.logging import SCOPE_CACHE, SCOPE_QUOTA
@@ -161,14 +159,10 @@ class Generation:
 
     async def _forward(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
         """Call upstream and pass the answer on as it arrives."""
-        model = ctx.call.model or "-"
         outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
-        started = time.perf_counter()
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                metrics.UPSTREAM_DURATION_BY(model).observe(time.perf_counter() - started)
-                metrics.UPSTREAM_REQUESTS_BY(model, str(response.status)).inc()
                 headers = [*response_headers(response), *ctx.response_headers]
                 if response.status != 200:
                     body = await response.read()
@@ -196,9 +190,7 @@ class Generation:
                 if size > MAX_CAPTURE_BYTES:
                     return Outcome(200)  # usage unknown: the reservation stands
                 return _stream_outcome(b"".join(captured), ctx.sse)
-        except UpstreamFailure as failure:
-            metrics.UPSTREAM_REQUESTS_BY(model, failure.outcome).inc()
-            log.warning("upstream call for %s failed: %s", model, failure.message)
+        except UpstreamFailure as failure:  # counted and logged by UpstreamClient.send
             if headers_sent:
                 raise  # too late for a status: cut the connection, the answer is incomplete
             if await self._serve_stale(ctx, send, key):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from knowctl.daemon import metrics
 from knowctl.daemon.asgi import (
     BodyTooLarge,
     ClientDisconnected,
@@ -166,13 +164,9 @@ class ModelCallHandler:
         """Calls the gateway does not generate through (countTokens, listings, other
         actions): forwarded as they are, answered as they come."""
         outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
-        model = outgoing.call.model or "-"
-        started = time.perf_counter()
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                metrics.UPSTREAM_DURATION_BY(model).observe(time.perf_counter() - started)
-                metrics.UPSTREAM_REQUESTS_BY(model, str(response.status)).inc()
                 out_headers = [*response_headers(response), *ctx.response_headers]
                 if response.status == 200 and response.header(b"content-length") is None:
                     # An answer of unknown length may be long: pass it on as it arrives.
@@ -193,9 +187,7 @@ class ModelCallHandler:
                         [(k, v) for k, v in out_headers if k != b"content-type"],
                     )
                 return response.status
-        except UpstreamFailure as failure:
-            metrics.UPSTREAM_REQUESTS_BY(model, failure.outcome).inc()
-            log.warning("upstream call for %s failed: %s", model, failure.message)
+        except UpstreamFailure as failure:  # counted and logged by UpstreamClient.send
             if headers_sent:
                 # Too late for an error status: cut the connection so the client sees an
                 # incomplete answer instead of a stream that looks finished.

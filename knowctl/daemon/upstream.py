@@ -7,6 +7,8 @@ CPU per call at 32 in flight where http1 spends 24 (measured against the simulat
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,13 +17,15 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import orjson
 
-from knowctl.daemon import http1
+from knowctl.daemon import http1, metrics
 from knowctl.daemon.credentials import UpstreamCredentials
 from knowctl.policy.paths import ApiCall, Family, google_origin
 from knowctl.settings import Settings
 
 if TYPE_CHECKING:
     from knowctl.daemon.request import CallContext
+
+log = logging.getLogger("knowctl.upstream")
 
 # Never forwarded upstream: hop-by-hop headers (RFC 9110 7.6.1), headers the client library
 # computes itself, and knowctl's own control headers.
@@ -119,9 +123,14 @@ class UpstreamClient:
         return found
 
     @asynccontextmanager
-    async def send(self, outgoing: OutgoingCall) -> AsyncIterator[http1.Response]:
-        """Open the upstream call; the body is read by the caller inside the block."""
+    async def send(self, outgoing: OutgoingCall, *, counted: bool = True) -> AsyncIterator[http1.Response]:
+        """Open the upstream call; the body is read by the caller inside the block. A call is
+        ``counted`` in the upstream metrics (time to its head, status or failure) and a
+        failure, wherever it happens in the block, is logged; the gateway's own countTokens
+        estimates are not."""
         assert self._pool is not None, "UpstreamClient.start() was not awaited"
+        model = outgoing.call.model or "-"
+        started = time.perf_counter()
         own = await self._credentials.headers_for(outgoing.call)
         headers = _request_headers(outgoing.headers, own)
         query = _strip_key_param(outgoing.query) if own is not None else outgoing.query
@@ -131,13 +140,19 @@ class UpstreamClient:
             async with self._pool.request(
                 outgoing.method, origin, target, headers, outgoing.body
             ) as response:
+                if counted:
+                    metrics.UPSTREAM_DURATION_BY(model).observe(time.perf_counter() - started)
+                    metrics.UPSTREAM_REQUESTS_BY(model, str(response.status)).inc()
                 yield response
-        except http1.ConnectFailed as exc:
-            raise UpstreamFailure(503, f"upstream {origin.host}:{origin.port} is unreachable") from exc
-        except http1.Timeout as exc:
-            raise UpstreamFailure(504, "upstream did not answer in time") from exc
         except http1.HttpError as exc:
-            raise UpstreamFailure(502, f"upstream failed: {exc}") from exc
+            failure = _failure(exc, origin)
+            if counted:
+                _count_failure(model, failure)
+            raise failure from exc
+        except UpstreamFailure as failure:  # raised in the block: a stream broke, an answer is not JSON
+            if counted:
+                _count_failure(model, failure)
+            raise
 
     async def count_tokens(self, ctx: CallContext) -> int:
         """Exact input tokens of a generation call, from the provider's countTokens."""
@@ -157,7 +172,7 @@ class UpstreamClient:
             + [("content-type", "application/json")],
             body=orjson.dumps(body),
         )
-        async with self.send(outgoing) as response:
+        async with self.send(outgoing, counted=False) as response:
             data = await response.read()
             if response.status != 200:
                 raise UpstreamFailure(502, f"countTokens answered {response.status}")
@@ -165,6 +180,19 @@ class UpstreamClient:
         if not isinstance(total, int):
             raise UpstreamFailure(502, "countTokens answer has no totalTokens")
         return total
+
+
+def _failure(exc: http1.HttpError, origin: http1.Origin) -> UpstreamFailure:
+    if isinstance(exc, http1.ConnectFailed):
+        return UpstreamFailure(503, f"upstream {origin.host}:{origin.port} is unreachable")
+    if isinstance(exc, http1.Timeout):
+        return UpstreamFailure(504, "upstream did not answer in time")
+    return UpstreamFailure(502, f"upstream failed: {exc}")
+
+
+def _count_failure(model: str, failure: UpstreamFailure) -> None:
+    metrics.UPSTREAM_REQUESTS_BY(model, failure.outcome).inc()
+    log.warning("upstream call for %s failed: %s", model, failure.message)
 
 
 def _request_headers(
