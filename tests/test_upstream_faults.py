@@ -168,10 +168,10 @@ def test_provider_quota_gone_answers_stale_without_reaching_upstream(
     simulator.configure(rpm=0)
 
 
-def upstream_counts(gateway: Gateway) -> dict[str, float]:
-    """knowctl_upstream_requests_total of MODEL, by outcome."""
+def upstream_counts(gateway: Gateway, model: str) -> dict[str, float]:
+    """knowctl_upstream_requests_total of ``model``, by outcome."""
     text = httpx.get(gateway.url + "/api/metrics", timeout=10).text
-    prefix = f'knowctl_upstream_requests_total{{model="{MODEL}",outcome="'
+    prefix = f'knowctl_upstream_requests_total{{model="{model}",outcome="'
     return {
         line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -180,21 +180,23 @@ def upstream_counts(gateway: Gateway) -> dict[str, float]:
 
 
 def test_upstream_outcomes_are_counted_and_failures_logged(faulty: Gateway, simulator: Simulator) -> None:
+    model = f"counted-{uuid.uuid4().hex[:8]}"  # no hold left by the tests above on it
+
     def status() -> int:
-        got = post(faulty, FRAMINGS["json"], uuid.uuid4().hex)
+        got = post(faulty, f"/v1beta/models/{model}:generateContent", uuid.uuid4().hex)
         assert isinstance(got, httpx.Response)
         return got.status_code
 
-    before = upstream_counts(faulty)
+    before = upstream_counts(faulty, model)  # empty: a fresh model
     simulator.configure(fault="hang", count=1)
     assert status() == 504
     simulator.configure(fault="reset", count=1)
     assert status() == 502
     assert status() == 200
-    after = upstream_counts(faulty)
+    after = upstream_counts(faulty, model)
 
     def added(outcome: str) -> float:
         return after.get(outcome, 0) - before.get(outcome, 0)
 
     assert (added("timeout"), added("broken"), added("200")) == (1, 1, 1)
-    assert f"upstream call for {MODEL} failed: upstream did not answer in time" in faulty.log_text()
+    assert f"upstream call for {model} failed: upstream did not answer in time" in faulty.log_text()
