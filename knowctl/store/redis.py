@@ -133,14 +133,11 @@ class RedisStore(Store):
     async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis operation through redis-py within the timeout, mapping outages to
         StoreUnavailable."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await make()
-        except Exception as exc:
-            mapped = self._outage(op, exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        return await self._mapped(op, self._bounded(make))
+
+    async def _bounded(self, make: Callable[[], Awaitable[T]]) -> T:
+        async with asyncio.timeout(self._timeout):
+            return await make()
 
     async def _run(self, op: str, *args: Arg) -> Any:
         """One command that answers at once: on the multiplexed connection when there is one
@@ -148,21 +145,19 @@ class RedisStore(Store):
         mux = self._mux
         if mux is None:
             return await self._call(op, lambda: self._client.execute_command(*args))
-        try:
-            return await mux.execute(*args)
-        except Exception as exc:
-            mapped = self._outage(op, exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+        return await self._mapped(op, mux.execute(*args))
 
     async def _eval(self, op: str, script: AsyncScript, script_keys: list[str], args: list[Any]) -> Any:
         """Run a registered Lua script (loading it on the server on first use)."""
         mux = self._mux
         if mux is None:
             return await self._call(op, lambda: script(keys=script_keys, args=args))
+        return await self._mapped(op, mux.evalsha(str(script.sha), str(script.script), script_keys, args))
+
+    async def _mapped(self, op: str, pending: Awaitable[T]) -> T:
+        """Await one operation, raising StoreUnavailable for an outage (see _outage)."""
         try:
-            return await mux.evalsha(str(script.sha), str(script.script), script_keys, args)
+            return await pending
         except Exception as exc:
             mapped = self._outage(op, exc)
             if mapped is None:
@@ -209,19 +204,7 @@ class RedisStore(Store):
         await self._run("SET", "SET", key, value, "PX", ms)
 
     async def delete(self, *names: str) -> int:
-        for key in names:
-            keys.check(key)
-        if not names:
-            return 0
-
-        # One DEL per key, pipelined: in Cluster the keys may live on different slots.
-        async def run() -> int:
-            pipe = self._client.pipeline(transaction=False)
-            for key in names:
-                pipe.delete(key)
-            return sum(int(n) for n in await pipe.execute())
-
-        return await self._call("DEL", run)
+        return await self._remove("DEL", names)
 
     # --- sliding windows -------------------------------------------------------------------
     def _script_input(
@@ -407,26 +390,30 @@ class RedisStore(Store):
         next_cursor, found = await self._client.scan(cursor=cursor, match=match, count=count)
         return int(next_cursor), list(found)
 
-    def _unlink_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
-        """Keys for one multi-key UNLINK each (RedisClusterStore: one slot per batch)."""
-        return [names[start : start + _UNLINK_BATCH] for start in range(0, len(names), _UNLINK_BATCH)]
+    def _key_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
+        """Keys for one multi-key command each (RedisClusterStore: one slot per batch)."""
+        return [names[start : start + _KEY_BATCH] for start in range(0, len(names), _KEY_BATCH)]
 
     async def unlink(self, *names: str) -> int:
+        return await self._remove("UNLINK", names)
+
+    async def _remove(self, command: str, names: Sequence[str]) -> int:
+        """DEL or UNLINK ``names``: multi-key commands of up to _KEY_BATCH keys, pipelined (one
+        command per batch is about ten times cheaper than one per key). execute_command, not
+        pipe.delete/unlink: the Cluster pipeline's take one key, though one slot's keys may
+        go together."""
         for key in names:
             keys.check(key)
         if not names:
             return 0
 
-        # Multi-key UNLINKs of up to _UNLINK_BATCH keys, pipelined: one command per batch is
-        # about ten times cheaper than one per key. execute_command, not pipe.unlink: the
-        # Cluster pipeline's unlink() takes one key, though one slot's keys may go together.
         async def run() -> int:
             pipe = self._client.pipeline(transaction=False)
-            for batch in self._unlink_batches(names):
-                pipe.execute_command("UNLINK", *batch)
+            for batch in self._key_batches(names):
+                pipe.execute_command(command, *batch)
             return sum(int(n) for n in await pipe.execute())
 
-        return await self._call("UNLINK", run)
+        return await self._call(command, run)
 
     async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
         keys.check(key)
@@ -545,7 +532,7 @@ from collections.abc import Mapping  # noqa: E402
 
 from knowctl.store.base import LeaseRead, check_match  # noqa: E402
 
-_UNLINK_BATCH = 1000
+_KEY_BATCH = 1000
 
 _DELETE_IF_EQUAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -27,7 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import SlotNotCoveredError
 
 from knowctl.store import keys
-from knowctl.store.redis import _UNLINK_BATCH, RedisStore
+from knowctl.store.redis import _KEY_BATCH, RedisStore
 from knowctl.store.redis_clients import DEFAULT_MAX_CONNECTIONS
 
 T = TypeVar("T")
@@ -112,14 +112,14 @@ class RedisClusterStore(RedisStore):
             return encode_cursor(index + 1, 0), list(found)
         return 0, list(found)
 
-    def _unlink_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
+    def _key_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
         by_slot: dict[int, list[str]] = defaultdict(list)
         for name in names:
             by_slot[key_slot(name.encode())].append(name)
         return [
-            group[start : start + _UNLINK_BATCH]
+            group[start : start + _KEY_BATCH]
             for group in by_slot.values()
-            for start in range(0, len(group), _UNLINK_BATCH)
+            for start in range(0, len(group), _KEY_BATCH)
         ]
 
     async def _pubsub_candidates(self, channel: str) -> list[Callable[[], PubSub]]:
