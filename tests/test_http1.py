@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import pytest
 
 from knowctl.daemon import http1
 from tests.support.net import LOOPBACK, free_port
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.anyio
 
@@ -215,13 +215,7 @@ def test_origin_parsing() -> None:
 
 
 async def test_https_checks_the_certificate_and_the_host(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={LOOPBACK}",
-         "-addext", f"subjectAltName=IP:{LOOPBACK}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     served.load_cert_chain(cert, key)
     state = Server(port=0)

@@ -22,6 +22,7 @@ from knowctl.store.redis import RedisStore
 from knowctl.store.resp import Multiplexer, address_for
 from tests.support.net import LOOPBACK, free_port
 from tests.support.redis_server import RedisServer, redis_server, server_binary
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.anyio
 
@@ -179,13 +180,7 @@ async def test_store_on_a_single_server_uses_the_multiplexer_and_maps_outages(
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """redis-server speaking only TLS, with a self-signed certificate for 127.0.0.1."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={LOOPBACK}",
-         "-addext", f"subjectAltName=IP:{LOOPBACK}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     port = free_port()
     proc = subprocess.Popen(
         [server_binary(), "--port", "0", "--tls-port", str(port), "--bind", LOOPBACK,
