@@ -166,20 +166,23 @@ def baseline_app(store_url: str) -> contextlib.AbstractContextManager[Service]:
     return service("baseline", argv, f"{url}/health", url)
 
 
+def _wrk_command(url: str, concurrency: int, seconds: int, same_prompt: bool) -> tuple[list[str], dict[str, str]]:
+    """wrk's argv (a thread per 8 connections, at most 2) and environment for post.lua."""
+    threads = 1 if concurrency < 8 else 2
+    argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
+            "-s", str(HERE / "post.lua"), url]
+    return argv, {**os.environ, "BENCH_SAME_PROMPT": "1" if same_prompt else ""}
+
+
 def wrk(
     url: str, concurrency: int, duration: float, *, same_prompt: bool = False, pid: int | None = None
 ) -> dict[str, float]:
     """One bounded wrk run with bench/post.lua; requests/s and latency percentiles (µs), and
     with ``pid`` the CPU time that process spent per request (µs)."""
     cpu_before = cpu_seconds(pid) if pid else 0.0
-    threads = 1 if concurrency < 8 else 2
-    env = {**os.environ, "BENCH_SAME_PROMPT": "1" if same_prompt else ""}
     seconds = max(1, round(duration))
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
-         "-s", str(HERE / "post.lua"), url],
-        capture_output=True, text=True, check=True, env=env, timeout=seconds + 30,
-    ).stdout
+    argv, env = _wrk_command(url, concurrency, seconds, same_prompt)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env, timeout=seconds + 30).stdout
     line = next(li for li in out.splitlines() if li.startswith("RESULT "))
     result: dict[str, float] = json.loads(line[len("RESULT "):])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
@@ -192,13 +195,8 @@ def wrk(
 def wrk_background(
     url: str, concurrency: int, duration: float, *, same_prompt: bool = False
 ) -> subprocess.Popen[str]:
-    seconds = max(1, round(duration))
-    threads = 1 if concurrency < 8 else 2
-    return subprocess.Popen(
-        ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(HERE / "post.lua"), url],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "BENCH_SAME_PROMPT": "1" if same_prompt else ""},
-    )
+    argv, env = _wrk_command(url, concurrency, max(1, round(duration)), same_prompt)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
 
 def rss_mb(pid: int) -> float:
