@@ -59,6 +59,36 @@ def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(
     assert min(counts) == 2, counts
 
 
+
+def test_after_the_answer_settle_and_save_share_one_round_trip(redis_url: str, tmp_path: Path) -> None:
+    """The token reconciliation (the estimate never matches the real usage here) and the
+    cache write are independent: they leave together, one round trip, not one each."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    with tcp_proxy(host, int(port)) as proxy, recording_upstream() as upstream:
+        handle, process = start_gateway(
+            tmp_path,
+            "--upstream",
+            upstream.url,
+            "--store",
+            proxy.url,
+            env={
+                "KNOWCTL_AUTH_MODE": "anonymous",
+                "KNOWCTL_USER_LIMITS": "100000/minute",  # the same caller as the other tests
+                "KNOWCTL_QUOTA_RPM": "100000",
+                "KNOWCTL_QUOTA_TPM": "100000000",  # a token window: the reservation is settled
+            },
+        )
+        with process:
+            for _ in range(2):
+                assert generate(handle.url, uuid.uuid4().hex).status_code == 200
+            counts = []
+            for _ in range(5):
+                answer = generate(handle.url, uuid.uuid4().hex)
+                assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
+                time.sleep(0.3)  # the writes after the answer happen once the caller has it
+                counts.append(proxy.round_trips(upstream.requests[-1].at, time.monotonic()))
+    assert min(counts) == 1, counts
+
 def test_a_refused_callers_coalescing_lease_is_given_back_at_once(redis_url: str, tmp_path: Path) -> None:
     """The limit check and the cache lookup run side by side, so a refused caller may have
     taken the lease of its prompt: it must go back at once, or the next caller of that

@@ -4,8 +4,9 @@ Order (DESIGN.md): the caller's limits and the cache lookup (side by side: one s
 trip) -> coalesce identical calls -> quota (admit now, else a stale answer, else the priority
 queue, else 429) -> upstream, streamed through as it arrives -> reconcile tokens with the
 real usage -> store the answer if it is a complete success. Writes after the answer
-(settle, save) happen once the caller has its last byte. A miss makes two store round trips
-before its upstream call (tests/test_round_trips.py holds it to that).
+(settle, save) happen once the caller has its last byte, side by side. A miss makes two
+store round trips before its upstream call and one after (tests/test_round_trips.py holds it
+to that).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ log = logging.getLogger("knowctl.generate")
 
 # Counts a call against its caller's limits; raises CallRefused when over.
 Admit = Callable[[CallContext], Awaitable[None]]
+
+# Keeps a complete answer for the next identical call (the cache's save, bound to its key).
+Keep = Callable[[Answer], Awaitable[None]]
 
 # Streams larger than this are passed through but not kept for the cache.
 MAX_CAPTURE_BYTES = 8 * 1024 * 1024
@@ -85,11 +89,10 @@ class Generation:
                 fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
                 return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
             outcome = Outcome(status=499)
+            keep = functools.partial(self._cache.save, key) if write else None
             try:
-                outcome = await self._call_with_quota(ctx, send, key)
-                if outcome.answer is not None and write:
-                    # Saved before the waiters are told, so one that looks in the store finds it.
-                    await self._cache.save(key, outcome.answer)
+                # Saved before the waiters are told, so one that looks in the store finds it.
+                outcome = await self._call_with_quota(ctx, send, key, keep)
             finally:
                 await flight.publish(outcome.answer)
         return outcome.status
@@ -116,7 +119,10 @@ class Generation:
             raise
         return await looking
 
-    async def _call_with_quota(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
+    async def _call_with_quota(
+        self, ctx: CallContext, send: Send, key: str | None, keep: Keep | None = None
+    ) -> Outcome:
+        """Admit, forward, then settle the quota and ``keep`` a complete answer."""
         ticket: Ticket | None = None
         if self._quota is not None:
             got = await self._quota.try_admit(ctx)
@@ -139,11 +145,20 @@ class Generation:
             if ticket is not None and self._quota is not None:
                 await self._quota.settle(ticket, None)  # keep the reservation: it may have been spent
             raise
+        # After the answer, the quota's reconciliation and the cache write do not depend on
+        # each other: side by side, their commands share one store round trip.
+        after: list[Awaitable[None]] = []
         if self._quota is not None:
             if ticket is not None:
-                await self._quota.settle(ticket, outcome.usage)
+                after.append(self._quota.settle(ticket, outcome.usage))
             if outcome.provider_refused:
                 self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
+        if keep is not None and outcome.answer is not None:
+            after.append(keep(outcome.answer))
+        if len(after) == 1:
+            await after[0]
+        elif after:
+            await asyncio.gather(*after)
         return outcome
 
     async def _serve_stale(self, ctx: CallContext, send: Send, key: str | None) -> bool:
