@@ -159,10 +159,18 @@ def gateway(upstream: str, store_url: str, **extra_env: str) -> contextlib.Abstr
     return service("gateway", argv, f"{url}/api/health", url, env={**GATEWAY_ENV, **extra_env})
 
 
-def baseline_app(store_url: str) -> contextlib.AbstractContextManager[Service]:
+def baseline_app(
+    store_url: str, upstream: str | None = None, round_trips: int = 0, client: str = "pipelined"
+) -> contextlib.AbstractContextManager[Service]:
+    """bench/baseline_app.py: the cache-hit baseline (its GET through ``client``), or with
+    ``upstream`` the bare pass-through proxy making ``round_trips`` Redis round trips before
+    each relayed call."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, str(HERE / "baseline_app.py"), "--port", str(port), "--redis", store_url]
+    argv = [sys.executable, str(HERE / "baseline_app.py"), "--port", str(port), "--redis", store_url,
+            "--client", client]
+    if upstream is not None:
+        argv += ["--upstream", upstream, "--round-trips", str(round_trips)]
     return service("baseline", argv, f"{url}/health", url)
 
 

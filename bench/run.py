@@ -4,10 +4,12 @@ Starts a private redis-server, ``knowctl simulate`` and ``knowctl serve`` (per-u
 provider quota on Redis, generous limits) on free loopback ports, and runs each case with
 the same load generator for gateway and baseline:
 
-  hit      cache hit (L1) vs a bare ASGI app doing one Redis GET (bench/baseline_app.py), wrk c32
+  hit      cache hit (L1) vs a bare ASGI app doing one Redis GET (bench/baseline_app.py: redis-py's
+           pool, then knowctl's pipelined connection), wrk c32
   miss     distinct prompts (quota admission, cache write) vs the simulator directly, wrk c32 and c1
   slow     simulator latency 200 ms, wrk c256, gateway vs direct
-  stream   time to the first SSE event through the gateway vs direct (asyncio client)
+  stream   time to the first SSE event through the gateway vs direct (asyncio client), and through
+           a bare pass-through proxy (the floor on this machine)
   ops      /api/health, ready, metrics, quota/stats, cache/stats while wrk loads the gateway
   memory   idle RSS, and RSS with 10,000 L1 entries
   cli      `knowctl --help` wall time (hyperfine when installed)
@@ -90,6 +92,20 @@ def pair(a: float, b: float) -> str:
     return f"{a:.2f} / {b:.2f}"
 
 
+def _p50(times: dict[str, list[float]]) -> float:
+    return percentile(times["first_event"], 50) * 1000
+
+
+def _p99(times: dict[str, list[float]]) -> float:
+    return percentile(times["first_event"], 99) * 1000
+
+
+def ttfb_row(case: str, direct: dict[str, list[float]], via: dict[str, list[float]], **kw: Any) -> Row:
+    """A first-event row: direct as the baseline, p50 and p99 in ms."""
+    d50, g50 = _p50(direct), _p50(via)
+    return Row(case, "ms", d50, g50, p50=pair(d50, g50), p99=pair(_p99(direct), _p99(via)), **kw)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.duration: float = args.duration
@@ -129,14 +145,19 @@ class Bench:
 
     # --- cases -----------------------------------------------------------------------------
     def hit(self, sim_url: str, store: str) -> None:
-        with gateway(sim_url, store) as gw, baseline_app(store) as base:
-            # The gateway caches the answer; the baseline answers those very bytes from Redis.
+        # Two bare baselines: the GET through redis-py's pool (the standard client, what the
+        # issue's figures were set against) and through knowctl's own pipelined connection.
+        with (gateway(sim_url, store) as gw, baseline_app(store, client="redis-py") as pooled,
+              baseline_app(store) as pipelined):
+            # The gateway caches the answer; the baselines answer those very bytes from Redis.
             answer = httpx.post(gw.url + GENERATE, content=generate_body(SAME_PROMPT), timeout=10)
             answer.raise_for_status()
             redis_command(store, "SET", "bench:answer", answer.content)
             self.state("hit")
-            b, g = self.pair_wrk("hit c32", base, gw, 32, same=True)
-            self.rows.append(self.throughput_row("hit L1 c32 (vs bare ASGI + 1 Redis GET)", b, g, 0.5))
+            for base, client in ((pooled, "redis-py pool"), (pipelined, "pipelined")):
+                b, g = self.pair_wrk(f"hit c32, baseline {client}", base, gw, 32, same=True)
+                self.rows.append(self.throughput_row(
+                    f"hit L1 c32 (vs bare ASGI + 1 Redis GET, {client})", b, g, 0.5))
 
     def miss(self, sim: Service, store: str) -> None:
         with gateway(sim.url, store) as gw:
@@ -170,33 +191,45 @@ class Bench:
                 asyncio.run(ttfb(sim_url, STREAM, 50, 4))  # warm-up
                 asyncio.run(ttfb(gw.url, STREAM, 50, 4))
                 for conc in (1, 16):
-                    d = asyncio.run(ttfb(sim_url, STREAM, streams, conc))
-                    g = asyncio.run(ttfb(gw.url, STREAM, streams, conc))
-                    d50, g50 = percentile(d["first_event"], 50) * 1000, percentile(g["first_event"], 50) * 1000
-                    d99, g99 = percentile(d["first_event"], 99) * 1000, percentile(g["first_event"], 99) * 1000
-                    print(f"  stream c{conc}: first event direct p50 {d50:.2f} ms p99 {d99:.2f}, "
-                          f"gateway p50 {g50:.2f} ms p99 {g99:.2f}", flush=True)
+                    d, g = self.pair_ttfb(f"c{conc}", sim_url, gw.url, streams, conc)
                     errors = d["errors"][0] + g["errors"][0]
-                    self.rows.append(Row(
-                        f"stream TTFB, first SSE event, c{conc} ({streams} streams)", "ms", d50, g50,
-                        p50=pair(d50, g50), p99=pair(d99, g99),
+                    self.rows.append(ttfb_row(
+                        f"stream TTFB, first SSE event, c{conc} ({streams} streams)", d, g,
                         target="+ < 1 ms" if conc == 1 else "",
-                        met=(g50 - d50 < 1 and errors == 0) if conc == 1 else None,
+                        met=(_p50(g) - _p50(d) < 1 and errors == 0) if conc == 1 else None,
                         extra={"direct_head_p50_ms": percentile(d["head"], 50) * 1000,
                                "gateway_head_p50_ms": percentile(g["head"], 50) * 1000, "errors": errors}))
-                # The same with no pause between a stream's events, so none between streams
-                # either: what the gateway adds when the machine does not idle between calls.
-                configure_simulator(sim, chunk_delay_ms=0)
-                d = asyncio.run(ttfb(sim_url, STREAM, streams, 1))
-                g = asyncio.run(ttfb(gw.url, STREAM, streams, 1))
-                d50, g50 = percentile(d["first_event"], 50) * 1000, percentile(g["first_event"], 50) * 1000
-                d99, g99 = percentile(d["first_event"], 99) * 1000, percentile(g["first_event"], 99) * 1000
-                print(f"  stream back to back: first event direct p50 {d50:.2f} ms, gateway {g50:.2f}", flush=True)
-                self.rows.append(Row(
-                    f"stream TTFB, back to back (no pause between events), c1 ({streams} streams)", "ms",
-                    d50, g50, p50=pair(d50, g50), p99=pair(d99, g99), target="reported"))
+            # The floor under that target on this machine: a bare pass-through proxy on the same
+            # server and clients, with no store round trip and with the two the target allows.
+            for trips in (0, 2):
+                with baseline_app(store, upstream=sim_url, round_trips=trips) as floor:
+                    asyncio.run(ttfb(floor.url, STREAM, 50, 4))
+                    d, f = self.pair_ttfb(f"floor, {trips} round trips", sim_url, floor.url, streams, 1)
+                    self.rows.append(ttfb_row(
+                        f"stream floor: bare pass-through proxy, {trips} Redis round trips, c1", d, f,
+                        target="reported"))
+            # The same with no pause between a stream's events, so none between streams
+            # either: what the gateway adds when the machine does not idle between calls.
+            configure_simulator(sim, chunk_delay_ms=0)
+            with gateway(sim_url, store) as gw:
+                asyncio.run(ttfb(gw.url, STREAM, 50, 4))
+                d, g = self.pair_ttfb("back to back", sim_url, gw.url, streams, 1)
+                self.rows.append(ttfb_row(
+                    f"stream TTFB, back to back (no pause between events), c1 ({streams} streams)", d, g,
+                    target="reported"))
         finally:
             configure_simulator(sim, chunk_delay_ms=0)
+
+    @staticmethod
+    def pair_ttfb(
+        label: str, direct_url: str, via_url: str, streams: int, conc: int
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """Direct, then through ``via_url``: the times of each stream's head and first event."""
+        d = asyncio.run(ttfb(direct_url, STREAM, streams, conc))
+        g = asyncio.run(ttfb(via_url, STREAM, streams, conc))
+        print(f"  stream {label}: first event direct p50 {_p50(d):.2f} ms p99 {_p99(d):.2f}, "
+              f"through p50 {_p50(g):.2f} ms p99 {_p99(g):.2f}", flush=True)
+        return d, g
 
     def ops(self, sim_url: str, store: str) -> None:
         with gateway(sim_url, store) as gw:
