@@ -7,6 +7,7 @@ No I/O, no clock, no randomness: the daemon (``knowctl/daemon/callers.py``) pass
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import math
@@ -261,6 +262,7 @@ def client_address(peer: str, forwarded_for: Sequence[str], trusted: Sequence[Ip
 # --- RateLimit header fields (draft-ietf-httpapi-ratelimit-headers-08 and later) -------------
 
 
+@functools.lru_cache(maxsize=256)  # policy names come from the settings: a handful, on every call
 def _sf_string(text: str) -> str:
     """An RFC 8941 structured-field String (policy names are quoted strings in the draft)."""
     if any(not (0x20 <= ord(c) <= 0x7E) for c in text):
