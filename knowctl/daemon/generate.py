@@ -147,18 +147,18 @@ class Generation:
             raise
         # After the answer, the quota's reconciliation and the cache write do not depend on
         # each other: side by side, their commands share one store round trip.
-        after: list[Awaitable[None]] = []
-        if self._quota is not None:
-            if ticket is not None:
-                after.append(self._quota.settle(ticket, outcome.usage))
-            if outcome.provider_refused:
-                self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
+        saving = None
         if keep is not None and outcome.answer is not None:
-            after.append(keep(outcome.answer))
-        if len(after) == 1:
-            await after[0]
-        elif after:
-            await asyncio.gather(*after)
+            saving = asyncio.ensure_future(keep(outcome.answer))
+        try:
+            if self._quota is not None:
+                if ticket is not None:
+                    await self._quota.settle(ticket, outcome.usage)
+                if outcome.provider_refused:
+                    self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
+        finally:
+            if saving is not None:
+                await saving
         return outcome
 
     async def _serve_stale(self, ctx: CallContext, send: Send, key: str | None) -> bool:

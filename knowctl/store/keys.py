@@ -9,6 +9,7 @@ tag would put the whole gateway on one Cluster slot.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 PREFIX = "knowctl:"
@@ -58,6 +59,7 @@ class WindowKeys:
         return [self.log, self.amounts, self.total]
 
 
+@functools.lru_cache(maxsize=4096)  # a caller's or a model's scope recurs on every call
 def window_keys(scope: str, window_name: str) -> WindowKeys:
     base = f"{PREFIX}{scope_tag(scope)}:w:{window_name}"
     return WindowKeys(log=f"{base}:log", amounts=f"{base}:amt", total=f"{base}:sum")
