@@ -9,9 +9,13 @@ provider's quota ran out, a repeated request is answered STALE without reaching 
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -200,3 +204,66 @@ def test_upstream_outcomes_are_counted_and_failures_logged(faulty: Gateway, simu
 
     assert (added("timeout"), added("broken"), added("200")) == (1, 1, 1)
     assert f"upstream call for {model} failed: upstream did not answer in time" in faulty.log_text()
+
+
+@pytest.mark.parametrize("framing", ["sse", "array"])
+def test_a_stream_that_breaks_before_its_first_event_is_a_clean_502(tmp_path: Path, framing: str) -> None:
+    """The head of a streamed answer leaves with its first event: an upstream that answers
+    200 and then drops the connection before any event gets a Google-shaped 502, not a 200
+    that ends in nothing."""
+    with head_then_hang_up() as upstream_url:
+        handle, process = start_gateway(
+            tmp_path,
+            "--upstream",
+            upstream_url,
+            "--store",
+            "memory://",
+            env={"KNOWCTL_AUTH_MODE": "anonymous"},
+        )
+        with process:
+            got = post(handle, FRAMINGS[framing], uuid.uuid4().hex)
+    assert isinstance(got, httpx.Response), got
+    assert got.status_code == 502 and is_google_error(got), got.text
+
+
+@contextlib.contextmanager
+def head_then_hang_up() -> Iterator[str]:
+    """A loopback upstream that reads a request, sends a streaming 200 head, and closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, rest = request.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()

@@ -192,15 +192,22 @@ class Generation:
                     await respond(send, 200, body, _content_type(headers), _without_content_type(headers))
                     complete, usage = summary
                     return Outcome(200, Answer((body,)) if complete else None, usage=usage)
+                pieces = drain(response)
+                # The head waits for the first event and leaves with it, in one write (one
+                # wake-up of the client); a stream that breaks before it gets a clean error
+                # status instead of a 200 that ends in nothing.
+                first = await anext(pieces, None)
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 headers_sent = True
                 captured: list[bytes] = []
                 size = 0
-                async for piece in drain(response):
+                piece = first
+                while piece is not None:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                     size += len(piece)
                     if size <= MAX_CAPTURE_BYTES:
                         captured.append(piece)
+                    piece = await anext(pieces, None)
                 await send({"type": "http.response.body", "body": b""})
                 if size > MAX_CAPTURE_BYTES:
                     return Outcome(200)  # usage unknown: the reservation stands
