@@ -3,16 +3,18 @@ budget: two). A recording TCP proxy sits between a real gateway process and a re
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.fixtures import start_gateway
-from tests.support.recorder import recording_upstream
-from tests.support.tcp_proxy import tcp_proxy
+from tests.support.recorder import Recorder, recording_upstream
+from tests.support.tcp_proxy import Proxy, tcp_proxy
 
 MODEL = "round-trips-model"
 
@@ -25,10 +27,10 @@ def generate(url: str, text: str) -> httpx.Response:
     )
 
 
-@pytest.mark.parametrize("ip_limits", ["none", "100000/minute"])
-def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(
-    redis_url: str, tmp_path: Path, ip_limits: str
-) -> None:
+@contextlib.contextmanager
+def measured_gateway(redis_url: str, tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, Proxy, Recorder]]:
+    """A gateway whose store traffic passes a recording proxy, warmed up (scripts loaded, the
+    model's hold looked up): its URL, the proxy and the recording upstream."""
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
     with tcp_proxy(host, int(port)) as proxy, recording_upstream() as upstream:
         handle, process = start_gateway(
@@ -37,57 +39,51 @@ def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(
             upstream.url,
             "--store",
             proxy.url,
-            env={
-                "KNOWCTL_AUTH_MODE": "anonymous",
-                "KNOWCTL_USER_LIMITS": "100000/minute",  # the caller's limit check
-                "KNOWCTL_QUOTA_RPM": "100000",  # provider quota admission
-                "KNOWCTL_IP_LIMITS": ip_limits,  # the address's check goes with the user's
-            },
+            env={"KNOWCTL_AUTH_MODE": "anonymous", "KNOWCTL_USER_LIMITS": "100000/minute", **env},
         )
         with process:
-            for _ in range(2):  # first use: scripts loaded, the model's hold looked up
+            for _ in range(2):
                 assert generate(handle.url, uuid.uuid4().hex).status_code == 200
-            counts = []
-            for _ in range(5):
-                started = time.monotonic()
-                answer = generate(handle.url, uuid.uuid4().hex)  # a distinct prompt: a miss
-                assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
-                counts.append(proxy.round_trips(started, upstream.requests[-1].at))
+            yield handle.url, proxy, upstream
+
+
+def miss(url: str) -> None:
+    answer = generate(url, uuid.uuid4().hex)  # a distinct prompt: a miss
+    assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
+
+
+@pytest.mark.parametrize("ip_limits", ["none", "100000/minute"])
+def test_a_miss_makes_two_store_round_trips_before_the_upstream_call(
+    redis_url: str, tmp_path: Path, ip_limits: str
+) -> None:
+    # The user's limit check, provider quota admission, and the address's check (which goes
+    # with the user's).
+    env = {"KNOWCTL_QUOTA_RPM": "100000", "KNOWCTL_IP_LIMITS": ip_limits}
+    with measured_gateway(redis_url, tmp_path, env) as (url, proxy, upstream):
+        counts = []
+        for _ in range(5):
+            started = time.monotonic()
+            miss(url)
+            counts.append(proxy.round_trips(started, upstream.requests[-1].at))
     # Limit check and cache lookup share one round trip, quota admission is the second. Any
     # background work (pub/sub, popularity tallies) could only add to a sample, so the
     # fewest is the pipeline's own count.
     assert min(counts) == 2, counts
 
 
-
 def test_after_the_answer_settle_and_save_share_one_round_trip(redis_url: str, tmp_path: Path) -> None:
     """The token reconciliation (the estimate never matches the real usage here) and the
     cache write are independent: they leave together, one round trip, not one each."""
-    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
-    with tcp_proxy(host, int(port)) as proxy, recording_upstream() as upstream:
-        handle, process = start_gateway(
-            tmp_path,
-            "--upstream",
-            upstream.url,
-            "--store",
-            proxy.url,
-            env={
-                "KNOWCTL_AUTH_MODE": "anonymous",
-                "KNOWCTL_USER_LIMITS": "100000/minute",  # the same caller as the other tests
-                "KNOWCTL_QUOTA_RPM": "100000",
-                "KNOWCTL_QUOTA_TPM": "100000000",  # a token window: the reservation is settled
-            },
-        )
-        with process:
-            for _ in range(2):
-                assert generate(handle.url, uuid.uuid4().hex).status_code == 200
-            counts = []
-            for _ in range(5):
-                answer = generate(handle.url, uuid.uuid4().hex)
-                assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
-                time.sleep(0.3)  # the writes after the answer happen once the caller has it
-                counts.append(proxy.round_trips(upstream.requests[-1].at, time.monotonic()))
+    # A token window: every reservation is settled against the real usage.
+    env = {"KNOWCTL_QUOTA_RPM": "100000", "KNOWCTL_QUOTA_TPM": "100000000"}
+    with measured_gateway(redis_url, tmp_path, env) as (url, proxy, upstream):
+        counts = []
+        for _ in range(5):
+            miss(url)
+            time.sleep(0.3)  # the writes after the answer happen once the caller has it
+            counts.append(proxy.round_trips(upstream.requests[-1].at, time.monotonic()))
     assert min(counts) == 1, counts
+
 
 def test_a_refused_callers_coalescing_lease_is_given_back_at_once(redis_url: str, tmp_path: Path) -> None:
     """The limit check and the cache lookup run side by side, so a refused caller may have
