@@ -38,12 +38,12 @@ def summarize(raw: Path, top: int) -> None:
         frames = stack.split(";")
         own[frames[-1]] += n
         for frame in set(frames):
-            if "knowctl" in frame or "redis" in frame or "aiohttp" in frame or "uvicorn" in frame:
+            if "knowctl" in frame or "redis" in frame or "uvicorn" in frame:
                 inclusive[frame] += n
     print(f"\n{total} samples\n\nself time:")
     for frame, n in own.most_common(top):
         print(f"  {n / total:6.1%}  {frame}")
-    print("\ninclusive (knowctl, redis, aiohttp, uvicorn frames):")
+    print("\ninclusive (knowctl, redis, uvicorn frames):")
     for frame, n in inclusive.most_common(top):
         print(f"  {n / total:6.1%}  {frame}")
 

@@ -316,31 +316,24 @@ async def test_user_limits_with_headers_and_ip_limits(store: Store) -> None:
         await registry.close()
 
 
-async def test_ip_refusal_gives_the_user_unit_back(store: Store) -> None:
-    registry = await registry_on(store, user_limits="5/minute", ip_limits="1/minute")
+@pytest.mark.parametrize("refused_by", ["address", "user"])
+async def test_a_refusal_gives_the_other_scopes_unit_back(store: Store, refused_by: str) -> None:
+    """The user's and the address's checks run at once: when one refuses the call, the unit
+    the other recorded comes back."""
+    tight, loose = "1/minute", "5/minute"
+    user_limits, ip_limits = (loose, tight) if refused_by == "address" else (tight, loose)
+    registry = await registry_on(store, user_limits=user_limits, ip_limits=ip_limits)
     try:
         user = unique()
         key, _ = await registry.keys.create(user, None, None, False)
         peer = f"203.0.113.{uuid.uuid4().int % 200 + 1}"
         assert await _limited(registry, ctx([("x-goog-api-key", key)], peer=peer)) == 200
         assert await _limited(registry, ctx([("x-goog-api-key", key)], peer=peer)) == 429
-        usage, _ = await registry.usage(user, None)
-        assert usage[0]["used"] == 1
-    finally:
-        await registry.close()
-
-
-async def test_user_refusal_gives_the_address_unit_back(store: Store) -> None:
-    registry = await registry_on(store, user_limits="1/minute", ip_limits="5/minute")
-    try:
-        user = unique()
-        key, _ = await registry.keys.create(user, None, None, False)
-        peer = f"192.0.2.{uuid.uuid4().int % 200 + 1}"
-        assert await _limited(registry, ctx([("x-goog-api-key", key)], peer=peer)) == 200
-        assert await _limited(registry, ctx([("x-goog-api-key", key)], peer=peer)) == 429  # the user's
-        ip_windows = registry._ip_windows
-        used = [u.used for u in await store.usage(keys.ip_scope(peer), ip_windows)]
-        assert used == [1]  # both were checked at once; the refused call's unit came back
+        if refused_by == "address":
+            scope, windows = keys.user_scope(user), registry.user_windows(None)
+        else:
+            scope, windows = keys.ip_scope(peer), registry._ip_windows
+        assert [u.used for u in await store.usage(scope, windows)] == [1]
     finally:
         await registry.close()
 

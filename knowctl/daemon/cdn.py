@@ -6,9 +6,10 @@ swallowed (the CDN then serves its copy until its own max-age runs out).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
 
@@ -35,6 +36,12 @@ class CdnPurger:
         self.enabled = bool(self._endpoint and token and self._base)
         self._pool: http1.Pool | None = None  # the same HTTP client as upstream calls, opened on first use
 
+    @functools.cached_property
+    def _target(self) -> tuple[http1.Origin, str]:
+        """Where purges go: the endpoint's origin and path, parsed once."""
+        assert self._endpoint is not None
+        return http1.Origin.split(self._endpoint)
+
     def topic_urls(self, topics: Iterable[str]) -> list[str]:
         """The public URLs of these topics (names are validated: safe in a path)."""
         return [f"{self._base}/topics/{quote(t, safe='')}" for t in topics]
@@ -49,7 +56,7 @@ class CdnPurger:
         assert self._endpoint is not None
         if self._pool is None:
             self._pool = http1.Pool(max_connections=2, connect_timeout=TIMEOUT_S, timeout=TIMEOUT_S)
-        origin, path = http1.Origin.parse(self._endpoint), urlsplit(self._endpoint).path
+        origin, path = self._target
         ok = True
         headers = {"authorization": f"Bearer {self._token}", "content-type": "application/json"}
         for start in range(0, len(urls), BATCH):

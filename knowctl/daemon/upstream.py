@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
 
@@ -118,8 +118,8 @@ class UpstreamClient:
         """The origin of ``base`` and its path prefix (an upstream may sit under a path)."""
         found = self._origins.get(base)
         if found is None:
-            found = (http1.Origin.parse(base), urlsplit(base).path.rstrip("/"))
-            self._origins[base] = found
+            origin, path = http1.Origin.split(base)
+            found = self._origins[base] = (origin, path.rstrip("/"))
         return found
 
     @asynccontextmanager
