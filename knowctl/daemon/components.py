@@ -138,8 +138,24 @@ class ResponseCache(Protocol):
 
 
 class QuotaGate(Protocol):
-    async def try_admit(self, ctx: CallContext) -> Ticket | float:
-        """A ticket if quota admits the call now, else the seconds until it could."""
+    @property
+    def reserves_early(self) -> bool:
+        """Whether ``reserve`` may run before the cache lookup's answer (it needs no
+        upstream call of its own)."""
+        ...
+
+    async def reserve(self, ctx: CallContext) -> Ticket | float:
+        """``try_admit`` without counting a decision: for a call that may not need the
+        provider after all (a cache hit), which then gives the ticket back (``release``)."""
+        ...
+
+    async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
+        """A ticket if quota admits the call now, else the seconds until it could;
+        ``reserved``: what an earlier ``reserve`` of this call got, now counted."""
+        ...
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back (in the background) a reservation no upstream call will use."""
         ...
 
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:

@@ -1,12 +1,13 @@
 """The generation pipeline: cache, coalescing, provider quota, upstream, settle, save.
 
-Order (DESIGN.md): the caller's limits and the cache lookup (side by side: one store round
-trip) -> coalesce identical calls -> quota (admit now, else a stale answer, else the priority
-queue, else 429) -> upstream, streamed through as it arrives -> reconcile tokens with the
-real usage -> store the answer if it is a complete success. Writes after the answer
-(settle, save) happen once the caller has its last byte, side by side. A miss makes two
-store round trips before its upstream call and one after (tests/test_round_trips.py holds it
-to that).
+Order (DESIGN.md): the caller's limits, the cache lookup and a reservation of provider quota
+(side by side: one store round trip) -> coalesce identical calls -> quota (the reservation
+if it admitted, else a stale answer, else the priority queue, else 429) -> upstream,
+streamed through as it arrives -> reconcile tokens with the real usage -> store the answer
+if it is a complete success. A hit gives its reservation back once answered. Writes after
+the answer (settle, save) happen once the caller has its last byte, side by side. A miss
+makes one store round trip before its upstream call and one after
+(tests/test_round_trips.py holds it to that).
 """
 
 from __future__ import annotations
@@ -75,57 +76,101 @@ class Generation:
             await admit(ctx)
             return (await self._call_with_quota(ctx, send, None)).status
         read, write = cache_directives(ctx)
-        found = Lookup()
+        found, reserved = Lookup(), None
         if read:
-            found = await self._admit_and_look(ctx, key, admit)
-            if found.cached is not None:
-                return await send_cached(send, ctx, found.cached)
+            found, reserved = await self._admit_and_look(ctx, key, admit)
         else:
             await admit(ctx)
             ctx.response_headers.append((CACHE_HEADER, b"BYPASS"))
             ctx.scope[SCOPE_CACHE] = "BYPASS"
-        async with self._cache.flight(key, found.lease) as flight:
-            if flight.answer is not None:  # an identical call finished while we waited
-                fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
-                return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
-            outcome = Outcome(status=499)
-            keep = functools.partial(self._cache.save, key) if write else None
-            try:
-                # Saved before the waiters are told, so one that looks in the store finds it.
-                outcome = await self._call_with_quota(ctx, send, key, keep)
-            finally:
-                await flight.publish(outcome.answer)
+        try:
+            if found.cached is not None:  # needs no quota: the reservation goes back after
+                return await send_cached(send, ctx, found.cached)
+            if found.lease is None:
+                # This flight may wait for another call's, after which a reservation made
+                # now would be old: it goes back, and the call is admitted afresh.
+                self._release(reserved)
+                reserved = None
+            async with self._cache.flight(key, found.lease) as flight:
+                if flight.answer is not None:  # an identical call finished while we waited
+                    fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
+                    return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
+                outcome = Outcome(status=499)
+                keep = functools.partial(self._cache.save, key) if write else None
+                handed, reserved = reserved, None  # from here on the quota call owns it
+                try:
+                    # Saved before the waiters are told, so one that looks in the store finds it.
+                    outcome = await self._call_with_quota(ctx, send, key, keep, handed)
+                finally:
+                    await flight.publish(outcome.answer)
+        finally:
+            self._release(reserved)  # unless handed over
         return outcome.status
 
-    async def _admit_and_look(self, ctx: CallContext, key: str, admit: Admit) -> Lookup:
-        """The caller's limit check and the cache lookup. When both need the shared store
-        they run side by side, so their commands share one round trip (knowctl.store.resp
-        sends the commands of one loop turn together): a miss then makes two round trips
-        before the upstream call (this one, then quota), not three."""
+    async def _admit_and_look(
+        self, ctx: CallContext, key: str, admit: Admit
+    ) -> tuple[Lookup, Ticket | float | None]:
+        """The caller's limit check, the cache lookup and, for a miss, the provider quota's
+        reservation. When they need the shared store they run side by side, so their commands
+        share one round trip (knowctl.store.resp sends the commands of one loop turn
+        together): a miss then makes one round trip before the upstream call, not three. A
+        hit gives its reservation back (``release``) after its answer has left.
+
+        Returns the lookup and the reservation (None when none was made)."""
         cache = self._cache
         assert cache is not None
         local = cache.lookup_local(key)
         if local is not None or not cache.shared:
             await admit(ctx)
-            return Lookup(local) if local is not None else await cache.lookup_shared(key)
-        # The lookup's first step runs right after the limit check has queued its commands
-        # and before they are written: one write, one round trip.
+            return (Lookup(local) if local is not None else await cache.lookup_shared(key)), None
+        # The lookup's and the reservation's first steps run right after the limit check has
+        # queued its commands and before they are written: one write, one round trip.
         looking = asyncio.ensure_future(cache.lookup_shared(key))
+        quota = self._quota
+        reserving = None
+        if quota is not None and quota.reserves_early:
+            reserving = asyncio.ensure_future(quota.reserve(ctx))
         try:
             await admit(ctx)
+            found = await looking
         except BaseException:
-            # Refused (or cancelled): no flight will use a lease the lookup takes.
+            # Refused (or cancelled): no flight will use a lease the lookup takes, nor an
+            # upstream call the quota it reserves.
             looking.add_done_callback(functools.partial(_give_back, cache, key))
+            if reserving is not None:
+                reserving.add_done_callback(self._release_done)
             raise
-        return await looking
+        if reserving is None:
+            return found, None
+        try:
+            return found, await reserving
+        except BaseException:
+            if found.lease is not None:
+                cache.release(key, found.lease)
+            raise
+
+    def _release(self, reserved: Ticket | float | None) -> None:
+        """Give back a reservation nobody will use."""
+        if isinstance(reserved, Ticket) and self._quota is not None:
+            self._quota.release(reserved)
+
+    def _release_done(self, reserving: asyncio.Future[Ticket | float]) -> None:
+        if not reserving.cancelled() and reserving.exception() is None:
+            self._release(reserving.result())
 
     async def _call_with_quota(
-        self, ctx: CallContext, send: Send, key: str | None, keep: Keep | None = None
+        self,
+        ctx: CallContext,
+        send: Send,
+        key: str | None,
+        keep: Keep | None = None,
+        reserved: Ticket | float | None = None,
     ) -> Outcome:
-        """Admit, forward, then settle the quota and ``keep`` a complete answer."""
+        """Admit (with what ``reserved`` got, if anything), forward, then settle the quota
+        and ``keep`` a complete answer."""
         ticket: Ticket | None = None
         if self._quota is not None:
-            got = await self._quota.try_admit(ctx)
+            got = await self._quota.try_admit(ctx, reserved)
             if not isinstance(got, Ticket):
                 if await self._serve_stale(ctx, send, key):
                     ctx.scope[SCOPE_QUOTA] = "fallback"

@@ -122,7 +122,13 @@ class ProviderQuota:
         await self._windows.close()
 
     # --- QuotaGate ---------------------------------------------------------------------------
-    async def try_admit(self, ctx: CallContext) -> Ticket | float:
+    @property
+    def reserves_early(self) -> bool:
+        """Whether ``reserve`` needs nothing but the store (no countTokens call first), so
+        it can share a round trip with the caller's limit check and the cache lookup."""
+        return self._count_tokens is None
+
+    async def reserve(self, ctx: CallContext) -> Ticket | float:
         m = await self._model(ctx.call.model or "-")
         now = time.time()
         if m.hold_until > now:
@@ -130,15 +136,25 @@ class ProviderQuota:
             # again before the hold ends only earns another (a stale answer may serve instead).
             return m.hold_until - now
         if not m.windows:
-            self._count(m, "admitted")
             return Ticket(m.name, "", 0)
         if m.queue.ahead_of(ctx.priority):
             # Strict priority and FIFO hold for newcomers too: do not overtake the queue.
             return max(0.0, m.free_at - now)
-        result = await self._acquire(m, ctx.priority, await self._estimate(ctx, m))
+        return await self._acquire(m, ctx.priority, await self._estimate(ctx, m))
+
+    async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
+        # With ``reserved`` nothing here suspends: a reservation handed in cannot be lost
+        # to a cancellation between its hand-over and this return.
+        result = await self.reserve(ctx) if reserved is None else reserved
         if isinstance(result, Ticket):
-            self._count(m, "admitted")
+            self._count(self._models[result.model], "admitted")
         return result
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back, in the background, a reservation no upstream call will use."""
+        m = self._models.get(ticket.model)
+        if m is not None and ticket.reservation_id:
+            self._bus.spawn(self._release(m, ticket))
 
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
         m = await self._model(ctx.call.model or "-")

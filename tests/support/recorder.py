@@ -38,7 +38,8 @@ class Recorder:
 
 
 @contextmanager
-def recording_upstream() -> Iterator[Recorder]:
+def recording_upstream(delay_s: float = 0.0) -> Iterator[Recorder]:
+    """``delay_s``: how long each answer takes (after the request is recorded)."""
     recorder = Recorder(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -50,6 +51,7 @@ def recording_upstream() -> Iterator[Recorder]:
             recorder.requests.append(
                 Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             )
+            time.sleep(delay_s)
             payload = json.dumps(ANSWER).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json; charset=UTF-8")
