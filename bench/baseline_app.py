@@ -13,7 +13,7 @@ gateway's own clients: knowctl's pipelined Redis connection and its HTTP/1.1 poo
 client (and the one the store used when issue 8 set its targets).
 
     python bench/baseline_app.py --port 9000 --redis redis://127.0.0.1:6379/0 [--client redis-py]
-    python bench/baseline_app.py --port 9001 --redis ... --upstream http://127.0.0.1:8000 --round-trips 2
+    python bench/baseline_app.py --port 9001 --redis ... --upstream http://127.0.0.1:8000 --round-trips 1
 """
 
 from __future__ import annotations
