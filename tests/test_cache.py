@@ -287,6 +287,26 @@ async def test_a_lookup_lease_nobody_flies_with_is_given_back(redis_daemons: Dae
     assert len(upstream) == 1
 
 
+@pytest.mark.parametrize("outcome", [OK, None], ids=["answered", "failed"])
+async def test_a_flight_says_whether_entering_it_waited(daemons: Daemons, outcome: Answer | None) -> None:
+    """The pipeline gives back a quota reservation made before a flight that waited (it
+    would count from too early): a leader does not wait, a follower always has."""
+    a = await daemons.new()
+    k = key()
+    found = await a.lookup(k)
+
+    async def follow() -> tuple[bool, Answer | None]:
+        async with a.flight(k) as flight:
+            return flight.waited, flight.answer
+
+    async with a.flight(k, found.lease) as leader:
+        assert leader.answer is None and not leader.waited
+        following = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.05)
+        await leader.publish(outcome)
+    assert await following == (True, outcome)
+
+
 async def test_followers_go_upstream_when_the_leader_fails(redis_daemons: Daemons) -> None:
     a, b = await redis_daemons.new(), await redis_daemons.new()
     k = key()

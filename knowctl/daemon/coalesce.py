@@ -51,9 +51,11 @@ LeaseReader = Callable[[str, bytes, bool], Awaitable[tuple[Answer | None, bool]]
 
 
 class _Known:
-    """A flight whose outcome is known on entry: an answer, or None to go upstream alone."""
+    """A flight whose outcome is known on entry, after following another call: an answer,
+    or None to go upstream alone."""
 
     __slots__ = ("answer",)
+    waited = True
 
     def __init__(self, answer: Answer | None) -> None:
         self.answer = answer
@@ -73,6 +75,7 @@ class _Leader:
         self.lease: bytes | None = None
         self.saving = False  # the pipeline has begun to store the answer
         self.saved = asyncio.Event()
+        self.waited = False  # for another daemon's flight, before leading
 
     async def publish(self, answer: Answer | None) -> None:
         self.result = answer
@@ -138,6 +141,7 @@ class Coalescer:
         self._local[key] = leader
         try:
             if self.shared and parked is None:
+                leader.waited = True
                 answer = await self._wait_for_remote(leader)
                 if answer is not None:
                     self._on_coalesced()

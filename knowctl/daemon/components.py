@@ -88,6 +88,8 @@ class Flight(Protocol):
     ``publish``es; followers find ``answer`` set when the leader finished (or time out)."""
 
     answer: Answer | None
+    # Entering it waited for another call: anything reserved before is no longer fresh.
+    waited: bool
 
     async def publish(self, answer: Answer | None) -> None: ...
 

@@ -86,15 +86,18 @@ class Generation:
         try:
             if found.cached is not None:  # needs no quota: the reservation goes back after
                 return await send_cached(send, ctx, found.cached)
-            if found.lease is None:
-                # This flight may wait for another call's, after which a reservation made
-                # now would be old: it goes back, and the call is admitted afresh.
+            if found.lease is None:  # the flight waits for another call's: free it now
                 self._release(reserved)
                 reserved = None
             async with self._cache.flight(key, found.lease) as flight:
                 if flight.answer is not None:  # an identical call finished while we waited
                     fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
                     return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
+                if flight.waited:
+                    # A reservation counts in the windows from when it was made: used after a
+                    # wait, its call would leave them early. It goes back; admitted afresh.
+                    self._release(reserved)
+                    reserved = None
                 outcome = Outcome(status=499)
                 keep = functools.partial(self._cache.save, key) if write else None
                 handed, reserved = reserved, None  # from here on the quota call owns it
