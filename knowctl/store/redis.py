@@ -93,6 +93,28 @@ def _midnights(tz: str, hour: int) -> tuple[int, ...]:
     return tuple(_us(b) for b in day_boundaries(tz, hour * 3600.0))
 
 
+def _admission(raw: list[int], windows: Sequence[Window]) -> Admission:
+    """acquire.lua's reply: admitted, retry_after_us, then per window usage, reset_after_us,
+    blocked (one pass over it: this runs on every limit check and quota admission)."""
+    usage: list[int] = []
+    reset_after: list[float] = []
+    blocked: list[str] = []
+    for i, w in enumerate(windows):
+        at = 2 + 3 * i
+        usage.append(int(raw[at]))
+        reset_after.append(raw[at + 1] / 1e6)
+        if raw[at + 2] == 1:
+            blocked.append(w.name)
+    return Admission(
+        admitted=raw[0] == 1,
+        retry_after=float("inf") if raw[1] < 0 else raw[1] / 1e6,
+        usage=tuple(usage),
+        limits=tuple(w.limit for w in windows),
+        reset_after=tuple(reset_after),
+        blocked=tuple(blocked),
+    )
+
+
 def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
@@ -237,15 +259,7 @@ class RedisStore(Store):
         caps = [capacity(w.limit, share) for w in windows]
         script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
         raw: list[int] = await self._eval("acquire", self._acquire, script_keys, args)
-        per = raw[2:]
-        return Admission(
-            admitted=raw[0] == 1,
-            retry_after=float("inf") if raw[1] < 0 else raw[1] / 1e6,
-            usage=tuple(int(per[3 * i]) for i in range(len(windows))),
-            limits=tuple(w.limit for w in windows),
-            reset_after=tuple(per[3 * i + 1] / 1e6 for i in range(len(windows))),
-            blocked=tuple(w.name for i, w in enumerate(windows) if per[3 * i + 2] == 1),
-        )
+        return _admission(raw, windows)
 
     async def adjust(
         self,
