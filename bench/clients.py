@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import time
 import uuid
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import orjson
@@ -118,6 +119,39 @@ async def ttfb(url: str, path: str, streams: int, concurrency: int) -> dict[str,
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return {"head": heads, "first_event": firsts, "errors": [float(errors)]}
+
+
+async def ttfb_pair(
+    first_url: str, second_url: str, path: str, streams: int, concurrency: int, per_connection: int = 50
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``ttfb`` of both URLs in alternating batches (``per_connection`` streams on each of
+    ``concurrency`` connections, kept open throughout), so that a drift of the machine's
+    state during the measurement touches both alike. Each batch starts its connections
+    together: the batches are long, so that the case measures streams that start on their
+    own, not bursts."""
+    batch = per_connection * concurrency
+    results: list[dict[str, list[float]]] = [{"head": [], "first_event": [], "errors": [0.0]} for _ in range(2)]
+    pools = [[Connection(url) for _ in range(concurrency)] for url in (first_url, second_url)]
+    for conn in itertools.chain(*pools):
+        await conn.open()
+
+    async def worker(conn: Connection, into: dict[str, list[float]], remaining: Iterator[int], count: int) -> None:
+        while next(remaining) < count:
+            head, first, status = await conn.first_event(path, generate_body())
+            into["errors"][0] += status != 200
+            into["head"].append(head)
+            into["first_event"].append(first)
+
+    try:
+        for start in range(0, streams, batch):
+            count = min(batch, streams - start)
+            for conns, into in zip(pools, results, strict=True):
+                remaining = itertools.count()
+                await asyncio.gather(*(worker(conn, into, remaining, count) for conn in conns))
+    finally:
+        for conn in itertools.chain(*pools):
+            await conn.close()
+    return results[0], results[1]
 
 
 async def fill(url: str, path: str, count: int, concurrency: int = 32) -> int:

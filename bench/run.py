@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from clients import fill, generate_body, probe, ttfb
+from clients import fill, generate_body, probe, ttfb, ttfb_pair
 from harness import (
     GENERATE,
     STREAM,
@@ -224,9 +224,10 @@ class Bench:
     def pair_ttfb(
         label: str, direct_url: str, via_url: str, streams: int, conc: int
     ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-        """Direct, then through ``via_url``: the times of each stream's head and first event."""
-        d = asyncio.run(ttfb(direct_url, STREAM, streams, conc))
-        g = asyncio.run(ttfb(via_url, STREAM, streams, conc))
+        """Direct and through ``via_url``, in alternating batches on connections kept open
+        (so that a drift of the machine's state touches both alike): the times of each
+        stream's head and first event."""
+        d, g = asyncio.run(ttfb_pair(direct_url, via_url, STREAM, streams, conc))
         print(f"  stream {label}: first event direct p50 {_p50(d):.2f} ms p99 {_p99(d):.2f}, "
               f"through p50 {_p50(g):.2f} ms p99 {_p99(g):.2f}", flush=True)
         return d, g
