@@ -83,35 +83,3 @@ def test_after_the_answer_settle_and_save_share_one_round_trip(redis_url: str, t
             time.sleep(0.3)  # the writes after the answer happen once the caller has it
             counts.append(proxy.round_trips(upstream.requests[-1].at, time.monotonic()))
     assert min(counts) == 1, counts
-
-
-def test_a_refused_callers_coalescing_lease_is_given_back_at_once(redis_url: str, tmp_path: Path) -> None:
-    """The limit check and the cache lookup run side by side, so a refused caller may have
-    taken the lease of its prompt: it must go back at once, or the next caller of that
-    prompt would wait for coalesce_timeout."""
-    with recording_upstream() as upstream:
-        handle, process = start_gateway(
-            tmp_path,
-            "--upstream",
-            upstream.url,
-            "--store",
-            redis_url,
-            env={
-                "KNOWCTL_AUTH_MODE": "anonymous",
-                "KNOWCTL_TRUSTED_PROXIES": "127.0.0.1",  # X-Forwarded-For names the caller
-                "KNOWCTL_USER_LIMITS": "1/minute",
-                "KNOWCTL_COALESCE_TIMEOUT": "20",
-            },
-        )
-        noisy, other = {"x-forwarded-for": "198.51.100.7"}, {"x-forwarded-for": "198.51.100.8"}
-        prompt = {"contents": [{"role": "user", "parts": [{"text": uuid.uuid4().hex}]}]}
-        path = f"{handle.url}/v1beta/models/{MODEL}:generateContent"
-        with process:
-            first = {"contents": [{"role": "user", "parts": [{"text": uuid.uuid4().hex}]}]}
-            assert httpx.post(path, json=first, headers=noisy, timeout=10).status_code == 200
-            assert httpx.post(path, json=prompt, headers=noisy, timeout=10).status_code == 429
-            started = time.monotonic()
-            answer = httpx.post(path, json=prompt, headers=other, timeout=30)
-            waited = time.monotonic() - started
-    assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
-    assert waited < 5, f"waited {waited:.1f}s for a lease nobody held any more"

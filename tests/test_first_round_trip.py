@@ -1,7 +1,8 @@
-"""The provider quota is reserved in the same store round trip as the caller's limit check
-and the cache lookup, before the pipeline knows whether the call is a miss. Every call that
-turns out not to need the provider gives its reservation back: an L2 hit, a caller refused by
-its own limits, a coalesced follower. Real gateway processes, a real Redis, a recording
+"""A generation call's first store round trip takes things before the pipeline knows it needs
+them: the caller's limit check, the cache lookup with its coalescing lease, and the provider
+quota's reservation leave together. Every call that turns out not to need them gives them
+back: an L2 hit and a coalesced follower their reservation, a caller refused by its own
+limits its reservation and its lease. Real gateway processes, a real Redis, a recording
 upstream; the quota's own stats say what stays reserved."""
 
 from __future__ import annotations
@@ -110,3 +111,18 @@ def test_coalesced_followers_give_their_reservations_back(redis_url: str, tmp_pa
         assert len(d.upstream.requests) == 1
         assert d.rpm_used(1) == 1
         assert d.quota()["counts"]["admitted"] == 1
+
+
+def test_a_refused_callers_coalescing_lease_is_given_back_at_once(redis_url: str, tmp_path: Path) -> None:
+    """A refused caller may have taken the lease of its prompt: it must go back at once, or
+    the next caller of that prompt would wait for coalesce_timeout."""
+    with daemon(redis_url, tmp_path, KNOWCTL_USER_LIMITS="1/minute", KNOWCTL_COALESCE_TIMEOUT="20") as d:
+        noisy, other = {"x-forwarded-for": "198.51.100.7"}, {"x-forwarded-for": "198.51.100.8"}
+        body = prompt()
+        assert d.generate(prompt(), **noisy).status_code == 200
+        assert d.generate(body, **noisy).status_code == 429
+        started = time.monotonic()
+        answer = d.generate(body, **other)
+        waited = time.monotonic() - started
+    assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
+    assert waited < 5, f"waited {waited:.1f}s for a lease nobody held any more"
