@@ -4,7 +4,7 @@
   the value (the same answer bytes the gateway serves from its cache);
 - ``--upstream URL``: a bare pass-through proxy, the floor of the streaming case. It reads
   the body, makes ``--round-trips`` Redis round trips (each one pipelined pair of GETs, as
-  the gateway's limit check and cache lookup leave together) and relays the upstream's
+  the gateway's limit check, cache lookup and quota reservation leave together) and relays the upstream's
   answer as it arrives, with no checks, no cache and no quota.
 
 Both run on uvicorn with the gateway's settings (uvloop, httptools, no access log) and the

@@ -96,58 +96,48 @@ class Connection:
         return head_at - started, first_at - started, status
 
 
-async def ttfb(url: str, path: str, streams: int, concurrency: int) -> dict[str, list[float]]:
-    """Time to the head and to the first event of ``streams`` streaming calls, distinct prompts."""
-    heads: list[float] = []
-    firsts: list[float] = []
-    errors = 0
-    remaining = itertools.count()
+Times = dict[str, list[float]]  # "head", "first_event" (seconds), "errors" (one count)
 
-    async def worker() -> None:
-        nonlocal errors
-        conn = Connection(url)
-        await conn.open()
-        try:
-            while next(remaining) < streams:
-                head, first, status = await conn.first_event(path, generate_body())
-                if status != 200:
-                    errors += 1
-                heads.append(head)
-                firsts.append(first)
-        finally:
-            await conn.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"head": heads, "first_event": firsts, "errors": [float(errors)]}
+def _times() -> Times:
+    return {"head": [], "first_event": [], "errors": [0.0]}
+
+
+async def _streams(conn: Connection, path: str, into: Times, remaining: Iterator[int], count: int) -> None:
+    """Streaming calls with distinct prompts on ``conn`` while ``remaining`` is under ``count``
+    (one counter shared by the connections of a run)."""
+    while next(remaining) < count:
+        head, first, status = await conn.first_event(path, generate_body())
+        into["errors"][0] += status != 200
+        into["head"].append(head)
+        into["first_event"].append(first)
+
+
+async def ttfb(url: str, path: str, streams: int, concurrency: int) -> Times:
+    """Time to the head and to the first event of ``streams`` streaming calls."""
+    return (await ttfb_pair(url, None, path, streams, concurrency, per_connection=streams))[0]
 
 
 async def ttfb_pair(
-    first_url: str, second_url: str, path: str, streams: int, concurrency: int, per_connection: int = 50
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    first_url: str, second_url: str | None, path: str, streams: int, concurrency: int, per_connection: int = 50
+) -> tuple[Times, Times]:
     """``ttfb`` of both URLs in alternating batches (``per_connection`` streams on each of
     ``concurrency`` connections, kept open throughout), so that a drift of the machine's
     state during the measurement touches both alike. Each batch starts its connections
     together: the batches are long, so that the case measures streams that start on their
-    own, not bursts."""
+    own, not bursts. Without ``second_url``, only the first is measured."""
     batch = per_connection * concurrency
-    results: list[dict[str, list[float]]] = [{"head": [], "first_event": [], "errors": [0.0]} for _ in range(2)]
-    pools = [[Connection(url) for _ in range(concurrency)] for url in (first_url, second_url)]
+    urls = [first_url] if second_url is None else [first_url, second_url]
+    results = [_times(), _times()]
+    pools = [[Connection(url) for _ in range(concurrency)] for url in urls]
     for conn in itertools.chain(*pools):
         await conn.open()
-
-    async def worker(conn: Connection, into: dict[str, list[float]], remaining: Iterator[int], count: int) -> None:
-        while next(remaining) < count:
-            head, first, status = await conn.first_event(path, generate_body())
-            into["errors"][0] += status != 200
-            into["head"].append(head)
-            into["first_event"].append(first)
-
     try:
         for start in range(0, streams, batch):
             count = min(batch, streams - start)
-            for conns, into in zip(pools, results, strict=True):
+            for conns, into in zip(pools, results, strict=False):
                 remaining = itertools.count()
-                await asyncio.gather(*(worker(conn, into, remaining, count) for conn in conns))
+                await asyncio.gather(*(_streams(conn, path, into, remaining, count) for conn in conns))
     finally:
         for conn in itertools.chain(*pools):
             await conn.close()

@@ -4,6 +4,7 @@ keep-alive, chunked streams, bodies delimited by the connection's end, stalls, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -105,13 +106,19 @@ async def server() -> AsyncIterator[Server]:
         yield state
 
 
-def pool(**overrides: float) -> http1.Pool:
+@contextlib.asynccontextmanager
+async def pool(**overrides: float) -> AsyncIterator[http1.Pool]:
+    """A pool with short timeouts, closed after the block."""
     values = {"max_connections": 8, "connect_timeout": 1.0, "timeout": 2.0, **overrides}
-    return http1.Pool(
+    p = http1.Pool(
         max_connections=int(values["max_connections"]),
         connect_timeout=values["connect_timeout"],
         timeout=values["timeout"],
     )
+    try:
+        yield p
+    finally:
+        await p.close()
 
 
 async def call(p: http1.Pool, server: Server, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -120,8 +127,7 @@ async def call(p: http1.Pool, server: Server, path: str, body: bytes = b"") -> t
 
 
 async def test_sequential_calls_share_one_kept_alive_connection(server: Server) -> None:
-    p = pool()
-    try:
+    async with pool() as p:
         for i in range(5):
             assert await call(p, server, "/echo", b"call %d" % i) == (200, b"call %d" % i)
         assert server.connections == 1
@@ -131,13 +137,10 @@ async def test_sequential_calls_share_one_kept_alive_connection(server: Server) 
             and f"host: {LOOPBACK}:{server.port}".encode() in first
         )
         assert b"content-length: 6\r\n" in first
-    finally:
-        await p.close()
 
 
 async def test_chunked_answer_arrives_piece_by_piece(server: Server) -> None:
-    p = pool()
-    try:
+    async with pool() as p:
         arrivals: list[tuple[float, bytes]] = []
         started = time.monotonic()
         async with p.request("POST", server.origin, "/stream", {}, b"") as response:
@@ -148,34 +151,25 @@ async def test_chunked_answer_arrives_piece_by_piece(server: Server) -> None:
         assert arrivals[0][0] < 0.09  # the first piece before the second was even sent
         assert await call(p, server, "/ok") == (200, b"{}")
         assert server.connections == 1  # a finished chunked answer leaves the connection reusable
-    finally:
-        await p.close()
 
 
 async def test_body_until_close_and_connection_close_are_read_whole_and_not_reused(server: Server) -> None:
-    p = pool()
-    try:
+    async with pool() as p:
         assert await call(p, server, "/until-close") == (200, b"all of it")
         assert await call(p, server, "/close") == (200, b"ok")
         assert await call(p, server, "/ok") == (200, b"{}")
         assert server.connections == 3
-    finally:
-        await p.close()
 
 
 async def test_the_pool_never_opens_more_than_its_cap(server: Server) -> None:
-    p = pool(max_connections=2)
-    try:
+    async with pool(max_connections=2) as p:
         results = await asyncio.gather(*(call(p, server, "/slow") for _ in range(6)))
         assert results == [(200, b"slow")] * 6
         assert server.most_open == 2 and server.connections == 2
-    finally:
-        await p.close()
 
 
 async def test_failures_are_typed(server: Server) -> None:
-    p = pool(timeout=0.5)
-    try:
+    async with pool(timeout=0.5) as p:
         started = time.monotonic()
         with pytest.raises(http1.Timeout):
             await call(p, server, "/hang")
@@ -191,19 +185,14 @@ async def test_failures_are_typed(server: Server) -> None:
         with pytest.raises(http1.Broken, match="malformed request target"):
             p.request("POST", server.origin, "/ok HTTP/1.1\r\nx: y", {}, b"")
         assert await call(p, server, "/ok") == (200, b"{}")  # the pool still works
-    finally:
-        await p.close()
 
 
 async def test_a_connection_the_server_dropped_while_idle_is_not_reused(server: Server) -> None:
-    p = pool()
-    try:
+    async with pool() as p:
         assert await call(p, server, "/then-drop") == (200, b"ok")
         await asyncio.sleep(0.3)  # the server has closed the idle connection meanwhile
         assert await call(p, server, "/ok") == (200, b"{}")
         assert server.connections == 2
-    finally:
-        await p.close()
 
 
 def test_origin_parsing() -> None:
