@@ -11,6 +11,7 @@ ConfigMap and the CLI all read it from :class:`Settings`.
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -21,10 +22,16 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from knowctl.policy.limits import parse_limits
+from knowctl.policy.paths import KNOWN_ACTIONS
 from knowctl.policy.priority import parse_shares
 from knowctl.policy.windows import zone
 
+_ACTION_NAME = re.compile(r"[A-Za-z]{1,64}")
+
 ENV_PREFIX = "KNOWCTL_"
+# URL settings that may carry user:password@: shown only through knowctl.redact, readable from
+# KNOWCTL_<NAME>_FILE like the secrets, and put in a Secret by `knowctl deploy render`.
+CREDENTIAL_URL_FIELDS = frozenset({"store_url", "upstream_url", "cdn_purge_url"})
 
 # The YAML file chosen for the Settings being built. A context variable rather than a
 # class attribute, so two Settings built at once (tests) cannot see each other's file.
@@ -63,7 +70,8 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 
 
 class _SecretFileSource(PydanticBaseSettingsSource):
-    """``KNOWCTL_<NAME>_FILE=/run/secrets/x`` supplies a secret setting from that file."""
+    """``KNOWCTL_<NAME>_FILE=/run/secrets/x`` supplies a secret setting from that file (also the
+    URLs that may carry a password, CREDENTIAL_URL_FIELDS)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
@@ -71,7 +79,7 @@ class _SecretFileSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, field in self.settings_cls.model_fields.items():
-            if field.annotation not in (SecretStr, SecretStr | None):
+            if field.annotation not in (SecretStr, SecretStr | None) and name not in CREDENTIAL_URL_FIELDS:
                 continue
             file_var = f"{ENV_PREFIX}{name.upper()}_FILE"
             path = os.environ.get(file_var)
@@ -119,7 +127,12 @@ class Settings(BaseSettings):
     """Every option of the daemon and the admin CLI. Field docs become the reference."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, case_sensitive=False
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        case_sensitive=False,
+        # A ValidationError's text quotes the bad input otherwise: a URL with its password.
+        hide_input_in_errors=True,
     )
 
     # --- serving ---------------------------------------------------------------
@@ -152,7 +165,7 @@ class Settings(BaseSettings):
     upstream_url: str | None = Field(
         None,
         description="Replace scheme, host and port (plus an optional base path) of every upstream "
-        "call; unset sends each API family to Google's own host.",
+        "call; unset sends each API family to Google's own host (or KNOWCTL_UPSTREAM_URL_FILE).",
     )
     upstream_connect_timeout: float = Field(
         5.0, gt=0, description="Seconds to open a connection to the upstream."
@@ -177,7 +190,8 @@ class Settings(BaseSettings):
         "memory://",
         description="Shared state: memory:// (one process), redis://[:password@]host:port/db, "
         "rediss:// (TLS), redis+cluster://host:port[,host:port...]/ (Redis Cluster), "
-        "redis+sentinel://host:port[,host:port...]/service[/db] (Sentinel-managed master).",
+        "redis+sentinel://host:port[,host:port...]/service[/db] (Sentinel-managed master). "
+        "With a password, better KNOWCTL_STORE_URL_FILE (a file holding the URL); it is shown as ***.",
     )
     store_timeout: float = Field(
         0.05,
@@ -199,6 +213,12 @@ class Settings(BaseSettings):
         "credentials), anonymous (client IP). Unset: keys when the gateway holds Google "
         "credentials, passthrough when it holds none, anonymous with --simulate.",
     )
+    allowed_actions: str = Field(
+        ",".join(KNOWN_ACTIONS),
+        description="Model actions forwarded in keys mode (comma-separated), where the gateway pays "
+        "for every call; any other action is a 404 there. Passthrough and anonymous callers may "
+        "send any action.",
+    )
     trusted_proxies: str = Field(
         "",
         description="Comma-separated addresses or CIDRs whose X-Forwarded-For is believed "
@@ -215,6 +235,12 @@ class Settings(BaseSettings):
     )
     metrics_require_token: bool = Field(
         False, description="Put /api/metrics behind the admin token too (open by default for Prometheus)."
+    )
+    unauthenticated_max_priority: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = Field(
+        "MEDIUM",
+        description="Highest X-Knowctl-Priority a caller the gateway has not authenticated may use "
+        "(anonymous callers, and pass-through credentials not yet seen to succeed upstream); "
+        "higher asks run at this level.",
     )
 
     # --- provider quota -------------------------------------------------------------
@@ -256,6 +282,13 @@ class Settings(BaseSettings):
         "MEDIUM", description="Priority of requests without an X-Knowctl-Priority header."
     )
     queue_size: int = Field(100, ge=0, description="Requests that may wait for quota, per daemon.")
+    queue_per_caller: int = Field(
+        10,
+        ge=1,
+        description="Places of the quota wait queue one caller (a key's user, a pass-through "
+        "credential, an address) may hold at once, per daemon; over it that caller gets a 429 "
+        "while others still queue.",
+    )
     queue_timeout: float = Field(30.0, gt=0, description="Seconds a request may wait for quota before a 429.")
     upstream_backoff_s: float = Field(
         1.0, gt=0, description="First back-off after an upstream 429 without RetryInfo; doubles per repeat."
@@ -274,7 +307,11 @@ class Settings(BaseSettings):
         description="Seconds a stale copy is kept past the TTL, for fallback when quota runs out.",
     )
     cache_scope: Literal["shared", "user", "tier"] = Field(
-        "shared", description="With gateway keys: share cached answers among all callers, or per user / tier."
+        "user",
+        description="Who is served an answer cached for another caller: user (nobody else: each key "
+        "user, and each address in anonymous mode, has its own), tier (users of one tier), shared "
+        "(everyone: saves the most, but a caller learns from X-Knowctl-Cache and Age what others "
+        "asked and when). Pass-through credentials always have their own.",
     )
     coalesce_timeout: float = Field(
         30.0, gt=0, description="Seconds identical concurrent requests wait for the first one's answer."
@@ -306,7 +343,7 @@ class Settings(BaseSettings):
     cdn_purge_url: str | None = Field(
         None,
         description="Cloudflare-style purge API base (https://api.cloudflare.com/client/v4); "
-        "unset: no CDN purge.",
+        "unset: no CDN purge (or KNOWCTL_CDN_PURGE_URL_FILE).",
     )
     cdn_zone_id: str | None = Field(None, description="CDN zone whose cache is purged.")
     cdn_api_token: SecretStr | None = Field(
@@ -331,9 +368,12 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return _check_http_url(value).rstrip("/")
+
+    @field_validator("cdn_purge_url")
+    @classmethod
+    def _check_cdn_purge_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value) if value else None
 
     @field_validator("store_url")
     @classmethod
@@ -341,6 +381,18 @@ class Settings(BaseSettings):
         from knowctl.store.urls import check_store_url  # no redis-py import: keeps the CLI fast
 
         return check_store_url(value)
+
+    @field_validator("allowed_actions")
+    @classmethod
+    def _check_actions(cls, value: str) -> str:
+        for name in (item.strip() for item in value.split(",")):
+            if name and not _ACTION_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an action name (letters only, as in embedContent)")
+        return value
+
+    @property
+    def allowed_action_names(self) -> frozenset[str]:
+        return frozenset(item.strip() for item in self.allowed_actions.split(",") if item.strip())
 
     @field_validator("user_limits", "ip_limits")
     @classmethod
@@ -373,6 +425,28 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR") from None
         return value
 
+    def __repr_args__(self) -> Any:
+        # repr() ends up in tracebacks and debug logs: no URL password in it.
+        from knowctl.redact import redact_url
+
+        for name, value in super().__repr_args__():
+            if name in CREDENTIAL_URL_FIELDS and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values, safe to print: secrets as ``***`` (None when
+        unset), passwords inside URLs as ``***``."""
+        from knowctl.redact import redact_text, redact_url
+
+        values = self.model_dump(mode="json")
+        for name, value in values.items():
+            if name in SECRET_FIELDS:
+                values[name] = "***" if value else None
+            elif isinstance(value, str):
+                values[name] = redact_url(value) if name in CREDENTIAL_URL_FIELDS else redact_text(value)
+        return values
+
     def resolved_auth_mode(self, holds_credentials: bool) -> str:
         """The auth mode in force: explicit, or the safe default for these credentials."""
         if self.auth_mode is not None:
@@ -401,6 +475,19 @@ class Settings(BaseSettings):
 SECRET_FIELDS = frozenset(
     name for name, f in Settings.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)
 )
+
+
+def _check_http_url(value: str) -> str:
+    from knowctl.redact import check_authority
+
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    check_authority(value)
+    from urllib.parse import urlsplit
+
+    if not urlsplit(value).hostname:
+        raise ValueError("needs a host after '//'")
+    return value
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

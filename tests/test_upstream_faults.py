@@ -184,6 +184,9 @@ def upstream_counts(gateway: Gateway, model: str) -> dict[str, float]:
 
 
 def test_upstream_outcomes_are_counted_and_failures_logged(faulty: Gateway, simulator: Simulator) -> None:
+    """Outcomes are counted by model; a name the provider has not yet answered for is
+    counted as ``other`` (made-up names never make series of their own), its own once it
+    has been answered."""
     model = f"counted-{uuid.uuid4().hex[:8]}"  # no hold left by the tests above on it
 
     def status() -> int:
@@ -191,18 +194,22 @@ def test_upstream_outcomes_are_counted_and_failures_logged(faulty: Gateway, simu
         assert isinstance(got, httpx.Response)
         return got.status_code
 
-    before = upstream_counts(faulty, model)  # empty: a fresh model
+    before, before_other = upstream_counts(faulty, model), upstream_counts(faulty, "other")
+    assert before == {}  # a fresh model
     simulator.configure(fault="hang", count=1)
     assert status() == 504
     simulator.configure(fault="reset", count=1)
     assert status() == 502
     assert status() == 200
-    after = upstream_counts(faulty, model)
+    simulator.configure(fault="hang", count=1)
+    assert status() == 504
+    after, after_other = upstream_counts(faulty, model), upstream_counts(faulty, "other")
 
-    def added(outcome: str) -> float:
-        return after.get(outcome, 0) - before.get(outcome, 0)
+    def added(outcome: str, was: dict[str, float], now: dict[str, float]) -> float:
+        return now.get(outcome, 0) - was.get(outcome, 0)
 
-    assert (added("timeout"), added("broken"), added("200")) == (1, 1, 1)
+    assert (added("timeout", before_other, after_other), added("broken", before_other, after_other)) == (1, 1)
+    assert (added("200", before, after), added("timeout", before, after)) == (1, 1)
     assert f"upstream call for {model} failed: upstream did not answer in time" in faulty.log_text()
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from knowctl.daemon import metrics
-from knowctl.daemon.admin import AdminApi, Route
+from knowctl.daemon.admin import AdminApi, AdminError, Route, is_loopback
 from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, respond_json
 from knowctl.daemon.cache import AnswerCache
 from knowctl.daemon.callers import CallerRegistry
@@ -22,7 +22,7 @@ from knowctl.daemon.proxy import ModelCallHandler
 from knowctl.daemon.quota import ProviderQuota
 from knowctl.daemon.topics import TopicService
 from knowctl.daemon.upstream import UpstreamClient
-from knowctl.policy.paths import parse_path
+from knowctl.policy.paths import KNOWN_ACTIONS, parse_path
 from knowctl.settings import Settings
 from knowctl.store import Store, StoreUnavailable, open_store
 
@@ -74,8 +74,16 @@ class Gateway:
         self.cache = AnswerCache(settings, self.store)
         self.quota = ProviderQuota(settings, self.store, count_tokens=self.upstream.count_tokens)
         self.model_calls = ModelCallHandler(
-            settings, self.upstream, callers=self.callers, cache=self.cache, quota=self.quota
+            settings,
+            self.upstream,
+            callers=self.callers,
+            cache=self.cache,
+            quota=self.quota,
+            only_known_actions=self.callers.mode == "keys",
         )
+        # Route labels are the actions the gateway knows; a made-up one is "other".
+        self._action_routes = {name: name for name in (*KNOWN_ACTIONS, *settings.allowed_action_names)}
+        metrics.MODELS.allow((*settings.quota_models, settings.topics_model))
         self.topics = TopicService(settings, self.store, self.cache, self.model_calls.generate_internal)
         self.admin = AdminApi(settings)
         for component in self._components():
@@ -161,7 +169,8 @@ class Gateway:
                 if call is None:
                     await respond_error(send, 404, f"The requested path {path} was not found.")
                 else:
-                    route = call.action or "list_models"
+                    action = call.action
+                    route = self._action_routes.get(action, metrics.OTHER) if action else "list_models"
                     status = await self.model_calls(scope, receive, send, call)
         finally:
             elapsed = time.perf_counter() - started
@@ -221,6 +230,17 @@ class Gateway:
     async def _to_simulator(self, scope: Scope, receive: Receive, send: Send) -> int:
         assert self._simulator is not None
         path: str = scope["path"]
+        # The simulator's upstream is for the gateway's own calls, which come from loopback;
+        # its control routes (/_simulator/config: make it fail, slow it down) are admin
+        # routes: behind the token, or loopback only without one.
+        if path.startswith(SIMULATOR_PREFIX + "/"):
+            client = scope.get("client")
+            refusal = None if is_loopback(client[0] if client else None) else AdminError(403, "forbidden")
+        else:
+            refusal = self.admin.authorize(scope)
+        if refusal is not None:
+            await respond_error(send, refusal.status, refusal.message)
+            return refusal.status
         if path.startswith(SIMULATOR_PREFIX + "/"):
             inner = path[len(SIMULATOR_PREFIX) :]
             raw = scope.get("raw_path") or path.encode()

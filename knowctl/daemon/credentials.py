@@ -55,6 +55,13 @@ class UpstreamCredentials:
     def holds_credentials(self) -> bool:
         return self._api_key is not None or self._oauth is not None
 
+    def own_for(self, call: ApiCall) -> bool:
+        """Whether ``call`` goes upstream with the gateway's own credentials (as
+        ``headers_for`` decides), not the caller's."""
+        return self._oauth is not None or (
+            self._api_key is not None and call.family in (Family.GEMINI, Family.EXPRESS)
+        )
+
     async def headers_for(self, call: ApiCall) -> dict[str, str] | None:
         """Auth headers for ``call``; None means: forward the caller's own credentials."""
         if self._api_key is not None and call.family in (Family.GEMINI, Family.EXPRESS):

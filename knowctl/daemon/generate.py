@@ -22,11 +22,12 @@ from typing import Any
 from knowctl.daemon.asgi import Send, respond
 from knowctl.daemon.components import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache, Ticket
 from knowctl.daemon.logging import SCOPE_CACHE, SCOPE_QUOTA
-from knowctl.daemon.replies import CACHE_HEADER, send_cached, send_refusal
+from knowctl.daemon.replies import CACHE_HEADER, send_cached, send_refusal, send_upstream_error
 from knowctl.daemon.request import CallContext
 from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
 from knowctl.errors import parse_retry_delay, retry_after_header
 from knowctl.policy.framing import split_json_array, split_sse, summarize
+from knowctl.policy.quota import provider_counted
 
 log = logging.getLogger("knowctl.generate")
 
@@ -58,6 +59,7 @@ class Outcome:
     usage: dict[str, Any] | None = None  # the final usageMetadata of any finished answer
     provider_refused: bool = False  # the provider answered 429
     retry_delay: float | None = None  # its RetryInfo delay, when it gave one
+    spent: bool = True  # the provider may have counted the call against its quota
 
 
 class Generation:
@@ -200,7 +202,9 @@ class Generation:
             saving = asyncio.ensure_future(keep(outcome.answer))
         try:
             if self._quota is not None:
-                if ticket is not None:
+                if ticket is not None and not outcome.spent:
+                    self._quota.release(ticket)
+                elif ticket is not None:
                     await self._quota.settle(ticket, outcome.usage)
                 if outcome.provider_refused:
                     self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
@@ -223,13 +227,14 @@ class Generation:
     async def _forward(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
         """Call upstream and pass the answer on as it arrives."""
         outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
+        own = self._upstream.own_credentials(ctx.call)
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                headers = [*response_headers(response), *ctx.response_headers]
+                headers = [*response_headers(response, own), *ctx.response_headers]
                 if response.status != 200:
                     body = await response.read()
-                    return await self._upstream_error(ctx, send, key, response.status, body, headers)
+                    return await self._upstream_error(ctx, send, key, response.status, body, headers, own)
                 headers.append((CACHE_HEADER, b"MISS"))
                 ctx.scope.setdefault(SCOPE_CACHE, "MISS")
                 if not ctx.streaming:
@@ -265,7 +270,8 @@ class Generation:
                 raise  # too late for a status: cut the connection, the answer is incomplete
             if await self._serve_stale(ctx, send, key):
                 return Outcome(200)
-            return Outcome(await send_refusal(send, ctx, CallRefused(failure.status, failure.message)))
+            sent = await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
+            return Outcome(sent, spent=failure.status != 503)  # 503: the call never left
 
     async def _upstream_error(
         self,
@@ -275,20 +281,21 @@ class Generation:
         status: int,
         body: bytes,
         headers: list[tuple[bytes, bytes]],
+        own: bool,
     ) -> Outcome:
         if status >= 500 and await self._serve_stale(ctx, send, key):
             return Outcome(200)  # the provider failed: a stale answer beats its error
         if status != 429:
-            await respond(send, status, body, _content_type(headers), _without_content_type(headers))
-            return Outcome(status)
+            sent = await send_upstream_error(send, ctx, status, body, headers, own_credentials=own)
+            return Outcome(sent, spent=provider_counted(status, body))
         # The provider's own quota ran dry: a stale answer beats an error.
         retry_delay = parse_retry_delay(body)
         if await self._serve_stale(ctx, send, key):
             return Outcome(200, provider_refused=True, retry_delay=retry_delay)
         if retry_delay is not None:
             headers.append((b"retry-after", retry_after_header(retry_delay).encode()))
-        await respond(send, status, body, _content_type(headers), _without_content_type(headers))
-        return Outcome(status, provider_refused=True, retry_delay=retry_delay)
+        sent = await send_upstream_error(send, ctx, status, body, headers, own_credentials=own)
+        return Outcome(sent, provider_refused=True, retry_delay=retry_delay)
 
 
 def _give_back(cache: ResponseCache, key: str, looking: asyncio.Future[Lookup]) -> None:

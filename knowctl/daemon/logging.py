@@ -18,13 +18,25 @@ _counter = itertools.count(1)
 SCOPE_USER = "knowctl.user"
 SCOPE_CACHE = "knowctl.cache"
 SCOPE_QUOTA = "knowctl.quota"
+SCOPE_REQUEST_ID = "knowctl.request_id"
 
 
 def request_id(scope: Scope) -> str:
+    """The request's id: the client's X-Request-Id, else one of ours; the same every time it
+    is asked for one request (an error answer names it, the access log line too)."""
+    found: str | None = scope.get(SCOPE_REQUEST_ID)
+    if found is not None:
+        return found
+    found = _PREFIX + str(next(_counter))
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            return str(value.decode("latin-1")[:128])
-    return _PREFIX + str(next(_counter))
+            found = _printable(value.decode("latin-1")[:128]) or found
+    scope[SCOPE_REQUEST_ID] = found
+    return found
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if c.isprintable())
 
 
 def access_log(scope: Scope, route: str, status: int, elapsed_s: float) -> None:

@@ -8,6 +8,7 @@ scrapes a running daemon and checks that every name they use is really exported.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from prometheus_client import (
@@ -43,6 +44,34 @@ class Children(Generic[M]):
             child = self._children[values] = self._family.labels(*values)
         return child
 
+
+OTHER = "other"
+
+
+class BoundedLabels:
+    """Label values that come from requests (model names), kept to a bounded set: the names
+    configured, plus those the provider has answered successfully, up to ``limit``;
+    everything else is ``other``. A made-up name in a request never makes a series."""
+
+    __slots__ = ("_known", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._known: set[str] = {"-"}
+        self._limit = limit
+
+    def allow(self, names: Iterable[str]) -> None:
+        self._known.update(names)
+
+    def learn(self, name: str) -> None:
+        if len(self._known) < self._limit:
+            self._known.add(name)
+
+    def __call__(self, name: str) -> str:
+        return name if name in self._known else OTHER
+
+
+# Models as metric labels (upstream and quota families).
+MODELS = BoundedLabels(limit=256)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

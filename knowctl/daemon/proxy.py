@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -19,14 +19,15 @@ from knowctl.daemon.asgi import (
     respond,
     respond_error,
 )
-from knowctl.daemon.components import Callers, CallRefused, QuotaGate, ResponseCache
+from knowctl.daemon.components import Callers, CallRefused, QuotaGate, ResponseCache, Ticket
 from knowctl.daemon.generate import Generation
 from knowctl.daemon.logging import SCOPE_USER
-from knowctl.daemon.replies import send_refusal
+from knowctl.daemon.replies import send_refusal, send_upstream_error
 from knowctl.daemon.request import CallContext
 from knowctl.daemon.upstream import OutgoingCall, UpstreamClient, UpstreamFailure, drain, response_headers
 from knowctl.policy.paths import ApiCall, allowed_methods
 from knowctl.policy.priority import Priority, effective_priority
+from knowctl.policy.quota import provider_counted
 from knowctl.policy.requests import body_problem
 from knowctl.settings import Settings
 
@@ -46,6 +47,14 @@ class CapturedResponse:
         return next((v for k, v in self.headers if k == name), None)
 
 
+class Passed(NamedTuple):
+    """What passing one call on came to."""
+
+    sent: int  # the status the caller got
+    provider: int  # the provider's status; 0 when it did not answer
+    spent: bool  # whether the provider may have counted the call against its quota
+
+
 class ModelCallHandler:
     """Entry of every model call: check it, identify and limit the caller, then either run
     the generation pipeline or forward the call as it is."""
@@ -57,12 +66,18 @@ class ModelCallHandler:
         callers: Callers | None = None,
         cache: ResponseCache | None = None,
         quota: QuotaGate | None = None,
+        only_known_actions: bool = False,
     ) -> None:
         self._max_body = settings.max_body_bytes
         self._default_priority = Priority[settings.default_priority]
         self._upstream = upstream
         self._callers = callers
+        self._quota = quota
         self._generation = Generation(upstream, cache, quota)
+        self._allowed = frozenset(settings.allowed_action_names)
+        # Set where the gateway calls Google with its own credentials (keys mode); callers
+        # who bring their own credentials pay for whatever they send.
+        self._forwards_only_known = only_known_actions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, call: ApiCall) -> int:
         method: str = scope["method"]
@@ -75,22 +90,12 @@ class ModelCallHandler:
                 extra_headers=[(b"allow", ", ".join(allowed).encode())],
             )
             return 405
+        if call.action is not None and self._forwards_only_known and call.action not in self._allowed:
+            # The gateway pays for what it forwards in keys mode: only actions it knows go.
+            await respond_error(send, 404, f"The requested path {scope['path']} was not found.")
+            return 404
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         header = dict(headers)
-        body = b""
-        payload = None
-        if method == "POST":
-            try:
-                body = await read_body(receive, self._max_body, header.get("content-length"))
-            except BodyTooLarge:
-                await respond_error(send, 413, f"Request body exceeds the limit of {self._max_body} bytes.")
-                return 413
-            except ClientDisconnected:
-                return CLIENT_CLOSED
-            problem, payload = self._check_body(call, body)
-            if problem is not None:
-                await respond_error(send, 400, problem)
-                return 400
         client = scope.get("client")
         ctx = CallContext(
             scope=scope,
@@ -101,13 +106,40 @@ class ModelCallHandler:
             headers=headers,
             header=header,
             client_ip=client[0] if client else "",
-            body=body,
-            payload=payload,
         )
         try:
+            # Who is calling is known from the head alone: a caller the gateway refuses costs
+            # it no body read, no parse and no buffer (the body is left unread, and the
+            # connection closes so its bytes are never taken in).
             await self._identify(ctx)
+        except CallRefused as refusal:
+            if method == "POST":
+                refusal.headers.append((b"connection", b"close"))
+            return await send_refusal(send, ctx, refusal)
+        if method == "POST":
+            try:
+                ctx.body = await read_body(receive, self._max_body, header.get("content-length"))
+            except BodyTooLarge:
+                await respond_error(
+                    send,
+                    413,
+                    f"Request body exceeds the limit of {self._max_body} bytes.",
+                    extra_headers=[(b"connection", b"close")],
+                )
+                return 413
+            except ClientDisconnected:
+                return CLIENT_CLOSED
+            problem, ctx.payload = self._check_body(call, ctx.body)
+            if problem is not None:
+                await respond_error(send, 400, problem)
+                return 400
+        try:
             if call.generates:
                 return await self._generation(ctx, send, self._check_limits)
+            # Every call that reaches Google counts against its caller's limits.
+            await self._check_limits(ctx)
+            if call.spends_quota and self._quota is not None:
+                return await self._forward_with_quota(ctx, send, self._quota)
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
         return await self._forward(ctx, send)
@@ -160,14 +192,44 @@ class ModelCallHandler:
             return f"Invalid JSON payload received. {exc.msg} at position {exc.pos}.", None
         return body_problem(call.known_action, parsed), parsed if isinstance(parsed, dict) else None
 
+    async def _forward_with_quota(self, ctx: CallContext, send: Send, quota: QuotaGate) -> int:
+        """A model action that spends provider quota but is not generated through (embeddings,
+        batches, predictions): admitted like a generation call, its reservation kept (these
+        answers carry no usage to reconcile with) unless the provider refused the call
+        before spending anything on it."""
+        got = await quota.try_admit(ctx)
+        ticket = got if isinstance(got, Ticket) else await quota.wait_admit(ctx, got)
+        passed = Passed(CLIENT_CLOSED, 0, spent=True)  # cancelled: it may have been spent
+        try:
+            passed = await self._pass_on(ctx, send)
+        finally:
+            if passed.spent:
+                await quota.settle(ticket, None)
+            else:
+                quota.release(ticket)
+            if passed.provider == 429:
+                quota.upstream_exhausted(ctx.call.model or "-", None)
+        return passed.sent
+
     async def _forward(self, ctx: CallContext, send: Send) -> int:
         """Calls the gateway does not generate through (countTokens, listings, other
         actions): forwarded as they are, answered as they come."""
+        return (await self._pass_on(ctx, send)).sent
+
+    async def _pass_on(self, ctx: CallContext, send: Send) -> Passed:
+        """Forward the call and pass the answer on."""
         outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
+        own = self._upstream.own_credentials(ctx.call)
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                out_headers = [*response_headers(response), *ctx.response_headers]
+                out_headers = [*response_headers(response, own), *ctx.response_headers]
+                if response.status >= 400:
+                    body = await response.read()
+                    sent = await send_upstream_error(
+                        send, ctx, response.status, body, out_headers, own_credentials=own
+                    )
+                    return Passed(sent, response.status, provider_counted(response.status, body))
                 if response.status == 200 and response.header(b"content-length") is None:
                     # An answer of unknown length may be long: pass it on as it arrives.
                     start = {"type": "http.response.start", "status": 200, "headers": out_headers}
@@ -186,10 +248,11 @@ class ModelCallHandler:
                         content_type,
                         [(k, v) for k, v in out_headers if k != b"content-type"],
                     )
-                return response.status
+                return Passed(response.status, response.status, spent=True)
         except UpstreamFailure as failure:  # counted and logged by UpstreamClient.send
             if headers_sent:
                 # Too late for an error status: cut the connection so the client sees an
                 # incomplete answer instead of a stream that looks finished.
                 raise
-            return await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
+            sent = await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
+            return Passed(sent, 0, spent=failure.status != 503)  # 503: it never left

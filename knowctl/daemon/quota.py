@@ -66,6 +66,7 @@ class _Model:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
     hold_checked: bool = False
     awaited_until: float = 0.0  # epoch: the store's "callers wait for this model" flag lasts
+    label: str = ""  # the model's metrics label, once its limits are exported under it
 
 
 class ProviderQuota:
@@ -275,8 +276,9 @@ class ProviderQuota:
         if got is None:  # the store is overloaded: admit nothing blind, come back shortly
             return STORE_BUSY_RETRY_S
         admission, where = got
+        label = self._label(m)
         for w, used in zip(m.windows, admission.usage, strict=True):
-            metrics.QUOTA_USED_BY(m.name, w.name).set(used)
+            metrics.QUOTA_USED_BY(label, w.name).set(used)
         if not admission.admitted:
             return admission.retry_after
         for w, amount in zip(m.windows, amounts, strict=True):
@@ -364,7 +366,7 @@ class ProviderQuota:
 
     def _count(self, m: _Model, decision: str) -> None:
         m.counts[decision] += 1
-        metrics.QUOTA_DECISIONS_BY(m.name, decision).inc()
+        metrics.QUOTA_DECISIONS_BY(self._label(m), decision).inc()
 
     # --- model state, holds and notifications ---------------------------------------------------
     async def _model(self, name: str) -> _Model:
@@ -378,10 +380,20 @@ class ProviderQuota:
         windows = self._cfg.windows(name)
         m = _Model(name, keys.quota_scope(name), windows, qp.has_token_window(windows))
         m.inflight = {w.name: 0 for w in windows}
-        for w in windows:
-            metrics.QUOTA_LIMIT.labels(name, w.name).set(w.limit)
+        self._label(m)
         self._models[name] = m
         return m
+
+    @staticmethod
+    def _label(m: _Model) -> str:
+        """The model's metrics label (``other`` until the provider has known the name), its
+        limits exported under it whenever it changes."""
+        label = metrics.MODELS(m.name)
+        if label != m.label:
+            m.label = label
+            for w in m.windows:
+                metrics.QUOTA_LIMIT.labels(label, w.name).set(w.limit)
+        return label
 
     async def _load_hold(self, m: _Model) -> None:
         until = await self._bus.load_hold(m.name)

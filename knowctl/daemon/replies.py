@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from knowctl.daemon.asgi import JSON, Send, respond, respond_error
 from knowctl.daemon.components import Cached, CallRefused
-from knowctl.daemon.logging import SCOPE_CACHE
+from knowctl.daemon.logging import SCOPE_CACHE, request_id
 from knowctl.daemon.request import CallContext
 from knowctl.errors import retry_after_header, retry_info
 from knowctl.policy.framing import render_json_array, render_sse
+from knowctl.policy.upstream_errors import tenant_error
+
+log = logging.getLogger("knowctl.upstream")
+# How much of a provider's error answer the operator's log line keeps.
+LOGGED_ERROR_BYTES = 2048
 
 SSE = b"text/event-stream"
 CACHE_HEADER = b"x-knowctl-cache"
@@ -48,3 +55,34 @@ async def send_cached(send: Send, ctx: CallContext, cached: Cached, label: str |
 
 def _label(layer: str) -> str:
     return layer if layer == "STALE" else f"HIT-{layer}"
+
+
+async def send_upstream_error(
+    send: Send,
+    ctx: CallContext,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    own_credentials: bool,
+) -> int:
+    """Pass on the provider's error answer. When the gateway called with its own credentials
+    the tenant gets it without the account's facts (knowctl.policy.upstream_errors) and the
+    operator's log keeps the original under the request id the answer names. Returns the
+    status sent."""
+    content_type = next((v for k, v in headers if k == b"content-type"), JSON)
+    rest = [(k, v) for k, v in headers if k != b"content-type"]
+    if not own_credentials:
+        await respond(send, status, body, content_type, rest)
+        return status
+    rid = request_id(ctx.scope)
+    log.warning(
+        "provider answered %d for %s (request id %s): %s",
+        status,
+        ctx.call.model or ctx.raw_path,
+        rid,
+        body[:LOGGED_ERROR_BYTES].decode("utf-8", "replace"),
+    )
+    sent, shaped = tenant_error(status, body, rid)
+    await respond(send, sent, shaped, JSON, [*rest, (b"x-request-id", rid.encode())])
+    return sent

@@ -64,6 +64,10 @@ _DROP_RESPONSE = frozenset(
 )
 
 
+# The resumable-upload protocol's headers, which clients need whoever paid.
+_UPLOAD = b"x-goog-upload-"
+
+
 class UpstreamFailure(Exception):
     """The upstream could not be reached or did not answer in time."""
 
@@ -101,6 +105,11 @@ class UpstreamClient:
     @property
     def target(self) -> str:
         return self._base or "google"
+
+    def own_credentials(self, call: ApiCall) -> bool:
+        """Whether ``call`` goes upstream with the gateway's credentials (then what comes
+        back is about the gateway's account, not the caller's)."""
+        return self._credentials.own_for(call)
 
     async def start(self) -> None:
         self._pool = http1.Pool(
@@ -141,8 +150,11 @@ class UpstreamClient:
                 outgoing.method, origin, target, headers, outgoing.body
             ) as response:
                 if counted:
-                    metrics.UPSTREAM_DURATION_BY(model).observe(time.perf_counter() - started)
-                    metrics.UPSTREAM_REQUESTS_BY(model, str(response.status)).inc()
+                    if response.status < 300:  # the provider knows it: a real model's name
+                        metrics.MODELS.learn(model)
+                    label = metrics.MODELS(model)
+                    metrics.UPSTREAM_DURATION_BY(label).observe(time.perf_counter() - started)
+                    metrics.UPSTREAM_REQUESTS_BY(label, str(response.status)).inc()
                 yield response
         except http1.HttpError as exc:
             failure = _failure(exc, origin)
@@ -191,7 +203,7 @@ def _failure(exc: http1.HttpError, origin: http1.Origin) -> UpstreamFailure:
 
 
 def _count_failure(model: str, failure: UpstreamFailure) -> None:
-    metrics.UPSTREAM_REQUESTS_BY(model, failure.outcome).inc()
+    metrics.UPSTREAM_REQUESTS_BY(metrics.MODELS(model), failure.outcome).inc()
     log.warning("upstream call for %s failed: %s", model, failure.message)
 
 
@@ -209,7 +221,15 @@ def _request_headers(
     return headers
 
 
-def response_headers(response: http1.Response) -> list[tuple[bytes, bytes]]:
+def response_headers(response: http1.Response, own_credentials: bool = False) -> list[tuple[bytes, bytes]]:
+    """The headers passed back; Google's own ``x-goog-*`` ones only to callers who used their
+    own credentials (they may name the account the call was billed to)."""
+    if own_credentials:
+        return [
+            (name, value)
+            for name, value in response.headers
+            if name not in _DROP_RESPONSE and (not name.startswith(b"x-goog-") or name.startswith(_UPLOAD))
+        ]
     return [(name, value) for name, value in response.headers if name not in _DROP_RESPONSE]
 
 

@@ -23,7 +23,7 @@ class Family(StrEnum):
 
 
 class Action(StrEnum):
-    """Actions the gateway understands; any other action is forwarded unchanged."""
+    """Actions whose bodies the gateway reads; the others it knows are forwarded as they are."""
 
     GENERATE = "generateContent"
     STREAM = "streamGenerateContent"
@@ -32,6 +32,24 @@ class Action(StrEnum):
 
 _ACTIONS: dict[str, Action] = {a.value: a for a in Action}
 _GENERATING = frozenset({Action.GENERATE.value, Action.STREAM.value})
+
+# Every model action the official SDKs send (google-genai's models.py and batches.py):
+# forwarded in keys mode, where the gateway pays; anything else is a 404 there. All of them
+# count against the caller's limits; all but the free token counts spend provider quota.
+KNOWN_ACTIONS = (
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "computeTokens",
+    "embedContent",
+    "batchEmbedContents",
+    "asyncBatchEmbedContent",
+    "batchGenerateContent",
+    "predict",
+    "predictLongRunning",
+    "fetchPredictOperation",
+)
+_FREE_ACTIONS = frozenset({"countTokens", "computeTokens", "fetchPredictOperation"})
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}"
 _MODEL = rf"(?P<model>{_NAME})(?::(?P<action>[A-Za-z]{{1,64}}))?"
@@ -71,6 +89,12 @@ class ApiCall:
     def generates(self) -> bool:
         """A call that spends generation quota and whose answer may be cached."""
         return self.action in _GENERATING
+
+    @property
+    def spends_quota(self) -> bool:
+        """A model action the provider counts against its quota (listings and token counts
+        are free)."""
+        return self.action is not None and self.action not in _FREE_ACTIONS
 
 
 def parse_path(path: str) -> ApiCall | None:

@@ -26,6 +26,19 @@ RPM, RPD, TPM, TPD = "rpm", "rpd", "tpm", "tpd"
 WINDOW_NAMES = (RPM, RPD, TPM, TPD)
 TOKEN_WINDOWS = frozenset({TPM, TPD})
 
+# Answers for which the provider spent nothing of the quota: the credentials were refused
+# (401, 403; the Gemini API says 400 API_KEY_INVALID for a bad key) or the model does not
+# exist (404). Their reservations are given back, so calls with garbage credentials or
+# made-up models cannot use up the quota of everyone else.
+_UNCOUNTED_STATUSES = frozenset({401, 403, 404})
+
+
+def provider_counted(status: int, body: bytes) -> bool:
+    """Whether the provider's answer ``status`` / ``body`` spent its quota."""
+    if status in _UNCOUNTED_STATUSES:
+        return False
+    return not (status == 400 and b"API_KEY_INVALID" in body)
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
