@@ -432,7 +432,7 @@ class ProviderQuota:
             windows: dict[str, Any] = {}
             if m.windows:
                 for w, u in zip(m.windows, await self._windows.usage(m.scope, m.windows), strict=True):
-                    metrics.QUOTA_USED.labels(name, w.name).set(u.used)
+                    metrics.QUOTA_USED_BY(self._label(m), w.name).set(u.used)
                     windows[w.name] = qp.window_stats(
                         w, u.used, max(0, m.inflight[w.name]), u.reset_after, now
                     )

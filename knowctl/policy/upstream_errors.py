@@ -6,7 +6,8 @@ the console links of the project and the service account: facts about the gatewa
 account that no tenant should learn. Such answers are rebuilt here from the parts that
 help the caller (code, status, a message with those facts taken out, retry and field
 details); a refusal of the gateway's own credentials (401, 403) becomes a plain 502 that
-names the request, since it is the operator's problem and not the caller's.
+names the request (so does the Gemini API's 400 API_KEY_INVALID), since it is the
+operator's problem and not the caller's.
 
 Pure code: the daemon logs the original answer under the same request id.
 """
@@ -50,7 +51,7 @@ def redact(text: str) -> str:
 
 def tenant_error(status: int, body: bytes, request_id: str) -> tuple[int, bytes]:
     """The status and body a tenant gets for the provider's error ``status`` / ``body``."""
-    if status in CREDENTIALS_REFUSED:
+    if status in CREDENTIALS_REFUSED or (status == 400 and b"API_KEY_INVALID" in body):
         message = (
             f"The gateway could not call the provider for this request (request id {request_id}); "
             "its operator has the details."

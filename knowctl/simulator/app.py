@@ -42,7 +42,45 @@ from knowctl.policy.paths import Action, ApiCall, Family, allowed_methods, parse
 from knowctl.simulator import answers
 from knowctl.simulator.quota import Refusal, SlidingWindowQuota
 
-FAULTS = ("error500", "reset", "cut_stream", "invalid_json", "hang")
+FAULTS = ("error500", "reset", "cut_stream", "invalid_json", "hang", "denied", "bad_key")
+# Google's answers when the project's API is disabled and when the key is not valid, with the
+# account facts they carry (project number, console link, ErrorInfo metadata).
+SIMULATED_PROJECT = "123456789012"
+_DENIED = {
+    "error": {
+        "code": 403,
+        "message": f"Generative Language API has not been used in project {SIMULATED_PROJECT} before or it "
+        "is disabled. Enable it by visiting https://console.developers.google.com/apis/api/"
+        f"generativelanguage.googleapis.com/overview?project={SIMULATED_PROJECT} then retry.",
+        "status": "PERMISSION_DENIED",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "SERVICE_DISABLED",
+                "domain": "googleapis.com",
+                "metadata": {
+                    "consumer": f"projects/{SIMULATED_PROJECT}",
+                    "service": "generativelanguage.googleapis.com",
+                },
+            }
+        ],
+    }
+}
+_BAD_KEY = {
+    "error": {
+        "code": 400,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    }
+}
 MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite", "gemini-2.0-flash")
 SSE = b"text/event-stream"
 _SSE_HEADERS = [(b"content-type", SSE), (b"cache-control", b"no-cache")]
@@ -306,6 +344,10 @@ class SimulatorApp:
         if fault == "error500":
             error = error_body(500, INTERNAL_MESSAGE)
             await respond(send, 500, b"[" + error + b"]" if stream and not sse else error)
+        elif fault in ("denied", "bad_key"):
+            data = orjson.dumps(_DENIED if fault == "denied" else _BAD_KEY)
+            status = 403 if fault == "denied" else 400
+            await respond(send, status, b"[" + data + b"]" if stream and not sse else data)
         elif fault == "hang":
             await _wait_disconnect(receive)
         elif fault == "reset":
