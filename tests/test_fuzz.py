@@ -368,3 +368,114 @@ def test_malformed_http_gets_googles_error_shape(target: tuple[Gateway, int]) ->
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 400")
     assert b'"error"' in reply, reply
+
+
+# --- keys mode: what an outsider and a tenant can send -------------------------------------------
+
+KEYS_ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def keyed_target(
+    simulator_process: Simulator, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, str]]:
+    """A gateway in keys mode (its own Google key) and a tenant's key."""
+    handle, process = start_gateway(
+        tmp_path_factory.mktemp("fuzz-keys"),
+        "--upstream",
+        simulator_process.url,
+        "--store",
+        redis_url,
+        env={
+            "KNOWCTL_AUTH_MODE": "keys",
+            "KNOWCTL_GOOGLE_API_KEY": "AIza-fuzz-" + uuid.uuid4().hex,
+            "KNOWCTL_ADMIN_TOKEN": KEYS_ADMIN_TOKEN,
+            "KNOWCTL_USER_LIMITS": "none",
+            "KNOWCTL_MAX_BODY_BYTES": str(MAX_BODY),
+        },
+    )
+    with process:
+        created = httpx.post(
+            handle.url + "/api/keys",
+            json={"user": "fuzz-tenant"},
+            headers={"authorization": f"Bearer {KEYS_ADMIN_TOKEN}"},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        yield handle, created.json()["key"]
+
+
+def upstream_calls(gateway: Gateway) -> float:
+    text = httpx.get(gateway.url + "/api/metrics", timeout=10).text
+    prefix = "knowctl_upstream_requests_total{"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+# Every spelling a credential may take in a query, and made-up values for it.
+credential_names = st.sampled_from(
+    ["key", "%6Bey", "k%65y", "KEY", "access_token", "%61ccess_token", "oauth_token"]
+)
+credential_values = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=60)
+header_credentials = st.sampled_from(["x-goog-api-key", "authorization", "x-api-key", "cookie"])
+
+
+@FUZZ
+@given(
+    action=st.sampled_from(ACTIONS),
+    body=st.binary(max_size=MAX_BODY // 4) | request_body.map(orjson.dumps),
+    query=st.lists(st.tuples(credential_names, credential_values), max_size=3),
+    headers=st.lists(st.tuples(header_credentials, credential_values), max_size=2),
+)
+def test_unauthenticated_calls_are_refused_whatever_they_send(
+    keyed_target: tuple[Gateway, str],
+    client: httpx.Client,
+    action: str,
+    body: bytes,
+    query: list[tuple[str, str]],
+    headers: list[tuple[str, str]],
+) -> None:
+    """Without a valid key, any body and any credential spelling is a 401 (or a clear 4xx
+    for a header no HTTP client may send) and reaches nothing upstream."""
+    gateway, _ = keyed_target
+    before = upstream_calls(gateway)
+    qs = "&".join(f"{name}={quote(value)}" for name, value in query)
+    try:
+        response = client.post(
+            f"{gateway.url}/v1beta/models/{MODEL}:{action}" + (f"?{qs}" if qs else ""),
+            content=body,
+            headers=[(name, value) for name, value in headers],
+        )
+    except httpx.LocalProtocolError:
+        return  # httpx itself refuses such a header
+    check(response)
+    assert 400 <= response.status_code < 500
+    assert upstream_calls(gateway) == before
+
+
+model_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-", min_size=1, max_size=40).map(
+    lambda name: "m" + name
+)
+
+
+@FUZZ
+@given(
+    action=st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=30)
+    | st.sampled_from(ACTIONS),
+    model=model_names,
+    body=request_body.map(orjson.dumps),
+)
+def test_a_tenants_random_actions_and_models(
+    keyed_target: tuple[Gateway, str], client: httpx.Client, action: str, model: str, body: bytes
+) -> None:
+    """A tenant's made-up actions are 404s that go nowhere; made-up models get the provider's
+    answer; neither makes metric series of its own."""
+    gateway, key = keyed_target
+    response = client.post(
+        f"{gateway.url}/v1beta/models/{model}:{action}", content=body, headers={"x-goog-api-key": key}
+    )
+    check(response)
+    if action not in ("generateContent", "streamGenerateContent", "countTokens"):
+        assert response.status_code == 404
+    text = client.get(gateway.url + "/api/metrics").text
+    routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in text.splitlines() if 'route="' in line}
+    assert action not in routes or action in ACTIONS
