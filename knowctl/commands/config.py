@@ -18,13 +18,9 @@ def show(
     config: Annotated[Path | None, typer.Option("--config", help="YAML config file.", dir_okay=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] = False,
 ) -> None:
-    """The settings the daemon would run with here (secrets shown as set or unset, never their value)."""
-    from knowctl.settings import SECRET_FIELDS
-
-    settings = settings_or_exit(config)
-    values = settings.model_dump(mode="json")
-    for name in SECRET_FIELDS:
-        values[name] = "***" if values.get(name) else None
+    """The settings the daemon would run with here (secrets shown as set or unset, never their
+    value; passwords inside URLs as ***)."""
+    values = settings_or_exit(config).redacted()
     if as_json:
         typer.echo(json.dumps(values))
         return

@@ -3,7 +3,7 @@
 Schema validation says an object is well formed; these say it is fit for production:
 every workload container has requests and limits, probes, runs as non-root on a
 read-only root filesystem, and names a pinned image; no ConfigMap or Compose environment
-carries a secret value.
+carries a secret value (a URL with a user name or password is one).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from knowctl.redact import carries_credentials, redact_text
 from knowctl.settings import SECRET_FIELDS, Settings
 
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"})
@@ -106,6 +107,17 @@ def _secret_entries(key: str, value: Any, path: str) -> Iterator[tuple[str, str]
         yield path, "looks like a secret"
     elif isinstance(value, str) and _SECRET_VALUE.search(value):
         yield path, "holds a secret-looking value"
+    elif isinstance(value, str) and _holds_credentials_url(value):
+        yield path, "holds a URL with credentials (put it in a Secret: KNOWCTL_<NAME>_FILE)"
+
+
+def _holds_credentials_url(value: str) -> bool:
+    if "://" not in value:
+        return False
+    if redact_text(value) != value:  # user:password@ anywhere, a bare URL or inside a file
+        return True
+    bare = value.strip()
+    return not any(c.isspace() for c in bare) and carries_credentials(bare)  # ?password=...
 
 
 def check_configmap(obj: dict[str, Any]) -> Iterator[Violation]:

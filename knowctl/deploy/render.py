@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from knowctl.deploy.values import (
     gateway_settings,
     grace_period,
     redis_host,
+    url_secrets,
 )
 from knowctl.settings import SECRET_FIELDS
 
@@ -35,6 +37,7 @@ SECRETS_DIR = "/run/secrets"
 class RenderedFile:
     path: str  # relative, POSIX separators
     content: str
+    secret: bool = False  # holds a password from the values: written readable by its owner only
 
 
 def _cpu(quantity: str) -> float:
@@ -56,7 +59,7 @@ def _context(target: Target, values: Values) -> dict[str, Any]:
     import yaml
 
     settings = gateway_settings(values, target)
-    config_yaml = yaml.safe_dump(config_document(settings), sort_keys=False)
+    config_yaml = yaml.safe_dump(config_document(settings, values.secret.fields), sort_keys=False)
     return {
         "v": values,
         "settings": settings,
@@ -67,6 +70,11 @@ def _context(target: Target, values: Values) -> dict[str, Any]:
         "config_file": CONFIG_FILE,
         "secrets_dir": SECRETS_DIR,
         "secret_fields": sorted(SECRET_FIELDS),
+        # URLs of the values that carry a password: a Secret of their own (Kubernetes) or
+        # secret files (Compose), read through KNOWCTL_<NAME>_FILE; no checksum of them goes
+        # on the pod template, where it would be a hash to guess the password against.
+        "url_secrets": url_secrets(settings),
+        "url_secret_name": f"{values.name}-urls",
         "grace_period": grace_period(values, settings),
         "redis_host": redis_host(values, target),
     }
@@ -92,6 +100,7 @@ def render(target: Target, values: Values, root: Path | None = None) -> list[Ren
         (" " * n + line) if line else line for line in str(text).splitlines()
     )
     context = _context(target, values)
+    secrets: dict[str, str] = context["url_secrets"]
     files: list[RenderedFile] = []
     for source in sorted(p for p in base.rglob("*") if p.is_file()):
         rel = source.relative_to(base).as_posix()
@@ -103,7 +112,14 @@ def render(target: Target, values: Values, root: Path | None = None) -> list[Ren
         else:
             text = source.read_text(encoding="utf-8")
         if text.strip():  # a template switched off by values renders empty: no file
-            files.append(RenderedFile(rel, text if text.endswith("\n") else text + "\n"))
+            text = text if text.endswith("\n") else text + "\n"
+            # As given, or as the q filter escaped it.
+            holds_secret = any(v in text or _quote(v)[1:-1] in text for v in secrets.values())
+            files.append(RenderedFile(rel, text, secret=holds_secret))
+    if target == "compose":  # Compose reads a secret from a file: the render writes it
+        files += [
+            RenderedFile(f"secrets/{name}", value + "\n", secret=True) for name, value in secrets.items()
+        ]
     return files
 
 
@@ -111,8 +127,15 @@ def write(files: list[RenderedFile], out: Path) -> list[Path]:
     written = []
     for item in files:
         dest = out / item.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(item.content, encoding="utf-8")
+        if not item.secret:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(item.content, encoding="utf-8")
+        else:
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            dest.unlink(missing_ok=True)  # a file left by an earlier render may be more open
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(item.content)
         written.append(dest)
     return written
 

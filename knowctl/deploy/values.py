@@ -13,11 +13,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from knowctl import __version__
-from knowctl.settings import SECRET_FIELDS, Settings
+from knowctl.redact import carries_credentials
+from knowctl.settings import CREDENTIAL_URL_FIELDS, SECRET_FIELDS, Settings
+
+# Settings the Secret may hold as files: the secrets, and the URLs that may carry a password.
+FILE_FIELDS = SECRET_FIELDS | CREDENTIAL_URL_FIELDS
 
 _CPU = re.compile(r"^(\d+m|\d+(\.\d+)?)$")
 _MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti)$")
@@ -169,13 +173,15 @@ class Secret(_Strict):
     name: str = Field(default="knowctl-secrets", description="Secret holding the gateway's secret settings.")
     fields: list[str] = Field(
         default_factory=lambda: sorted(SECRET_FIELDS),
-        description="Secret settings mounted as files (KNOWCTL_<NAME>_FILE); each must be in the Secret.",
+        description="Secret settings mounted as files (KNOWCTL_<NAME>_FILE); each must be in the Secret. "
+        "May also name store_url, upstream_url or cdn_purge_url, to keep a URL with a password "
+        "out of the values entirely.",
     )
 
     @field_validator("fields")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - SECRET_FIELDS)
+        unknown = sorted(set(value) - FILE_FIELDS)
         if unknown:
             raise ValueError(f"not secret settings: {', '.join(unknown)}")
         return value
@@ -259,6 +265,15 @@ class Values(_Strict):
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
         return value
+
+    @model_validator(mode="after")
+    def _one_source_per_url(self) -> Values:
+        both = sorted(set(self.secret.fields) & set(self.settings))
+        if both:
+            raise ValueError(
+                f"{', '.join(both)}: in secret.fields (read from the Secret) and in settings; give one"
+            )
+        return self
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -376,7 +391,18 @@ def gateway_settings(values: Values, target: Literal["k8s", "compose"] = "k8s") 
         ) from exc
 
 
-def config_document(settings: Settings) -> dict[str, Any]:
-    """Every non-secret setting, as the YAML config file the daemon reads (KNOWCTL_CONFIG)."""
+def url_secrets(settings: Settings) -> dict[str, str]:
+    """The URL settings of the values that carry credentials: rendered into a Secret (a
+    Compose secret file) and read through KNOWCTL_<NAME>_FILE, never into the config."""
+    found = {name: getattr(settings, name) for name in sorted(CREDENTIAL_URL_FIELDS)}
+    return {
+        name: value for name, value in found.items() if isinstance(value, str) and carries_credentials(value)
+    }
+
+
+def config_document(settings: Settings, files: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every setting that is neither secret nor read from a file (``files``, and any URL with
+    credentials), as the YAML config file the daemon reads (KNOWCTL_CONFIG)."""
     dumped = settings.model_dump(mode="json")
-    return {name: dumped[name] for name in Settings.model_fields if name not in SECRET_FIELDS}
+    left_out = SECRET_FIELDS | set(files) | set(url_secrets(settings))
+    return {name: dumped[name] for name in Settings.model_fields if name not in left_out}

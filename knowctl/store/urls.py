@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from knowctl.redact import ENCODE_HINT, check_authority
+
 SCHEMES = (
     "memory",
     "redis",
@@ -56,12 +58,13 @@ def _host_port(item: str, default_port: int) -> tuple[str, int]:
         host, _, port_text = item.partition(":")
     else:
         host, port_text = item, ""
+    # The messages name no text of the URL: a mistyped password can end up in the host list.
     if not host:
-        raise ValueError(f"empty host in {item!r}")
+        raise ValueError(f"an empty host in the host list ({ENCODE_HINT})")
     if not port_text:
         return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad port in {item!r}")
+        raise ValueError(f"a bad port in the host list (1-65535; {ENCODE_HINT})")
     return host, int(port_text)
 
 
@@ -99,7 +102,7 @@ def parse_multi_host(url: str) -> MultiHostURL:
     db = 0
     if len(segments) == 2:
         if not segments[1].isdigit():
-            raise ValueError(f"bad database number {segments[1]!r}")
+            raise ValueError("the database number after the service name must be an integer")
         db = int(segments[1])
     return MultiHostURL(
         scheme,
@@ -122,10 +125,15 @@ def check_store_url(url: str) -> str:
             "must be memory://, redis://host:port/db, rediss://..., "
             "redis+cluster://host:port[,host:port...]/ or redis+sentinel://host:port[,...]/service[/db]"
         )
+    if scheme == "memory":
+        if "@" in url:  # describe() shows a memory URL as it is
+            raise ValueError("memory:// takes no user name or password")
+        memory_max_bytes(url)
+        return url
+    # Before any parsing: a password that spills past the host part could not be redacted.
+    check_authority(url, single_host="+" not in scheme)
     if "+" in scheme:
         parse_multi_host(url)
-    if scheme == "memory":
-        memory_max_bytes(url)
     return url
 
 
