@@ -13,7 +13,8 @@ import uvicorn
 from knowctl.daemon.app import SIMULATOR_PREFIX, Gateway, Phase
 from knowctl.daemon.protocol import GatewayHttpProtocol
 from knowctl.logs import setup_logging
-from knowctl.settings import Settings, load_settings
+from knowctl.redact import redact_url
+from knowctl.settings import Settings
 
 
 class GatewayServer(uvicorn.Server):
@@ -83,22 +84,21 @@ def _serve_workers(settings: Settings, sock: socket.socket) -> None:
     import tempfile
 
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="knowctl-metrics-"))
-    # Worker processes rebuild Settings from the environment; pass every resolved value.
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        os.environ[f"KNOWCTL_{name.upper()}"] = str(value)
-    config = _uvicorn_config(
-        "knowctl.daemon.server:app_from_environment", settings, factory=True, workers=settings.workers
-    )
+    # The workers get the resolved Settings themselves, pickled with the uvicorn config over
+    # multiprocessing's spawn pipe: nothing goes through the environment, where every
+    # worker's /proc/<pid>/environ would show the secrets read from KNOWCTL_*_FILE, and
+    # flags and --config need no re-reading (a worker restarted later runs the same settings).
+    import functools
+
+    factory = functools.partial(_worker_app, settings)
+    config = _uvicorn_config(factory, settings, factory=True, workers=settings.workers)
     from uvicorn.supervisors import Multiprocess
 
     Multiprocess(config, sockets=[sock]).run()
 
 
-def app_from_environment() -> Gateway:
-    """Factory for worker processes (``--workers N``)."""
-    settings = load_settings()
+def _worker_app(settings: Settings) -> Gateway:
+    """Factory run in each worker process (``--workers N``), with the supervisor's Settings."""
     setup_logging(settings.log_level, settings.log_format)
     return Gateway(settings)
 
@@ -113,7 +113,8 @@ def print_banner(settings: Settings, port: int, gateway: Gateway) -> None:
             "[yellow]upstream: the built-in SIMULATOR (made-up answers, not Google; for trying knowctl)[/]"
         )
     else:
-        console.print(f"upstream: {gateway.upstream.target} (credentials: {gateway.credentials.mode})")
+        upstream = redact_url(gateway.upstream.target)
+        console.print(f"upstream: {upstream} (credentials: {gateway.credentials.mode})")
     console.print(f"store: {gateway.store.describe()}")
     if settings.admin_token is None:
         console.print("admin API: no KNOWCTL_ADMIN_TOKEN set, so it answers on loopback only")
