@@ -355,16 +355,26 @@ def test_passthrough_calls_refused_for_their_credentials_give_their_quota_back(
 def asgi_get(
     app: GatewayApp, path: str, client: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> int:
-    """One GET through the gateway's ASGI callable, as from ``client``."""
+    """One GET through the gateway's ASGI callable, as from ``client``: its status."""
+    return asgi_request(app, path, client, headers)[0]
+
+
+def asgi_request(
+    app: GatewayApp, path: str, client: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, bytes]:
+    """One GET through the gateway's ASGI callable, as from ``client``: status and body."""
     status = 0
+    body = b""
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message: Any) -> None:
-        nonlocal status
+        nonlocal status, body
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif message["type"] == "http.response.body":
+            body += message.get("body", b"")
 
     scope = {
         "type": "http",
@@ -376,7 +386,7 @@ def asgi_get(
         "client": (client, 40000),
     }
     asyncio.run(app(scope, receive, send))
-    return status
+    return status, body
 
 
 @pytest.mark.parametrize(
@@ -399,3 +409,10 @@ def test_the_simulators_control_routes_take_the_admin_token() -> None:
     assert asgi_get(app, "/_simulator/config", "203.0.113.9") == 401
     assert asgi_get(app, "/_simulator/config", "203.0.113.9", bearer) == 200
     assert asgi_get(app, "/_simulator/upstream/v1beta/models", "203.0.113.9", bearer) == 403
+
+
+def test_readiness_never_shows_a_password_in_the_upstream_url() -> None:
+    app = GatewayApp(Settings(upstream_url="http://user:up-s3cret@127.0.0.1:9/base"))
+    status, body = asgi_request(app, "/api/ready", "127.0.0.1")
+    assert b"up-s3cret" not in body
+    assert b"user:***@127.0.0.1:9" in body

@@ -20,6 +20,7 @@ import orjson
 from knowctl.daemon import http1, metrics
 from knowctl.daemon.credentials import UpstreamCredentials
 from knowctl.policy.paths import ApiCall, Family, google_origin
+from knowctl.redact import redact_url
 from knowctl.settings import Settings
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ class UpstreamClient:
 
     @property
     def target(self) -> str:
-        return self._base or "google"
+        """Where calls go, for people (banner, /api/ready): never with a password."""
+        return redact_url(self._base) if self._base else "google"
 
     def own_credentials(self, call: ApiCall) -> bool:
         """Whether ``call`` goes upstream with the gateway's credentials (then what comes
