@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -159,6 +159,38 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes."
+    )
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Request body bytes one daemon process holds at once, all requests together "
+        "(each worker process has its own bound); a body that would pass it is refused with a "
+        "503 and Retry-After. At least max_body_bytes. A held body is also parsed and sent "
+        "upstream: the process's memory grows by up to about four times this.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and header fields), in bytes; a larger "
+        "one is refused with a 400.",
+    )
+    client_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a request head may take to arrive, from the connection's opening or "
+        "the previous answer's end; then the connection closes (with a 408 if part of a head came).",
+    )
+    client_body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may take to arrive once its head has; then it gets a "
+        "408 and the connection closes.",
+    )
+    max_connections_per_client: int = Field(
+        512,
+        ge=0,
+        description="Concurrent connections one client address may hold (0: no cap); one more is "
+        "answered 429 and closed. Addresses in trusted_proxies are exempt.",
     )
 
     # --- upstream ----------------------------------------------------------------
@@ -361,6 +393,14 @@ class Settings(BaseSettings):
         "endpoints answer only on loopback.",
     )
     url: str = Field("http://127.0.0.1:8080", description="Where the admin CLI finds the daemon.")
+
+    @field_validator("max_buffered_bytes")
+    @classmethod
+    def _check_buffered(cls, value: int, info: ValidationInfo) -> int:
+        body = info.data.get("max_body_bytes")
+        if body is not None and value < body:
+            raise ValueError(f"must be at least max_body_bytes ({body}): a larger body could never be held")
+        return value
 
     @field_validator("upstream_url")
     @classmethod

@@ -22,13 +22,25 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 JSON = b"application/json; charset=UTF-8"
 
+# Set in a request's scope when the HTTP transport refused it mid-way (knowctl.daemon.protocol:
+# a body over the process's buffer bound, 503, or too slow to arrive, 408) and answered the
+# client itself: the app's receive() then gives http.disconnect and its sends are dropped.
+SCOPE_TRANSPORT_STATUS = "knowctl.transport_status"
+
 
 class BodyTooLarge(Exception):
     """The request body passed the configured limit."""
 
 
 class ClientDisconnected(Exception):
-    """The client went away before its body arrived."""
+    """The client went away before its body arrived, or the transport refused the body
+    (``transport_status`` then tells with which status)."""
+
+
+def transport_status(scope: Scope) -> int | None:
+    """The status the transport answered this request with itself, if it did."""
+    status: int | None = scope.get(SCOPE_TRANSPORT_STATUS)
+    return status
 
 
 async def read_body(receive: Receive, limit: int, declared_length: str | None) -> bytes:

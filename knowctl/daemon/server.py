@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import socket
 import sys
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
 from knowctl.daemon.app import SIMULATOR_PREFIX, Gateway, Phase
-from knowctl.daemon.protocol import GatewayHttpProtocol
+from knowctl.daemon.protocol import protocol_factory
 from knowctl.logs import setup_logging
 from knowctl.redact import redact_url
 from knowctl.settings import Settings
@@ -46,7 +47,11 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Confi
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http=GatewayHttpProtocol,  # httptools, with Google-shaped 400s for malformed HTTP
+        # httptools, with Google-shaped refusals and the transport's limits (protocol.py)
+        http=cast(type[asyncio.Protocol], protocol_factory(settings)),
+        # No WebSocket routes: an upgrade would hand the connection to a protocol that
+        # keeps none of those limits.
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,
