@@ -14,12 +14,12 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from knowctl.policy.limits import parse_limits
 from knowctl.policy.paths import KNOWN_ACTIONS
@@ -368,6 +368,18 @@ class Settings(BaseSettings):
     topics_refresh_interval: float = Field(
         300.0, gt=0, description="Seconds between popular-topic refresh checks."
     )
+    topics_generate: Literal["keys", "allowlist", "anyone", "none"] | None = Field(
+        None,
+        description="Who may make GET /topics/{topic} generate a topic that is not cached: keys "
+        "(callers with a valid gateway key), allowlist (anyone, but only the topics in "
+        "topics_allowed), anyone, or none (only knowctl topics prewarm). Cached topics are public "
+        "in every mode. Unset: keys in keys auth mode, anyone otherwise.",
+    )
+    topics_allowed: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Topics anyone may have generated under topics_generate=allowlist (only these) "
+        "or keys (these without a key): comma-separated names, or a list in the config file.",
+    )
     vertex_project: str | None = Field(
         None, description="Vertex project for topic generation (else Gemini API)."
     )
@@ -465,6 +477,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR") from None
         return value
 
+    @field_validator("topics_allowed", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment's form: comma-separated
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("topics_allowed")
+    @classmethod
+    def _check_topics(cls, value: list[str]) -> list[str]:
+        from knowctl.policy.cachekey import check_topic
+
+        return list(dict.fromkeys(check_topic(topic) for topic in value))
+
     def __repr_args__(self) -> Any:
         # repr() ends up in tracebacks and debug logs: no URL password in it.
         from knowctl.redact import redact_url
@@ -494,6 +520,13 @@ class Settings(BaseSettings):
         if self.simulate:
             return "anonymous"
         return "keys" if holds_credentials else "passthrough"
+
+    def resolved_topics_generate(self, auth_mode: str) -> str:
+        """Who may have a topic generated: explicit, or the safe default for ``auth_mode``
+        (in keys mode a MISS would spend the gateway's own credentials)."""
+        if self.topics_generate is not None:
+            return self.topics_generate
+        return "keys" if auth_mode == "keys" else "anyone"
 
     @classmethod
     def settings_customise_sources(
