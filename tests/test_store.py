@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aredis
 
 from knowctl.policy.windows import calendar_period
-from knowctl.store import Announcement, Store, StoreUnavailable, Window, keys, open_store
+from knowctl.store import Announcement, Claim, Store, StoreUnavailable, Window, keys, open_store
 from knowctl.store.base import redact_url
 from knowctl.store.memory import MemoryStore
 from tests.support.net import LOOPBACK, free_port
@@ -24,8 +24,6 @@ from tests.support.redis_server import RedisServer, redis_server
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 2.0
-
-
 
 
 @pytest.fixture
@@ -293,6 +291,48 @@ async def test_publish_reaches_every_subscriber_on_every_daemon(daemons: list[St
         assert await asyncio.wait_for(anext(sub), 3) == b"for you"
 
 
+# --- claims: what each daemon may admit alone while the store is away ---------------------------
+
+
+async def test_claims_and_usage_never_exceed_the_limit(daemons: list[Store]) -> None:
+    """Each daemon's claim is an equal part of what is left beside the others'; the others'
+    count as used, so usage plus every claim stays within the limit whoever calls."""
+    sc = scope()
+    ws = [Window("rpm", 60, 20)]
+    claims = {f"d{i}": 0 for i in range(3)}
+    used = 0
+    for n in range(40):
+        who = f"d{n % 3}" if n < 30 else "d0"  # then one daemon alone
+        got = await daemons[n % 3].acquire(sc, ws, [1], reservation_id=rid(), claim=Claim(who, 3, 30.0))
+        claims[who] = got.claimed[0]
+        used = got.usage[0]
+        if n == 0:
+            assert claims["d0"] == 19 // 3  # a third of what is left: up to three daemons
+        assert used + sum(claims.values()) <= 20, (n, used, claims)
+    assert used == 20  # claims shrink as the window fills: the whole limit is used
+
+
+async def test_a_claim_that_expired_frees_its_units(store: Store) -> None:
+    sc = scope()
+    ws = [Window("rpm", 60, 10)]
+    first = await store.acquire(sc, ws, [1], reservation_id=rid(), claim=Claim("idle", 1, 0.3))
+    assert first.claimed == (9,)  # the whole rest: one daemon of one
+    blocked = await store.acquire(sc, ws, [1], reservation_id=rid(), claim=Claim("busy", 1, 0.3))
+    assert not blocked.admitted and blocked.claimed == (0,) and blocked.retry_after > 0
+    await asyncio.sleep(0.4)
+    later = await store.acquire(sc, ws, [1], reservation_id=rid(), claim=Claim("busy", 1, 0.3))
+    assert later.admitted and later.claimed == (8,)
+
+
+async def test_record_writes_back_whatever_the_window_holds(store: Store) -> None:
+    sc = scope()
+    ws = [Window("rpm", 60, 3)]
+    await store.record(sc, ws, [5], reservation_id="back")
+    await store.record(sc, ws, [5], reservation_id="back")  # a repeat is a no-op
+    assert [u.used for u in await store.usage(sc, ws)] == [5]
+    assert not (await store.acquire(sc, ws, [1], reservation_id=rid())).admitted
+
+
 # --- key layout ----------------------------------------------------------------------------------
 
 
@@ -304,7 +344,7 @@ def test_one_scope_one_hash_tag_and_not_a_global_one() -> None:
     assert {keys.hash_tag(k) for k in flash} == {"q:gemini-2.0-flash"}
     assert {keys.hash_tag(k) for k in pro} == {"q:gemini-2.5-pro"}
     assert {keys.hash_tag(k) for k in alice} == {"u:alice"}
-    assert len(set(flash)) == 6
+    assert len(set(flash)) == 8  # four keys per window
     assert keys.hash_tag(keys.cache_entry("ab12")) == "c:ab12"
     assert keys.hash_tag(keys.cache_entry("ab12")) != keys.hash_tag(keys.cache_entry("cd34"))
     for k in [*flash, *pro, *alice, keys.cache_entry("x"), keys.channel("capacity")]:
@@ -329,13 +369,18 @@ async def test_redis_keys_are_the_documented_ones_and_expire(redis_url: str) -> 
             k.decode() if isinstance(k, bytes) else k
             for k in await raw.keys(f"knowctl:{keys.scope_tag(sc)}*")
         )
-        expected = sorted(k for w in ws for k in keys.window_keys(sc, w.name).as_list())
+        logs = [keys.window_keys(sc, w.name) for w in ws]
+        expected = sorted(k for wk in logs for k in (wk.log, wk.amounts, wk.total))  # no claim asked
         assert found == expected
-        for k in keys.window_keys(sc, "rpm").as_list():
+        for k in keys.window_keys(sc, "rpm").as_list()[:3]:
             assert 0 < await raw.pttl(k) <= 2000 + 5000
         midnight = calendar_period("America/Los_Angeles", time.time())[1] - time.time()
-        for k in keys.window_keys(sc, "rpd").as_list():
+        for k in keys.window_keys(sc, "rpd").as_list()[:3]:
             assert abs(await raw.pttl(k) / 1000 - (midnight + 5)) < 3
+        async with open_store(redis_url, timeout=TIMEOUT) as store:
+            await store.acquire(sc, ws, [1, 1], reservation_id=rid(), claim=Claim("d1", 2, 4.0))
+        for wk in logs:  # a claim lives for its ttl (plus the margin), whatever the window
+            assert 0 < await raw.pttl(wk.claims) <= 4000 + 5000
     finally:
         await raw.aclose()
 

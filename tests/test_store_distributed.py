@@ -80,7 +80,7 @@ async def test_every_script_keeps_its_keys_in_one_slot(
         for scope in SCOPES:
             # The very keys and arguments acquire/adjust/usage send to EVALSHA.
             script_keys, _ = cluster_store._script_input(scope, WINDOWS, rid(), [1] * 4, [1] * 4)
-            assert len(script_keys) == 3 * len(WINDOWS)
+            assert len(script_keys) == 4 * len(WINDOWS)
             with_hold = (
                 [*script_keys, keys.quota_hold(scope.split(":", 1)[1])] if scope[0] == "q" else script_keys
             )

@@ -203,8 +203,10 @@ def try_admit(
     caps: Sequence[int],
     reservation_id: str,
     now: float,
+    held: Sequence[int] | None = None,
 ) -> Verdict:
-    """Admit iff every window with a positive amount stays within its cap; record only then.
+    """Admit iff every window with a positive amount stays within its cap (less the units
+    ``held`` by others' claims, see ``claim_size``); record only then.
 
     A reservation id already present in any window is a replay (e.g. a retried call whose
     first attempt did land): it is reported admitted and nothing is recorded twice.
@@ -212,7 +214,12 @@ def try_admit(
     used = [log.trim(w, now) for log, w in zip(logs, windows, strict=True)]
     if any(reservation_id in log for log in logs):
         return Verdict(True, 0.0, tuple(used), _resets(logs, windows, now), ())
-    blocked = [i for i, (u, a, c) in enumerate(zip(used, amounts, caps, strict=True)) if a > 0 and u + a > c]
+    others = held if held is not None else (0,) * len(caps)
+    blocked = [
+        i
+        for i, (u, a, c, h) in enumerate(zip(used, amounts, caps, others, strict=True))
+        if a > 0 and u + a + h > c
+    ]
     if not blocked:
         for log, amount in zip(logs, amounts, strict=True):
             log.record(reservation_id, amount, now)
@@ -223,9 +230,16 @@ def try_admit(
         if amounts[i] > caps[i]:
             retry = math.inf  # can never fit, however long the caller waits
             break
-        retry = max(retry, logs[i].wait_for(windows[i], used[i] + amounts[i] - caps[i], now))
+        retry = max(retry, logs[i].wait_for(windows[i], used[i] + amounts[i] + others[i] - caps[i], now))
     names = tuple(windows[i].name for i in blocked)
     return Verdict(False, retry, tuple(used), _resets(logs, windows, now), names)
+
+
+def claim_size(limit: int, used: int, others: int, parts: int) -> int:
+    """The units a daemon may hold for a store outage: an equal part of what the window has
+    left beside the others' claims, so usage plus every claim stays within the limit."""
+    free = limit - used - others
+    return free // max(1, parts) if free > 0 else 0
 
 
 def _resets(logs: Sequence[WindowLog], windows: Sequence[Window], now: float) -> tuple[float, ...]:

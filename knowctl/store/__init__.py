@@ -10,6 +10,7 @@ from __future__ import annotations
 from knowctl.store.base import (
     Admission,
     Announcement,
+    Claim,
     Store,
     StoreUnavailable,
     Subscription,
@@ -21,6 +22,7 @@ from knowctl.store.urls import SCHEMES, scheme_of
 __all__ = [
     "Admission",
     "Announcement",
+    "Claim",
     "Store",
     "StoreUnavailable",
     "Subscription",

@@ -66,6 +66,21 @@ class Admission:
     reset_after: tuple[float, ...]
     # Names of the windows that refused the request (empty when admitted).
     blocked: tuple[str, ...] = ()
+    # With a Claim: the units per window this daemon now holds for a store outage.
+    claimed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Ask :meth:`Store.acquire` to keep a claim for ``claimant`` (one daemon): part of what
+    each window has left, which other daemons' admissions must leave free, so the claimant
+    can admit up to it on its own while the store does not answer. Its size is
+    floor((limit - used - others' claims) / max(divisor, daemons claiming)); the store
+    forgets it ``ttl_s`` after it was last set (the claimant trusts it for less)."""
+
+    claimant: str
+    divisor: int
+    ttl_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +156,22 @@ class Store(ABC):
         *,
         share: float = 1.0,
         reservation_id: str,
+        claim: Claim | None = None,
     ) -> Admission:
         """One atomic step: admit iff ``usage_i + amounts[i] <= floor(limit_i * share)`` for
         every window with ``amounts[i] > 0``, and if so record the amounts in every window.
+        With ``claim``, other daemons' claims count as used, and the claimant's is set anew.
 
         ``reservation_id`` must be unique per request (a uuid4); an id already recorded is
         treated as a replay of the same request and is not recorded twice.
         """
+
+    @abstractmethod
+    async def record(
+        self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
+    ) -> None:
+        """Record a reservation in every window whatever they hold (admissions made while the
+        store was away, written back so its windows count them); a repeated id is a no-op."""
 
     @abstractmethod
     async def adjust(

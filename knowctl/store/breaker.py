@@ -36,6 +36,7 @@ from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
     Announcement,
+    Claim,
     LeaseRead,
     Store,
     StoreUnavailable,
@@ -239,10 +240,18 @@ class BreakerStore(Store):
         *,
         share: float = 1.0,
         reservation_id: str,
+        claim: Claim | None = None,
     ) -> Admission:
         return await self._guard(
-            lambda: self.inner.acquire(scope, windows, amounts, share=share, reservation_id=reservation_id)
+            lambda: self.inner.acquire(
+                scope, windows, amounts, share=share, reservation_id=reservation_id, claim=claim
+            )
         )
+
+    async def record(
+        self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
+    ) -> None:
+        await self._guard(lambda: self.inner.record(scope, windows, amounts, reservation_id=reservation_id))
 
     async def adjust(
         self,

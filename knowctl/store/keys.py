@@ -3,8 +3,9 @@
 All names start with ``knowctl:`` so a shared Redis can be inspected or cleaned by prefix.
 Keys that one Lua script touches together share a Redis Cluster hash tag (the part in
 ``{...}``), and nothing else does: one model's quota windows share ``{q:<model>}``, one
-user's limits share ``{u:<user>}``, one cache entry has ``{c:<digest>}``. A single global
-tag would put the whole gateway on one Cluster slot.
+user's limits share ``{u:<user>}`` (``{p:<cred>}``, ``{a:<address>}`` for the other kinds
+of caller), one cache entry has ``{c:<digest>}``. A single global tag would put the whole
+gateway on one Cluster slot.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from dataclasses import dataclass
 
 PREFIX = "knowctl:"
 
-# Scope kinds: the first part of a scope string, and so of its hash tag.
+# Scope kinds: the first part of a scope string, and so of its hash tag. Each kind of caller
+# has its own (gateway key users, pass-through credentials, anonymous addresses): a key user
+# named "127.0.0.7" or "cred-..." never shares windows with that address or credential.
 QUOTA = "q"
 USER = "u"
+PASSTHROUGH = "p"
+ANONYMOUS = "a"
 CACHE = "c"
 
 
@@ -34,10 +39,37 @@ def quota_scope(model: str) -> str:
 
 
 def user_scope(user: str) -> str:
-    """Scope of one caller's per-user limits."""
+    """Scope of one gateway key user's per-user limits (``owner:session`` included)."""
     if not user:
         raise ValueError("user must not be empty")
     return f"{USER}:{user}"
+
+
+def passthrough_scope(name: str) -> str:
+    """Scope of one verified pass-through credential's per-user limits (its ``cred-`` name)."""
+    if not name:
+        raise ValueError("credential name must not be empty")
+    return f"{PASSTHROUGH}:{name}"
+
+
+def anonymous_scope(address: str) -> str:
+    """Scope of one client address's per-user limits as an anonymous caller (and as a
+    pass-through credential not yet seen to succeed)."""
+    if not address:
+        raise ValueError("address must not be empty")
+    return f"{ANONYMOUS}:{address}"
+
+
+_CALLER_SCOPES = {"key": user_scope, "passthrough": passthrough_scope, "anonymous": anonymous_scope}
+
+
+def caller_scope(kind: str, name: str) -> str:
+    """Scope of the per-user limits of a caller of identity ``kind`` (see
+    knowctl.policy.identity) named ``name``."""
+    scope = _CALLER_SCOPES.get(kind)
+    if scope is None:
+        raise ValueError(f"callers of kind {kind!r} have no per-user limits")
+    return scope(name)
 
 
 def scope_tag(scope: str) -> str:
@@ -49,20 +81,21 @@ def scope_tag(scope: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WindowKeys:
-    """The three keys of one window's exact log (see knowctl/store/lua/_lib.lua)."""
+    """The four keys of one window's exact log (see knowctl/store/lua/_lib.lua)."""
 
     log: str  # ZSET reservation id -> recording time (server microseconds)
     amounts: str  # HASH reservation id -> amount
     total: str  # STRING running sum of the amounts in the log
+    claims: str  # HASH daemon id -> "units:server microseconds" held for an outage
 
     def as_list(self) -> list[str]:
-        return [self.log, self.amounts, self.total]
+        return [self.log, self.amounts, self.total, self.claims]
 
 
 @functools.lru_cache(maxsize=4096)  # a caller's or a model's scope recurs on every call
 def window_keys(scope: str, window_name: str) -> WindowKeys:
     base = f"{PREFIX}{scope_tag(scope)}:w:{window_name}"
-    return WindowKeys(log=f"{base}:log", amounts=f"{base}:amt", total=f"{base}:sum")
+    return WindowKeys(log=f"{base}:log", amounts=f"{base}:amt", total=f"{base}:sum", claims=f"{base}:clm")
 
 
 def cache_entry(digest: str) -> str:
@@ -145,8 +178,8 @@ def keys_channel() -> str:
 
 
 def ip_scope(address: str) -> str:
-    """Scope of one client address's per-IP limits (apart from user scopes: an anonymous
-    caller's user name is its address too)."""
+    """Scope of one client address's per-IP limits (apart from the anonymous scope of the
+    same address: per-IP limits count every caller from it, keys and credentials too)."""
     if not address:
         raise ValueError("address must not be empty")
     return f"{IP}:{address}"

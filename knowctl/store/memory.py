@@ -20,11 +20,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from knowctl.policy.windows import Window, WindowLog, capacity, try_admit
+from knowctl.policy.windows import Window, WindowLog, capacity, claim_size, try_admit
 from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
     Announcement,
+    Claim,
     Store,
     StoreUnavailable,
     Subscription,
@@ -60,6 +61,8 @@ class MemoryStore(Store):
         self.bytes = 0  # what the plain values cost (see _cost)
         self.evictions = 0  # plain values dropped for room (not expiry)
         self._logs: dict[tuple[str, str], WindowLog] = {}  # (scope, window name) -> log
+        # (scope, window name) -> claimant -> (units, set at): see Store.acquire's Claim
+        self._claims: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
         self._closed = False
         self._sweep_at = 1024
@@ -167,13 +170,19 @@ class MemoryStore(Store):
         *,
         share: float = 1.0,
         reservation_id: str,
+        claim: Claim | None = None,
     ) -> Admission:
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [capacity(w.limit, share) for w in windows]
         self._check_open()
+        claimed: tuple[int, ...] = ()
         with self._lock:
+            now = self._clock()
             logs = self._window_logs(scope, windows)
-            verdict = try_admit(logs, windows, amounts, caps, reservation_id, self._clock())
+            held = self._others_claims(scope, windows, claim, now) if claim is not None else None
+            verdict = try_admit(logs, windows, amounts, caps, reservation_id, now, held)
+            if claim is not None and held is not None:
+                claimed = self._set_claims(scope, windows, claim, verdict.usage, held, now)
             self._forget_empty(scope, windows, logs)
         return Admission(
             admitted=verdict.admitted,
@@ -182,7 +191,54 @@ class MemoryStore(Store):
             limits=tuple(w.limit for w in windows),
             reset_after=verdict.reset_after,
             blocked=verdict.blocked,
+            claimed=claimed,
         )
+
+    def _others_claims(self, scope: str, windows: Sequence[Window], claim: Claim, now: float) -> list[int]:
+        held = []
+        for w in windows:
+            claims = self._claims.get((scope, w.name), {})
+            for who, (_, at) in list(claims.items()):
+                if at + claim.ttl_s <= now:
+                    del claims[who]
+            held.append(sum(units for who, (units, _) in claims.items() if who != claim.claimant))
+        return held
+
+    def _set_claims(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        claim: Claim,
+        usage: Sequence[int],
+        held: Sequence[int],
+        now: float,
+    ) -> tuple[int, ...]:
+        out = []
+        for w, used, others in zip(windows, usage, held, strict=True):
+            claims = self._claims.setdefault((scope, w.name), {})
+            parts = max(claim.divisor, 1 + sum(1 for who in claims if who != claim.claimant))
+            units = claim_size(w.limit, used, others, parts)
+            if units > 0:
+                claims[claim.claimant] = (units, now)
+            else:
+                claims.pop(claim.claimant, None)
+                if not claims:
+                    del self._claims[(scope, w.name)]
+            out.append(units)
+        return tuple(out)
+
+    async def record(
+        self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
+    ) -> None:
+        check_window_call(scope, windows, amounts, reservation_id)
+        self._check_open()
+        with self._lock:
+            now = self._clock()
+            logs = self._window_logs(scope, windows)
+            for w, log, amount in zip(windows, logs, amounts, strict=True):
+                log.trim(w, now)
+                if reservation_id not in log:
+                    log.record(reservation_id, amount, now)
 
     async def adjust(
         self,

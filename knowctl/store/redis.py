@@ -40,6 +40,7 @@ from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
     Announcement,
+    Claim,
     Store,
     StoreUnavailable,
     Subscription,
@@ -95,7 +96,8 @@ def _midnights(tz: str, hour: int) -> tuple[int, ...]:
 
 def _admission(raw: list[int], windows: Sequence[Window]) -> Admission:
     """acquire.lua's reply: admitted, retry_after_us, then per window usage, reset_after_us,
-    blocked (one pass over it: this runs on every limit check and quota admission)."""
+    blocked, then the claims if asked for (one pass: this runs on every limit check and
+    quota admission)."""
     usage: list[int] = []
     reset_after: list[float] = []
     blocked: list[str] = []
@@ -112,11 +114,16 @@ def _admission(raw: list[int], windows: Sequence[Window]) -> Admission:
         limits=tuple(w.limit for w in windows),
         reset_after=tuple(reset_after),
         blocked=tuple(blocked),
+        claimed=tuple(int(v) for v in raw[2 + 3 * len(windows) :]),
     )
 
 
 def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
+
+
+# A cap no window reaches: exact in Lua doubles and in ZSET scores (2^53).
+UNBOUNDED_CAP = 2**53
 
 
 class RedisStore(Store):
@@ -254,12 +261,23 @@ class RedisStore(Store):
         *,
         share: float = 1.0,
         reservation_id: str,
+        claim: Claim | None = None,
     ) -> Admission:
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [capacity(w.limit, share) for w in windows]
         script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        if claim is not None:
+            args += [claim.claimant, claim.divisor, _us(claim.ttl_s), *(w.limit for w in windows)]
         raw: list[int] = await self._eval("acquire", self._acquire, script_keys, args)
         return _admission(raw, windows)
+
+    async def record(
+        self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
+    ) -> None:
+        check_window_call(scope, windows, amounts, reservation_id)
+        caps = [UNBOUNDED_CAP] * len(windows)  # acquire.lua then admits whatever is recorded
+        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        await self._eval("acquire", self._acquire, script_keys, args)
 
     async def adjust(
         self,

@@ -6,12 +6,14 @@
 -- passed to redis.call as numbers (Redis formats them with %.17g); string concatenation
 -- would format with %.14g and silently drop digits.
 --
--- KEYS, three per window (knowctl.store.keys.WindowKeys): log ZSET (reservation id ->
--- recording time), amounts HASH (reservation id -> amount), total STRING (running sum).
+-- KEYS, four per window (knowctl.store.keys.WindowKeys): log ZSET (reservation id ->
+-- recording time), amounts HASH (reservation id -> amount), total STRING (running sum),
+-- claims HASH (daemon id -> "units:time_us", see acquire.lua).
 -- ARGV[1] reservation id (unused by usage.lua), ARGV[2] number of windows, then per window:
 --   length_us, cap, amount, nb, b_1 .. b_nb
 -- nb = 0 for a rolling window; a calendar window sends the local midnights around the
 -- client's day (ascending) and the script picks the period around the server's clock.
+-- parse_windows returns the windows and the position of the ARGV that follows them.
 
 -- Keys outlive their newest entry by this much, then vanish: idle scopes leave nothing.
 local MARGIN_MS = 5000
@@ -46,7 +48,7 @@ local function parse_windows(now)
   local pos = 3
   for i = 1, tonumber(ARGV[2]) do
     local w = {
-      log = KEYS[3 * i - 2], amt = KEYS[3 * i - 1], sum = KEYS[3 * i],
+      log = KEYS[4 * i - 3], amt = KEYS[4 * i - 2], sum = KEYS[4 * i - 1], clm = KEYS[4 * i],
       length = tonumber(ARGV[pos]), cap = tonumber(ARGV[pos + 1]), amount = tonumber(ARGV[pos + 2]),
     }
     local nb = tonumber(ARGV[pos + 3])
@@ -58,7 +60,7 @@ local function parse_windows(now)
     bounds(w, now, days)
     ws[i] = w
   end
-  return ws
+  return ws, pos
 end
 
 -- Drop the entries that no longer count, keep the running total in step, return it.

@@ -1,13 +1,46 @@
 -- Admit a reservation iff every window with a positive amount stays within its cap, and
 -- only then record it in every window: one atomic step across all of a scope's windows.
+--
+-- Claims (optional; ARGV after the windows: claimant, divisor, claim_ttl_us, then one limit
+-- per window): each daemon holds a claim on part of what a window has left, the units it
+-- may admit on its own if the store stops answering. Others' unexpired claims count as used
+-- here, and the claimant's claim is set anew on every call to
+-- floor((limit - used - others' claims) / max(divisor, daemons claiming)), so usage plus
+-- every claim never exceeds the limit: what the daemons admit during an outage from their
+-- claims fits in the window (docs/architecture.md, "A store outage").
+--
 -- Returns {admitted (1/0), retry_after_us (-1: never fits), then per window:
---          usage, reset_after_us, blocked (1/0)}.
+--          usage, reset_after_us, blocked (1/0), then per window the claim held (if any)}.
 local rid = ARGV[1]
 local now = server_now()
-local ws = parse_windows(now)
+local ws, pos = parse_windows(now)
+local claimant = ARGV[pos]
+local divisor, ttl = 1, 0
+if claimant then
+  divisor = tonumber(ARGV[pos + 1])
+  ttl = tonumber(ARGV[pos + 2])
+  for i, w in ipairs(ws) do w.limit = tonumber(ARGV[pos + 2 + i]) end
+end
 local replay = false
 for _, w in ipairs(ws) do
   w.used = trim(w)
+  w.others = 0
+  w.claimants = 1
+  if claimant then
+    local held = redis.call('HGETALL', w.clm)
+    for j = 1, #held, 2 do
+      local who = held[j]
+      local units, at = string.match(held[j + 1], '^(%d+):(%d+)$')
+      if who ~= claimant then
+        if units and tonumber(at) + ttl > now then
+          w.others = w.others + tonumber(units)
+          w.claimants = w.claimants + 1
+        else
+          redis.call('HDEL', w.clm, who)
+        end
+      end
+    end
+  end
   -- An id already recorded is a replay of the same request (say, a retry after a lost
   -- reply): report it admitted, record nothing twice.
   if redis.call('ZSCORE', w.log, rid) then replay = true end
@@ -17,7 +50,7 @@ local admitted = 1
 local retry = 0
 if not replay then
   for _, w in ipairs(ws) do
-    if w.amount > 0 and w.used + w.amount > w.cap then
+    if w.amount > 0 and w.used + w.amount + w.others > w.cap then
       w.blocked = true
       admitted = 0
     end
@@ -34,7 +67,7 @@ if not replay then
           retry = -1
           break
         end
-        local wait = wait_for(w, w.used + w.amount - w.cap, now)
+        local wait = wait_for(w, w.used + w.amount + w.others - w.cap, now)
         if wait > retry then retry = wait end
       end
     end
@@ -46,5 +79,20 @@ for _, w in ipairs(ws) do
   out[#out + 1] = w.used
   out[#out + 1] = reset_after(w, now)
   out[#out + 1] = w.blocked and 1 or 0
+end
+if claimant then
+  for _, w in ipairs(ws) do
+    local free = w.limit - w.used - w.others
+    local parts = math.max(divisor, w.claimants)
+    local claim = 0
+    if free > 0 then claim = math.floor(free / parts) end
+    if claim > 0 then
+      redis.call('HSET', w.clm, claimant, string.format('%d:%d', claim, now))
+      redis.call('PEXPIRE', w.clm, math.ceil(ttl / 1000) + MARGIN_MS)
+    else
+      redis.call('HDEL', w.clm, claimant)
+    end
+    out[#out + 1] = claim
+  end
 end
 return out

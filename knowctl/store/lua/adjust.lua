@@ -16,7 +16,7 @@ for _, w in ipairs(windows) do
     end
   end
 end
-if #KEYS > 3 * #windows and redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+if #KEYS > 4 * #windows and redis.call('EXISTS', KEYS[#KEYS]) == 1 then
   redis.call('PUBLISH', ARGV[#ARGV - 1], ARGV[#ARGV])
 end
 return 0
