@@ -72,8 +72,9 @@ class _Model:
 class ProviderQuota:
     """The QuotaGate of knowctl.daemon.components.
 
-    Degraded mode (store unreachable) gives each daemon ``1/max_replicas`` of every limit in
-    its own memory, each window starting as if full at the outage: the fleet never over-admits.
+    Degraded mode (store unreachable): each daemon admits what it had claimed in the shared
+    windows, then ``1/max_replicas`` of each window, in its own memory, and writes it back
+    when the store returns: the fleet never over-admits (quota_store.py, degraded.py).
     """
 
     def __init__(
@@ -93,7 +94,11 @@ class ProviderQuota:
             store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
         )
         self._windows = QuotaStore(
-            store, self._bus.spawn, replicas=settings.max_replicas, timeout=settings.store_timeout
+            store,
+            self._bus.spawn,
+            replicas=settings.max_replicas,
+            timeout=settings.store_timeout,
+            claims=True,
         )
         self._closed = False
 

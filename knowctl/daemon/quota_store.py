@@ -8,8 +8,10 @@ until the breaker decides, and if it never does the request is not admitted (the
 queues it), since admitting blind could over-admit and the script may well have run anyway.
 
 While the breaker is open, and while the store recovers, admissions follow the local share
-windows of knowctl/daemon/degraded.py (each daemon ``1/max_replicas`` of every limit, each
-window starting as if full at the outage), so the fleet never over-admits.
+windows of knowctl/daemon/degraded.py: with ``claims`` (the provider quota), each daemon
+admits what it had claimed in the shared windows before the outage, then its
+``1/max_replicas`` of each window, so the fleet never over-admits; what it admitted alone is
+written back when the store returns, so the shared windows count it at once.
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from knowctl.daemon import metrics
-from knowctl.daemon.degraded import LocalShare, Mode
+from knowctl.daemon.degraded import LocalShare, Mode, WriteBack
+from knowctl.daemon.ids import unique_id
 from knowctl.policy.windows import Window
-from knowctl.store import Admission, Announcement, Store, StoreUnavailable, WindowUsage
-from knowctl.store.breaker import intervals, is_down, on_change
+from knowctl.store import Admission, Announcement, Claim, Store, StoreUnavailable, WindowUsage
+from knowctl.store.breaker import intervals, is_down, on_change, on_state_lost
 
 log = logging.getLogger("knowctl.quota")
 
 STORE_RETRY_PAUSE_S = 0.05
+# A claim is trusted at an outage for this long after it was granted, and the store keeps it
+# twice as long (so no other daemon spends units this one may still count on). At least a
+# few breaker intervals: the last claim before an outage is that old when it is declared.
+CLAIM_TRUST_MIN_S = 5.0
 
 
 class QuotaStore:
@@ -41,15 +48,21 @@ class QuotaStore:
         replicas: int,
         timeout: float,
         start_full: bool = True,
+        claims: bool = False,
     ) -> None:
         self.shared = store
         open_after, probe_every = intervals(timeout)
         # Long enough for the breaker to decide, so a failing call ends local or retried.
         self._decide_s = open_after + 2 * timeout
+        trust = max(CLAIM_TRUST_MIN_S, 4 * open_after)
+        self._claim = Claim(f"d-{unique_id()}", max(1, replicas), 2 * trust) if claims else None
         # Daemons notice the store's return within a probe interval of each other.
-        self.local = LocalShare(replicas, grace_s=2 * probe_every + timeout, start_full=start_full)
+        self.local = LocalShare(
+            replicas, grace_s=2 * probe_every + timeout, start_full=start_full, claim_trust_s=trust
+        )
         self._spawn = spawn  # runs background work (kept referenced by the caller)
         on_change(store, self._store_changed)
+        on_state_lost(store, self.local.state_lost)
 
     @property
     def degraded(self) -> bool:
@@ -57,10 +70,26 @@ class QuotaStore:
 
     def _store_changed(self, up: bool) -> None:
         if up:
-            self.local.store_up()
+            for back in self.local.store_up():
+                self._spawn(self._write_back(back))
         else:
             self.local.store_down()
         metrics.STORE_UP.set(1 if up else 0)
+
+    async def _write_back(self, back: WriteBack) -> None:
+        """Record what was admitted alone in the shared windows; retried (the same id is
+        recorded once) until it lands, or until the store is down again (then the next
+        return hands it out again)."""
+        while not self.degraded:
+            try:
+                await self.shared.record(
+                    back.scope, back.windows, back.amounts, reservation_id=back.reservation_id
+                )
+            except StoreUnavailable:
+                await asyncio.sleep(STORE_RETRY_PAUSE_S)
+                continue
+            self.local.written_back(back)
+            return
 
     async def close(self) -> None:
         return None
@@ -85,7 +114,7 @@ class QuotaStore:
                     return mine, "local"
             try:
                 admission = await self.shared.acquire(
-                    scope, windows, amounts, share=share, reservation_id=rid
+                    scope, windows, amounts, share=share, reservation_id=rid, claim=self._claim
                 )
             except StoreUnavailable:
                 tried = True
@@ -98,6 +127,8 @@ class QuotaStore:
                 if mode is Mode.BOTH:
                     self.local.adjust(scope, windows, rid, [0] * len(windows))
                 return None
+            if admission.claimed:
+                self.local.claimed(scope, windows, admission.claimed)
             if mode is Mode.BOTH:
                 if admission.admitted:
                     return admission, "both"

@@ -147,6 +147,10 @@ class WindowLog:
         self._amounts[reservation_id] = amount
         self.total += amount
 
+    def amount(self, reservation_id: str) -> int | None:
+        """The amount recorded for ``reservation_id``; None once it has left (or never came)."""
+        return self._amounts.get(reservation_id)
+
     def adjust(self, reservation_id: str, amount: int) -> bool:
         """Set a recorded reservation's amount, keeping its time; False if it is not here."""
         old = self._amounts.get(reservation_id)

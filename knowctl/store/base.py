@@ -75,8 +75,9 @@ class Claim:
     """Ask :meth:`Store.acquire` to keep a claim for ``claimant`` (one daemon): part of what
     each window has left, which other daemons' admissions must leave free, so the claimant
     can admit up to it on its own while the store does not answer. Its size is
-    floor((limit - used - others' claims) / max(divisor, daemons claiming)); the store
-    forgets it ``ttl_s`` after it was last set (the claimant trusts it for less)."""
+    floor((limit - used - others' claims) / (max(divisor, daemons claiming) + 1)): one part
+    stays free for daemons that hold no claim yet. The store forgets it ``ttl_s`` after it
+    was last set (the claimant trusts it for less)."""
 
     claimant: str
     divisor: int

@@ -111,6 +111,7 @@ class BreakerStore(Store):
         self.state = BreakerState(open_after)
         self._clock = clock
         self._listeners: list[Listener] = []
+        self._loss_listeners: list[Callable[[], None]] = []
         self._prober: asyncio.Task[None] | None = None
         self._closed = False
         self._epoch: bytes | None = None  # the store's epoch as last read
@@ -125,6 +126,9 @@ class BreakerStore(Store):
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def add_loss_listener(self, listener: Callable[[], None]) -> None:
+        self._loss_listeners.append(listener)
 
     def _succeeded(self) -> None:
         if self.state.success(self._clock()):
@@ -194,7 +198,8 @@ class BreakerStore(Store):
         if seen is None:
             await self.inner.set_if_absent(EPOCH_KEY, uuid.uuid4().hex.encode(), EPOCH_TTL_S)
             seen = await self.inner.get(EPOCH_KEY)
-        lost = self._epoch is not None and seen != self._epoch and not self._was_open
+        changed = self._epoch is not None and seen != self._epoch
+        lost = changed and not self._was_open
         self._epoch, self._suspect, self._was_open = seen, False, False
         if lost:
             log.warning(
@@ -202,6 +207,9 @@ class BreakerStore(Store):
             )
             self._tell(False)
             self._tell(True)
+        if changed:  # whether or not an outage was told: the windows lost their history
+            for listener in self._loss_listeners:
+                listener()
         return lost
 
     # --- Store --------------------------------------------------------------------------------
@@ -370,3 +378,10 @@ def on_change(store: Store, listener: Listener) -> None:
     """Call ``listener(up)`` whenever the breaker of ``store`` opens or closes (no-op without one)."""
     if isinstance(store, BreakerStore):
         store.add_listener(listener)
+
+
+def on_state_lost(store: Store, listener: Callable[[], None]) -> None:
+    """Call ``listener()`` when ``store`` is found to have lost its state (a new epoch: an
+    empty, restarted server), after any outage it is told as (no-op without a breaker)."""
+    if isinstance(store, BreakerStore):
+        store.add_loss_listener(listener)

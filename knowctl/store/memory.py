@@ -216,7 +216,7 @@ class MemoryStore(Store):
         out = []
         for w, used, others in zip(windows, usage, held, strict=True):
             claims = self._claims.setdefault((scope, w.name), {})
-            parts = max(claim.divisor, 1 + sum(1 for who in claims if who != claim.claimant))
+            parts = max(claim.divisor, 1 + sum(1 for who in claims if who != claim.claimant)) + 1
             units = claim_size(w.limit, used, others, parts)
             if units > 0:
                 claims[claim.claimant] = (units, now)

@@ -5,9 +5,11 @@
 -- per window): each daemon holds a claim on part of what a window has left, the units it
 -- may admit on its own if the store stops answering. Others' unexpired claims count as used
 -- here, and the claimant's claim is set anew on every call to
--- floor((limit - used - others' claims) / max(divisor, daemons claiming)), so usage plus
--- every claim never exceeds the limit: what the daemons admit during an outage from their
--- claims fits in the window (docs/architecture.md, "A store outage").
+-- floor((limit - used - others' claims) / (max(divisor, daemons claiming) + 1)), so usage
+-- plus every claim never exceeds the limit: what the daemons admit during an outage from
+-- their claims fits in the window (docs/architecture.md, "A store outage"). The one part
+-- that always stays unclaimed keeps room for a daemon that has no claim yet (a new pod
+-- while the one it replaces still holds its claim, until that expires).
 --
 -- Returns {admitted (1/0), retry_after_us (-1: never fits), then per window:
 --          usage, reset_after_us, blocked (1/0), then per window the claim held (if any)}.
@@ -83,7 +85,7 @@ end
 if claimant then
   for _, w in ipairs(ws) do
     local free = w.limit - w.used - w.others
-    local parts = math.max(divisor, w.claimants)
+    local parts = math.max(divisor, w.claimants) + 1
     local claim = 0
     if free > 0 then claim = math.floor(free / parts) end
     if claim > 0 then
