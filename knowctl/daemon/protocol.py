@@ -64,8 +64,10 @@ JOIN_LIMIT = 64 * 1024
 MAX_HEADER_FIELDS = 100
 
 # How long a refused connection reads and drops what its client still sends before it
-# closes, at most (nginx's lingering_timeout is 5 s).
+# closes, at most (nginx's lingering_timeout is 5 s). A connection over its address's cap is
+# not counted while it lingers, so it lingers only long enough for a request head.
 LINGER_S = 5.0
+LINGER_OVER_CAP_S = 1.0
 
 # Retry-After of the refusals that pass with the load (503, 429), in seconds.
 RETRY_AFTER_S = 1.0
@@ -182,6 +184,11 @@ class TurnTransport:
         return getattr(self._transport, name)
 
 
+# The parser callbacks below call uvicorn's own by name, not through super(): they run several
+# times for every request, and a super object each time costs about 0.2 µs.
+_base = HttpToolsProtocol
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -201,7 +208,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._idle_since = 0.0  # loop time of the connection's opening or the last answer's end
         self._timer: asyncio.TimerHandle | None = None  # head, body or linger deadline
         self._refused = False  # answered by us (or closing): what arrives is dropped
-        self._lost = False
+        self._plain_close = False  # set once a close must not linger (lost, shutting down)
 
     # --- connection ------------------------------------------------------------------
 
@@ -219,6 +226,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                     429,
                     f"Too many concurrent connections from {peer}: at most {cap} are allowed.",
                     retry_after=RETRY_AFTER_S,
+                    linger=LINGER_OVER_CAP_S,
                 )
                 return
             limits.connections[peer] = count + 1
@@ -229,7 +237,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_at(self._idle_since + limits.header_timeout, self._head_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
+        self._plain_close = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -249,7 +257,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return  # lingering: read and dropped
         self._read_size = len(data)
-        super().data_received(data)
+        _base.data_received(self, data)
         stage = self._stage
         if stage == IDLE or self._refused:
             return  # the usual case: the whole request arrived in this read
@@ -268,6 +276,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_later(self._limits.body_timeout, self._body_late)
 
     def shutdown(self) -> None:
+        self._plain_close = True  # a stopping server waits for its connections: none lingers
         if self._refused:
             self.transport.close()  # a lingering connection has nothing left to finish
         else:
@@ -278,7 +287,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._refused:
             return
-        super().on_message_begin()
+        _base.on_message_begin(self)
         self._stage = HEAD
 
     def on_headers_complete(self) -> None:
@@ -307,14 +316,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 return
         self._stage = BODY
         self._head_bytes = 0
-        super().on_headers_complete()
+        _base.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
             return
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
-            super().on_body(body)  # dropped by uvicorn: a body its app has already answered
+            _base.on_body(self, body)  # dropped by uvicorn: a body its app has already answered
             return
         limits = self._limits
         size = len(body)
@@ -323,31 +332,34 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         limits.buffered += size
         self._held += size
-        super().on_body(body)
+        _base.on_body(self, body)
 
     def on_message_complete(self) -> None:
         if self._refused:
             return
-        super().on_message_complete()
+        _base.on_message_complete(self)
         self._stage = IDLE
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def on_response_complete(self) -> None:
-        if self.cycle.response_complete:
+        held = self._held
+        if held and self.cycle.response_complete:
             # The request is done (no pipelined one has begun since): its body is let go.
-            self._release()
+            self._held = 0
+            self._limits.buffered -= held
         if self._refused:
             self.server_state.total_requests += 1
             return  # lingering: nothing more is read, no pipelined request is started
-        super().on_response_complete()
+        _base.on_response_complete(self)
         self._idle_since = self.loop.time()
-        if self._timer is not None or self.transport.is_closing():
+        stage = self._stage
+        if stage == IDLE or self._timer is not None or self.transport.is_closing():
             return
-        if self._stage == HEAD:  # part of the next head came while this request ran
+        if stage == HEAD:  # part of the next head came while this request ran
             self._timer = self.loop.call_at(self._idle_since + self._limits.header_timeout, self._head_late)
-        elif self._stage == BODY and not self.pipeline:  # a pipelined request just started
+        elif not self.pipeline:  # a pipelined request has just started, its body not all in
             self._timer = self.loop.call_later(self._limits.body_timeout, self._body_late)
 
     # --- refusals -------------------------------------------------------------------------
@@ -387,7 +399,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return bool(self.pipeline) or (cycle is not None and not cycle.response_complete)
 
     def _refuse(
-        self, status: int, message: str, retry_after: float | None = None, level: int = logging.INFO
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        level: int = logging.INFO,
+        linger: float = LINGER_S,
     ) -> None:
         """Answer ``status`` in Google's shape when nothing of an answer is on the wire, stop
         the app's request (it sees a disconnect) and close the connection, lingering."""
@@ -419,7 +436,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             headers.append((b"retry-after", retry_after_header(retry_after).encode()))
             details = [retry_info(retry_after)]
         self.transport.write(self._error_response(status, message, headers, details))
-        self._linger()
+        self._linger(linger)
 
     def _error_response(
         self,
@@ -443,23 +460,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         )
         return b"".join(content)
 
-    def _linger(self) -> None:
+    def _linger(self, seconds: float = LINGER_S) -> None:
         """Shut our side for writing once the answer is out, then read and drop what the
-        client still sends until it closes, or LINGER_S at most."""
+        client still sends until it closes, or ``seconds`` at most."""
         transport = self.transport
         if transport.is_closing():
             return
-        if not transport.can_write_eof():
+        if self._plain_close or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()
         self.flow.resume_reading()
-        self._timer = self.loop.call_later(LINGER_S, transport.close)
+        self._timer = self.loop.call_later(seconds, transport.close)
 
     def _linger_on_close(self) -> bool:
         """Asked by ``TurnTransport.close``: when the app answers (with ``connection: close``)
         while its request is still arriving, linger instead of closing at once."""
-        if self._refused or self._lost or self._stage == IDLE:
+        if self._refused or self._plain_close or self._stage == IDLE:
             return False
         self._refused = True
         if self._timer is not None:
