@@ -123,15 +123,42 @@ async def test_a_silent_server_fails_calls_in_time_and_the_next_call_reconnects(
     try:
         assert await mux.execute("PING") == b"PONG"
         os.kill(own_server.proc.pid, signal.SIGSTOP)
+        stalled = mux._conn
         try:
             started = time.monotonic()
             results = await asyncio.gather(*(mux.execute("PING") for _ in range(20)), return_exceptions=True)
             waited = time.monotonic() - started
+            await asyncio.sleep(0.6)  # silent past max(0.5 s, 4 x timeout): the path is gone
         finally:
             os.kill(own_server.proc.pid, signal.SIGCONT)
         assert all(isinstance(r, rexc.TimeoutError | rexc.ConnectionError) for r in results), results
-        assert waited < 1.0
+        assert waited < 0.5
+        assert stalled is not None and stalled.lost
         assert await mux.execute("PING") == b"PONG"  # a new connection, not the stalled one
+        assert mux._conn is not stalled
+    finally:
+        await mux.close()
+
+
+async def test_one_late_reply_is_not_an_outage(redis_url: str) -> None:
+    """A reply later than the timeout fails its own call only: the connection and the
+    calls behind it go on (dropping it would fail every caller for one slow reply)."""
+    mux = mux_for(redis_url, timeout=0.05)
+    name = f"resp:late:{os.getpid()}"
+    try:
+        await mux.execute("SET", name, "still here")
+        connection = mux._conn
+        slow = asyncio.ensure_future(mux.execute("EVAL", SLOW_SCRIPT, 0, 120_000))
+        await asyncio.sleep(0.01)
+        behind = asyncio.ensure_future(mux.execute("GET", name))
+        with pytest.raises(rexc.TimeoutError):
+            await slow
+        await asyncio.sleep(0.2)  # the script has finished; its late reply was dropped in turn
+        assert connection is not None and not connection.lost and mux._conn is connection
+        assert await mux.execute("GET", name) == b"still here"
+        with contextlib.suppress(rexc.TimeoutError):
+            assert await behind == b"still here"
+        await mux.execute("DEL", name)
     finally:
         await mux.close()
 

@@ -14,10 +14,13 @@ MULTI, blocking pops): those stay on redis-py (pub/sub, pipelines, SCAN).
 Failure rules, all in :meth:`Multiplexer.execute`:
 
 - every call is bounded by ``timeout``; a reply that comes later is read and dropped in its
-  turn, so the FIFO stays aligned;
-- a call that timed out while nothing at all arrived since it was written means the server
-  or the path is gone (not merely slow): the connection is dropped, every pending call
-  fails at once, and the next call connects again;
+  turn, so the FIFO stays aligned. Before a call is failed the socket gets one more turn of
+  the event loop: uvloop runs due timers before it polls the sockets, so on a busy loop a
+  reply already waiting in the socket would otherwise count as late;
+- one late reply is not an outage: only when nothing at all has arrived for ``silence``
+  (max(0.5 s, 4 x timeout), the breaker's rule) since a timed-out call was written is the
+  server or the path taken as gone: the connection is dropped, every pending call fails at
+  once, and the next call connects again;
 - a lost connection fails every pending call with ConnectionError at once.
 
 Errors are redis-py's exception classes, so the store maps them in one place.
@@ -153,12 +156,19 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(error)
 
 
+# Silence that drops the connection: the circuit breaker's rule (knowctl/store/breaker.py).
+SILENCE_MIN_S = 0.5
+# The extra wait before a call times out, in which the event loop polls the sockets once.
+_LAST_TURN_S = 0.001
+
+
 class Multiplexer:
     def __init__(self, address: Address, *, timeout: float) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         self._address = address
         self._timeout = timeout
+        self._silence = max(SILENCE_MIN_S, 4 * timeout)
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
         self._closed = False
@@ -193,12 +203,21 @@ class Multiplexer:
         return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     def _expire(self, conn: _Connection, future: asyncio.Future[Any], sent_at: float) -> None:
+        if not future.done():  # a reply may be waiting unread: let the loop poll once first
+            asyncio.get_running_loop().call_later(_LAST_TURN_S, self._fail, conn, future, sent_at)
+
+    def _fail(self, conn: _Connection, future: asyncio.Future[Any], sent_at: float) -> None:
         if future.done():
             return
         future.set_exception(rexc.TimeoutError(f"no reply from Redis within {self._timeout:g}s"))
         if conn.last_read < sent_at and not conn.lost:
-            # Silent since this command left: the server or the path is gone, not slow.
-            conn.abort(rexc.ConnectionError(f"Redis silent for {self._timeout:g}s: connection dropped"))
+            loop = asyncio.get_running_loop()
+            loop.call_at(sent_at + self._silence, self._drop_if_silent, conn, sent_at)
+
+    def _drop_if_silent(self, conn: _Connection, sent_at: float) -> None:
+        if conn.last_read < sent_at and not conn.lost:
+            # Nothing at all since this command left: the server or the path is gone, not slow.
+            conn.abort(rexc.ConnectionError(f"Redis silent for {self._silence:g}s: connection dropped"))
 
     async def _connection(self) -> _Connection:
         if self._closed:
