@@ -47,6 +47,131 @@ def test_without_credentials_removes_every_place() -> None:
     assert policy.without_credentials([], "alt=sse") == ([], "alt=sse")
 
 
+# Every spelling of a credential parameter Google's front end decodes to one it reads.
+CREDENTIAL_QUERIES = [
+    "key=S",
+    "%6Bey=S",
+    "%6b%65%79=S",
+    "KEY=S",
+    "$key=S",
+    "%24key=S",
+    "access_token=S",
+    "access%5Ftoken=S",
+    "oauth_token=S",
+    "bearer_token=S",
+    "alt=sse;key=S",
+    "x=1&key=S&y=2",
+    "+key+=S",
+]
+
+
+@pytest.mark.parametrize("query", CREDENTIAL_QUERIES)
+def test_a_credential_in_the_query_is_found_whatever_its_spelling(query: str) -> None:
+    assert [value for _, value in policy.query_credentials(query)] == ["S"]
+    assert policy.presented_credential({}, query) == "S"
+    assert [value for _, value in policy.presented_credentials([], query)] == ["S"]
+    _, stripped = policy.without_credentials([], query)
+    assert "S" not in stripped and policy.query_credentials(stripped) == []
+
+
+@pytest.mark.parametrize("query", ["", "alt=sse", "monkey=1", "keys=S", "akey=S", "%ZZ=1", "key=", "key"])
+def test_no_credential_where_there_is_none(query: str) -> None:
+    assert policy.query_credentials(query) == []
+    # An empty credential parameter is none, but still not the gateway's to pass on.
+    assert policy.without_credentials([], query) == ([], "" if query in ("key=", "key") else query)
+
+
+def test_every_credential_of_a_pass_through_call_is_found() -> None:
+    headers = [
+        ("x-goog-api-key", "A"),
+        ("x-goog-api-key", "B"),  # repeated: forwarded as it came, so it is part of the caller
+        ("authorization", "Bearer ya29.T"),
+        ("x-goog-iam-authorization-token", "I"),
+        ("content-type", "application/json"),
+    ]
+    found = policy.presented_credentials(headers, "access_token=Q")
+    assert found == [
+        ("x-goog-api-key", "A"),
+        ("x-goog-api-key", "B"),
+        ("authorization", "ya29.T"),
+        ("x-goog-iam-authorization-token", "I"),
+        ("access_token", "Q"),
+    ]
+    # A scheme the gateway does not know is still a credential, whole: Google judges it.
+    assert policy.presented_credentials([("authorization", "Basic dXNlcjpwdw==")], "") == [
+        ("authorization", "Basic dXNlcjpwdw==")
+    ]
+    assert policy.presented_credentials([("authorization", "  "), ("x-goog-api-key", "")], "key=") == []
+
+
+def test_without_credentials_drops_browser_state_and_billing_choices() -> None:
+    headers = [
+        ("cookie", "session=1"),
+        ("cookie2", "x"),
+        ("proxy-authorization", "Basic x"),
+        ("x-goog-authuser", "1"),
+        ("x-goog-user-project", "someone-else"),
+        ("x-goog-iam-authority-selector", "u"),
+        ("x-goog-iam-authorization-token", "t"),
+        ("x-goog-api-client", "genai-sdk/2"),
+        ("accept", "*/*"),
+    ]
+    kept, query = policy.without_credentials(
+        headers, "userProject=p&%24userProject=p&passwd=x&password=y&fields=a%2Cb&alt=sse"
+    )
+    assert kept == [("x-goog-api-client", "genai-sdk/2"), ("accept", "*/*")]
+    assert query == "fields=a%2Cb&alt=sse"  # what is kept keeps its own encoding
+
+
+_NAMES = ["key", "access_token", "oauth_token", "bearer_token", "userProject", "password"]
+
+
+@st.composite
+def spelled(draw: st.DrawFn, name: str) -> str:
+    """``name`` as a client may spell it: any letter percent-encoded or in upper case, with
+    or without Google's ``$`` prefix (itself maybe encoded)."""
+    letters = [draw(st.sampled_from([c, c.upper(), f"%{ord(c):02X}", f"%{ord(c):02x}"])) for c in name]
+    prefix = draw(st.sampled_from(["", "$", "%24"]))
+    return prefix + "".join(letters)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("secret"), st.sampled_from(_NAMES).flatmap(spelled)),
+            st.tuples(
+                st.just("plain"), st.sampled_from(["alt", "fields", "x", "monkey", "keys", "prettyPrint"])
+            ),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(["&", ";"]),
+)
+def test_no_spelling_of_a_credential_survives_the_strip(parts: list[tuple[str, str]], separator: str) -> None:
+    query = separator.join(f"{name}=v{i}" for i, (_, name) in enumerate(parts))
+    _, stripped = policy.without_credentials([], query)
+    assert policy.query_credentials(stripped) == []
+    survivors = [f"{name}=v{i}" for i, (kind, name) in enumerate(parts) if kind == "plain"]
+    if len(survivors) == len(parts):
+        assert stripped == query  # nothing to strip: the query goes on untouched
+    else:
+        assert stripped == "&".join(survivors)
+    if any(kind == "secret" and policy.param_name(name) in policy.CREDENTIAL_PARAMS for kind, name in parts):
+        assert policy.query_credentials(query)  # recognised before it was stripped
+
+
+def test_credential_names() -> None:
+    assert policy.credential_identity("AIzaX") == policy.credential_identity([("x-goog-api-key", "AIzaX")])
+    assert policy.credential_identity([("x-goog-api-key", "AIzaX")]) == policy.credential_identity(
+        [("key", "AIzaX")]
+    )
+    both = policy.credential_identity([("x-goog-api-key", "AIzaX"), ("key", "AIzaY")])
+    assert both == policy.credential_identity([("key", "AIzaY"), ("x-goog-api-key", "AIzaX")])
+    assert both not in (policy.credential_identity("AIzaX"), policy.credential_identity("AIzaY"))
+    assert policy.is_credential_identity(both)
+    assert not policy.is_credential_identity(both + "\n") and not policy.is_credential_identity("cred-x")
+
+
 def test_keys_and_digests() -> None:
     key = policy.make_key(bytes(range(32)))
     assert key.startswith("kc_") and len(key) == 3 + 43 and "=" not in key
@@ -82,7 +207,23 @@ def test_valid_user_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "-x", "a b", "a/b", "a:b", "X" * 129, "é", "{tag}", "a\nb", None, 5, ".hidden"]
+    "name",
+    [
+        "",
+        "-x",
+        "a b",
+        "a/b",
+        "a:b",
+        "X" * 129,
+        "é",
+        "{tag}",
+        "a\nb",
+        None,
+        5,
+        ".hidden",
+        "alice\n",
+        "\nalice",
+    ],
 )
 def test_invalid_user_names(name: object) -> None:
     with pytest.raises(ValueError, match="user names"):
@@ -99,6 +240,27 @@ def test_sub_users_and_usage_names() -> None:
     assert policy.check_usage_name("10.1.2.3") == "10.1.2.3"
     with pytest.raises(ValueError):
         policy.check_usage_name("a:b:c")
+    for bad in ("alice\n", "webapp:s-42\n", "10.1.2.3\n"):
+        with pytest.raises(ValueError):
+            policy.check_usage_name(bad)
+    assert not policy.is_key_id("k0001020304ff\n")
+
+
+def test_usage_names_and_their_kinds() -> None:
+    cred = policy.credential_identity("AIzaX")
+    assert policy.usage_subject("alice") == ("key", "alice")
+    assert policy.usage_subject("webapp:s-42") == ("key", "webapp")
+    assert policy.usage_subject("203.0.113.7") == ("anonymous", None)
+    assert policy.usage_subject("2001:db8::1") == ("anonymous", None)
+    assert policy.usage_subject(cred) == ("passthrough", None)
+    # A key's user may be named like an address or a credential: asked for by kind.
+    assert policy.usage_subject("203.0.113.7", "key") == ("key", "203.0.113.7")
+    assert policy.usage_subject(cred, "key") == ("key", cred)
+    for name, kind in (("alice", "anonymous"), ("2001:DB8::1", "anonymous"), ("alice", "passthrough")):
+        with pytest.raises(ValueError):
+            policy.usage_subject(name, kind)
+    with pytest.raises(ValueError, match="kind"):
+        policy.usage_subject("alice", "robot")
 
 
 @given(st.text(max_size=140))

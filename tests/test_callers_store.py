@@ -259,12 +259,17 @@ async def test_passthrough_and_anonymous(store: Store) -> None:
     )
     assert passthrough.mode == "passthrough"
     call = ctx([("x-goog-api-key", "AIzaCallerOwn")])
-    identity = await passthrough.identify(call)
-    assert identity.kind == "passthrough" and identity.cache_scope == identity.user
-    assert "AIzaCallerOwn" not in identity.user
+    unverified = await passthrough.identify(call)  # not seen to succeed yet: its address
+    assert unverified.kind == "anonymous" and unverified.user == "127.0.0.1"
     assert ("x-goog-api-key", "AIzaCallerOwn") in call.headers  # forwarded, it is theirs
+    call.identity = unverified
+    passthrough.upstream_answered(call, 200)
+    identity = await passthrough.identify(ctx([("x-goog-api-key", "AIzaCallerOwn")]))
+    assert identity.kind == "passthrough" and identity.cache_scope == identity.user
+    assert identity.user == unverified.credential == unverified.cache_scope
+    assert "AIzaCallerOwn" not in identity.user
     other = await passthrough.identify(ctx([("authorization", "Bearer ya29.other")]))
-    assert other.user != identity.user
+    assert other.credential != identity.user
     anonymous = CallerRegistry(
         settings(auth_mode="anonymous", trusted_proxies="10.0.0.0/8"), store, holds_credentials=True
     )

@@ -14,17 +14,26 @@ app = typer.Typer(help="Callers: how much of their limits users have used.", no_
 
 @app.command("usage")
 def usage(
-    name: Annotated[str, typer.Argument(help="User name (a key's user, owner:session, or an address).")],
+    name: Annotated[
+        str, typer.Argument(help="A key's user, owner:session, an address, or a pass-through cred- name.")
+    ],
     tier: Annotated[str | None, typer.Option("--tier", help="Read with this tier's limits.")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="key, passthrough or anonymous: which kind of caller NAME is (each counts apart). "
+            "Default: from the name's form (an address is anonymous, cred-... pass-through).",
+        ),
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Used, limit, remaining and reset time of each of the user's windows."""
+    params = {k: v for k, v in (("tier", tier), ("kind", kind)) if v}
     with admin_client(url, token) as client:
-        found = client.call(
-            "GET", f"/api/users/{quote(name, safe='')}/usage", params={"tier": tier} if tier else None
-        )
+        found = client.call("GET", f"/api/users/{quote(name, safe='')}/usage", params=params or None)
     if as_json:
         print_json(found)
         return
@@ -33,7 +42,10 @@ def usage(
 
     from knowctl.commands.quota import usage_bar
 
-    title = f"Usage of {found['user']}" + (f" (tier {found['tier']})" if found.get("tier") else "")
+    kind_shown = {"anonymous": "address ", "passthrough": "credential "}.get(found.get("kind", ""), "")
+    title = f"Usage of {kind_shown}{found['user']}" + (
+        f" (tier {found['tier']})" if found.get("tier") else ""
+    )
     table = Table(title=title)
     for column in ("Window", "Used", "Limit", "Remaining", "Resets in", ""):
         table.add_column(column, justify="right" if column in ("Used", "Limit", "Remaining") else "left")

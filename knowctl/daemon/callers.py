@@ -3,9 +3,19 @@
 - keys mode: a knowctl-issued gateway key (``x-goog-api-key``, ``?key=`` or ``Authorization:
   Bearer``) names a user and a tier; the caller's credential is removed from the request so
   it never reaches Google, and the gateway's own credentials go upstream;
-- passthrough: callers bring Google credentials, which are forwarded; the user is a hash of
-  that credential;
+- passthrough: callers bring Google credentials, which are forwarded. A credential this
+  daemon has seen succeed upstream (``upstream_answered``) is "verified": its user is a hash
+  of it, with limits of its own. Until then it is unverified and counts as its client
+  address (anonymous: the address's windows, priority cap and access-log name), so made-up
+  credentials buy no fresh limits and leave nothing in the store. Each daemon verifies on
+  its own (an in-process LRU with an expiry), so a credential's first call on another
+  daemon counts against its address again. A call with no credential Google would read is
+  anonymous and never cached;
 - anonymous: the client address (``X-Forwarded-For`` believed only from trusted proxies).
+
+Callers the gateway has not authenticated (anonymous, unverified) ask for at most
+``unauthenticated_max_priority``. Each kind of caller counts in its own store namespace
+(``knowctl.store.keys.caller_scope``).
 
 Per-user (and optional per-IP) sliding windows are counted in the store, one ``acquire``
 per scope; while the store is down (its breaker is open) and while it recovers they count
@@ -25,10 +35,11 @@ from typing import TYPE_CHECKING
 from knowctl.daemon.callers_keys import KeyBook
 from knowctl.daemon.components import CallRefused
 from knowctl.daemon.ids import unique_id
+from knowctl.daemon.lru import LRU
 from knowctl.daemon.quota_store import QuotaStore
 from knowctl.daemon.request import CallContext
 from knowctl.policy import callers as policy
-from knowctl.policy.identity import Identity
+from knowctl.policy.identity import Identity, IdentityKind
 from knowctl.policy.limits import parse_limits
 from knowctl.policy.priority import Priority
 from knowctl.settings import Settings
@@ -42,6 +53,10 @@ log = logging.getLogger("knowctl.callers")
 
 # Retry-After of a refusal while the store is overloaded (failing, but not down).
 STORE_BUSY_RETRY_S = 1.0
+# Pass-through credentials seen to succeed upstream, per daemon: the most remembered, and for
+# how long after their last success (a credential revoked at Google drops out within this).
+VERIFIED_MAX = 10_000
+VERIFIED_TTL_S = 3600.0
 IP_POLICY_PREFIX = "ip-"
 # ASGI scope keys the daemon sets on calls it builds itself (knowctl/daemon/topics.py).
 INTERNAL = "knowctl.internal"
@@ -79,6 +94,9 @@ class CallerRegistry:
         self._ip_windows = parse_limits(settings.ip_limits)
         self._tier_windows = {name: parse_limits(t.limits) for name, t in settings.tiers.items()}
         self._policy_headers: dict[str | None, bytes] = {}
+        self._unauthenticated_cap = Priority[settings.unauthenticated_max_priority]
+        # cred- name -> True; entries are 1 "byte" each, so max_bytes bounds nothing more.
+        self._verified: LRU[bool] = LRU(VERIFIED_MAX, VERIFIED_MAX)
         self.keys = KeyBook(store, store_usable=self.store_usable, store_failed=self.store_failed)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -131,27 +149,72 @@ class CallerRegistry:
         if internal:
             # The gateway's own calls (topic refresh, prewarm): only the daemon sets this scope
             # key (an ASGI scope is built by the server, never from client input).
-            return Identity(user=f"internal.{internal}", kind="key")
+            return Identity(user=f"internal.{internal}", kind="internal", cache_scope="shared")
         if self.mode == "anonymous":
-            return Identity(user=self.client_ip(ctx), kind="anonymous")
-        credential = policy.presented_credential(ctx.header, ctx.query)
-        if credential is None and PUBLIC_TOPIC in ctx.scope:
-            # GET /topics/... is public (browsers, CDNs): without a key it is the address.
-            return Identity(user=self.client_ip(ctx), kind="anonymous")
+            return self._anonymous(ctx, self._cache_scope("anonymous", self.client_ip(ctx), None))
         if self.mode == "passthrough":
-            if credential is None:  # Google will refuse it; count it against the address
-                return Identity(user=self.client_ip(ctx), kind="anonymous")
-            name = policy.credential_identity(credential)
-            return Identity(user=name, kind="passthrough", cache_scope=name)
-        return await self._identify_key(ctx, credential)
+            return self._identify_passthrough(ctx)
+        key = policy.presented_credential(ctx.header, ctx.query)
+        if key is None and PUBLIC_TOPIC in ctx.scope:
+            # GET /topics/... is public (browsers, CDNs): without a key it is the address
+            # (topic answers have a cache scope of their own).
+            return self._anonymous(ctx, None)
+        return await self._identify_key(ctx, key)
+
+    def _anonymous(
+        self, ctx: CallContext, cache_scope: str | None, credential: str | None = None
+    ) -> Identity:
+        return Identity(
+            user=self.client_ip(ctx),
+            kind="anonymous",
+            max_priority=self._unauthenticated_cap,
+            cache_scope=cache_scope,
+            credential=credential,
+        )
+
+    def _identify_passthrough(self, ctx: CallContext) -> Identity:
+        credentials = policy.presented_credentials(ctx.headers, ctx.query)
+        if not credentials:
+            # Google will refuse it (or it reaches an upstream that needs none): the address,
+            # and no cache, since nothing tells this caller from any other.
+            return self._anonymous(ctx, None)
+        name = policy.credential_identity(credentials)
+        if self._verified.get(name) is None:
+            # Not seen to succeed: what it may do is its address's, and its answers (if any
+            # come) are its own.
+            return self._anonymous(ctx, name, credential=name)
+        return Identity(user=name, kind="passthrough", cache_scope=name, credential=name)
+
+    def upstream_answered(self, ctx: CallContext, status: int) -> None:
+        """The upstream answered ``ctx``'s call with ``status``: a success verifies the
+        pass-through credential it carried (for ``VERIFIED_TTL_S`` from now); a 401 or 403
+        forgets it at once (revoked, expired). Pure memory, no I/O: called on every upstream
+        answer."""
+        identity = ctx.identity
+        if identity is None or identity.credential is None:
+            return
+        if 200 <= status < 300:
+            self._verified.put(identity.credential, True, 1, VERIFIED_TTL_S)
+        elif status in (401, 403):
+            self._verified.pop(identity.credential)
+
+    def _cache_scope(self, kind: str, user: str, tier: str | None) -> str:
+        """The cache scope of a key user or an anonymous-mode address under ``cache_scope``."""
+        setting = self.settings.cache_scope
+        if setting == "shared":
+            return "shared"
+        if kind == "key":
+            return f"user:{user}" if setting == "user" else f"tier:{tier or '-'}"
+        return f"addr:{user}"  # no tier to share: an address keeps its own
 
     async def _identify_key(self, ctx: CallContext, key: str | None) -> Identity:
         # The caller's credential is a gateway key: it must never travel upstream, even for a
-        # family the gateway holds no credential of its own for.
+        # family the gateway holds no credential of its own for; nor may the caller's browser
+        # state (cookies) or its choice of billed project, on a call made with ours.
         kept, ctx.query = policy.without_credentials(ctx.headers, ctx.query)
         ctx.headers[:] = kept
-        ctx.header.pop("x-goog-api-key", None)
-        ctx.header.pop("authorization", None)
+        for name in policy.STRIPPED_HEADERS:
+            ctx.header.pop(name, None)
         if key is None:
             raise CallRefused(
                 401,
@@ -178,13 +241,12 @@ class CallerRegistry:
         tier = self.settings.tiers.get(record.tier) if record.tier else None
         cap_name = record.max_priority or (tier.max_priority if tier else None)
         cap = Priority.parse(cap_name) if cap_name else None
-        scope = {"shared": "shared", "user": f"user:{user}", "tier": f"tier:{record.tier or '-'}"}
         return Identity(
             user=user,
             kind="key",
             tier=record.tier,
             max_priority=cap,
-            cache_scope=scope[self.settings.cache_scope],
+            cache_scope=self._cache_scope("key", user, record.tier),
         )
 
     # --- limits -------------------------------------------------------------------------------
@@ -204,7 +266,8 @@ class CallerRegistry:
         reservation = unique_id()
         checks: list[tuple[str, Sequence[Window], str, str]] = []  # scope, windows, prefix, who
         if user_windows:
-            checks.append((keys.user_scope(identity.user), user_windows, "", f"user {identity.user}"))
+            who = f"address {identity.user}" if identity.kind == "anonymous" else f"user {identity.user}"
+            checks.append((keys.caller_scope(identity.kind, identity.user), user_windows, "", who))
         if self._ip_windows:
             ip = self.client_ip(ctx)
             checks.append((keys.ip_scope(ip), self._ip_windows, IP_POLICY_PREFIX, f"address {ip}"))
@@ -264,13 +327,18 @@ class CallerRegistry:
             )
         return got
 
-    async def usage(self, user: str, tier: str | None) -> tuple[list[dict[str, object]], bool]:
-        """Each window of ``user``: used/limit/remaining/reset; and whether the numbers are
+    async def usage(
+        self, user: str, tier: str | None, kind: IdentityKind | None = None
+    ) -> tuple[list[dict[str, object]], bool]:
+        """Each window of ``user`` (of identity ``kind``; None: from the name's form, see
+        ``policy.usage_subject``): used/limit/remaining/reset; and whether the numbers are
         this daemon's own (store down)."""
         windows = self.user_windows(tier)
         if not windows:
             return [], False
-        found = await self._windows.usage(keys.user_scope(user), windows)
+        if kind is None:
+            kind, _ = policy.usage_subject(user)
+        found = await self._windows.usage(keys.caller_scope(kind, user), windows)
         degraded = self._windows.degraded
         rows: list[dict[str, object]] = [
             {

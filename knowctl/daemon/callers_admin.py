@@ -103,18 +103,22 @@ class _KeysApi:
         return AdminResponse(record.public())
 
     async def usage(self, request: AdminRequest) -> AdminResponse:
+        """``?kind=key|passthrough|anonymous`` picks the namespace; without it the name's form
+        does (an address, a ``cred-`` name, else a key's user)."""
         name = request.params["user"]
         try:
-            owner = policy.check_usage_name(name)
+            kind, owner = policy.usage_subject(name, request.query.get("kind") or None)
         except ValueError as exc:
             raise AdminError(400, f"user: {exc}") from None
         tier = request.query.get("tier")
         if tier is not None:
             self._tier(tier)
-        else:
+        elif owner is not None:
             tier = await self._tier_of(owner)
-        windows, degraded = await self._registry.usage(name, tier)
-        return AdminResponse({"user": name, "tier": tier, "windows": windows, "degraded": degraded})
+        windows, degraded = await self._registry.usage(name, tier, kind)
+        return AdminResponse(
+            {"user": name, "kind": kind, "tier": tier, "windows": windows, "degraded": degraded}
+        )
 
     async def _tier_of(self, owner: str) -> str | None:
         """The tier of the user's newest valid key (limits follow the key in use, so this is

@@ -104,6 +104,11 @@ class Callers(Protocol):
         ``ctx.response_headers``; raise CallRefused(429, retry_after=...) when over."""
         ...
 
+    def upstream_answered(self, ctx: CallContext, status: int) -> None:
+        """The upstream answered ``ctx``'s call (any call that went upstream, generation or
+        forwarded) with this status: a success verifies a pass-through credential. No I/O."""
+        ...
+
     def admin_routes(self) -> list[Route]: ...
 
 

@@ -16,10 +16,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 import orjson
 
+from knowctl.policy.identity import IdentityKind
 from knowctl.policy.windows import Window
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,18 +32,49 @@ KEY_PREFIX = "kc_"
 KEY_BYTES = 32
 # Key ids are public handles (logs, `keys list`); 6 random bytes as 12 hex digits.
 KEY_ID_BYTES = 6
-_KEY_ID = re.compile(r"^k[0-9a-f]{12}$")
+_KEY_ID = re.compile(r"k[0-9a-f]{12}")  # every pattern here is used with fullmatch
 
 # User names become store keys, log fields and URL path segments: a safe, bounded alphabet.
 # ':' is reserved for the "owner:session" names of trusted backends, so the two kinds of
 # name can never collide ('/' would not survive the admin API's path routing).
 USER_MAX = 128
 SUB_USER_SEPARATOR = ":"
-_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,127}$")
-_CREDENTIAL_HEADERS = ("x-goog-api-key", "authorization")
+# fullmatch, never match with "$": "$" also matches before a trailing newline ("alice\n").
+_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,127}")
+# Pass-through callers are named by a hash of their credential (credential_identity).
+CREDENTIAL_PREFIX = "cred-"
+_CREDENTIAL_NAME = re.compile(r"cred-[0-9a-f]{32}")
 
 
 # --- credentials -------------------------------------------------------------------------
+# Every place Google's API front end takes a caller credential from (the system parameters,
+# https://cloud.google.com/apis/docs/system-parameters): API keys as ``x-goog-api-key`` or
+# ``?key=`` / ``?$key=``; OAuth tokens as ``Authorization`` or ``?access_token=`` (older
+# pages also name ``oauth_token``; some discovery documents ``bearer_token``); IAM's
+# ``x-goog-iam-authorization-token``. Query names count after percent-decoding, with any
+# leading ``$`` and in any case: recognising too much only narrows a cache scope, while
+# missing one would let a credentialed call pass as anonymous.
+CREDENTIAL_HEADERS = ("x-goog-api-key", "authorization", "x-goog-iam-authorization-token")
+CREDENTIAL_PARAMS = frozenset({"key", "access_token", "oauth_token", "bearer_token"})
+# Also the caller's, never the gateway's business when it calls with its own credentials:
+# browser state (cookies, the signed-in account selector), which project is billed, and the
+# parameters Google reserves so that passwords never sit in URLs.
+CALLER_STATE_HEADERS = frozenset(
+    {
+        "cookie",
+        "cookie2",
+        "proxy-authorization",
+        "x-goog-authuser",
+        "x-goog-iam-authority-selector",
+        "x-goog-user-project",
+    }
+)
+CALLER_STATE_PARAMS = frozenset({"userproject", "passwd", "password"})
+STRIPPED_HEADERS = frozenset(CREDENTIAL_HEADERS) | CALLER_STATE_HEADERS
+STRIPPED_PARAMS = CREDENTIAL_PARAMS | CALLER_STATE_PARAMS
+# Query parameters split on '&' and on ';' (which some servers also take): what a server may
+# read as a parameter of its own is recognised here too.
+_QUERY_SEPARATORS = re.compile(r"[&;]")
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -56,31 +88,68 @@ def bearer_token(authorization: str | None) -> str | None:
     return token or None
 
 
-def query_key(query: str) -> str | None:
-    """The last ``key=`` parameter of a query string, if any (the Gemini API's ``?key=``)."""
-    if "key=" not in query:
-        return None
-    found = None
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name == "key" and value:
-            found = value
+def param_name(raw: str) -> str:
+    """A query parameter's name as a credential check compares it: percent-decoded (``+`` a
+    space), without leading ``$`` (Google's ``$key`` is ``key``), trimmed, lower case."""
+    return unquote_plus(raw, errors="replace").strip().lstrip("$").lower()
+
+
+def query_credentials(query: str) -> list[tuple[str, str]]:
+    """Every (name, decoded value) of ``query`` in a credential parameter, in order; empty
+    values are no credential."""
+    if not query:
+        return []
+    found = []
+    for part in _QUERY_SEPARATORS.split(query):
+        raw_name, _, raw_value = part.partition("=")
+        name = param_name(raw_name)
+        if name in CREDENTIAL_PARAMS:
+            value = unquote_plus(raw_value, errors="replace").strip()
+            if value:
+                found.append((name, value))
     return found
 
 
 def presented_credential(header: Mapping[str, str], query: str) -> str | None:
-    """The credential a caller sent where the SDKs put one: ``x-goog-api-key`` (Gemini API
-    key mode), ``Authorization: Bearer`` (Vertex, OAuth), or ``?key=`` (REST examples)."""
+    """The gateway key a caller sent, from the first place the SDKs put one:
+    ``x-goog-api-key`` (Gemini API key mode), ``Authorization: Bearer`` (Vertex, OAuth), then
+    the query (``?key=`` in REST examples, or another credential parameter; the last one)."""
     api_key = header.get("x-goog-api-key", "").strip()
     if api_key:
         return api_key
-    return bearer_token(header.get("authorization")) or query_key(query)
+    token = bearer_token(header.get("authorization"))
+    if token is not None:
+        return token
+    in_query = query_credentials(query)
+    return in_query[-1][1] if in_query else None
+
+
+def presented_credentials(headers: Sequence[tuple[str, str]], query: str) -> list[tuple[str, str]]:
+    """Every credential of a pass-through call as (where, value), wherever Google would read
+    one: each credential header (repeats included: the request goes upstream as it came) and
+    each credential parameter. A Bearer token is its token, any other ``Authorization`` its
+    whole value: the gateway does not judge what Google may accept."""
+    found = []
+    for name, value in headers:
+        if name in CREDENTIAL_HEADERS:
+            value = value.strip()
+            if name == "authorization":
+                value = bearer_token(value) or value
+            if value:
+                found.append((name, value))
+    return found + query_credentials(query)
 
 
 def without_credentials(headers: Sequence[tuple[str, str]], query: str) -> tuple[list[tuple[str, str]], str]:
-    """The request's headers and query minus every place a caller credential can be."""
-    kept = [(k, v) for k, v in headers if k not in _CREDENTIAL_HEADERS]
-    if "key=" in query:
-        query = urlencode([(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "key"])
+    """The request's headers and query minus every place a caller credential can be, and
+    minus the caller's browser state and billing choices (for a call the gateway makes with
+    its own credentials). Parameters kept stay exactly as they were encoded."""
+    kept = [(k, v) for k, v in headers if k not in STRIPPED_HEADERS]
+    if query:
+        parts = _QUERY_SEPARATORS.split(query)
+        kept_parts = [p for p in parts if param_name(p.partition("=")[0]) not in STRIPPED_PARAMS]
+        if len(kept_parts) != len(parts):
+            query = "&".join(kept_parts)
     return kept, query
 
 
@@ -94,12 +163,25 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def credential_identity(credential: str) -> str:
+def credential_identity(credentials: str | Sequence[tuple[str, str]]) -> str:
     """The user name of a pass-through caller: a hash of their own Google credential.
 
     128 bits of the hash: unique in practice, and the credential cannot be recovered from it.
+    A call that carries several credentials is named by all of them (where each was, and its
+    value), so a credential that never worked alone cannot borrow the name of one that did.
     """
-    return "cred-" + digest(credential)[:32]
+    if isinstance(credentials, str):
+        material = credentials
+    elif len(credentials) == 1:
+        material = credentials[0][1]  # one credential: the same name whichever place it came in
+    else:
+        material = orjson.dumps(sorted(credentials)).decode()
+    return CREDENTIAL_PREFIX + digest(material)[:32]
+
+
+def is_credential_identity(name: str) -> bool:
+    """Whether ``name`` has the form of :func:`credential_identity`'s names."""
+    return bool(_CREDENTIAL_NAME.fullmatch(name))
 
 
 def make_key(secret: bytes) -> str:
@@ -116,7 +198,7 @@ def make_key_id(random: bytes) -> str:
 
 
 def is_key_id(text: str) -> bool:
-    return bool(_KEY_ID.match(text))
+    return bool(_KEY_ID.fullmatch(text))
 
 
 # --- key records -------------------------------------------------------------------------
@@ -178,7 +260,7 @@ def iso_time(epoch: float) -> str:
 
 def check_user(name: object) -> str:
     """A valid user name, or a ValueError saying what is allowed."""
-    if not isinstance(name, str) or not _USER.match(name):
+    if not isinstance(name, str) or not _USER.fullmatch(name):
         raise ValueError(
             f"user names are 1-{USER_MAX} characters: letters, digits and _ . @ + = - "
             "(starting with a letter or digit)"
@@ -193,15 +275,45 @@ def sub_user(owner: str, session: str) -> str:
 
 
 def check_usage_name(name: str) -> str:
-    """A name as ``users usage`` takes it: a key's user, ``owner:session``, or a client
-    address (anonymous callers). Returns the owner whose keys decide the tier."""
-    if parse_address(name) is not None and name == str(parse_address(name)):
-        return name
-    owner, sep, session = name.partition(SUB_USER_SEPARATOR)
-    check_user(owner)
-    if sep:
-        check_user(session)
-    return owner
+    """A name as ``users usage`` takes it: a key's user, ``owner:session``, a client address
+    (anonymous callers) or a pass-through ``cred-`` name. Returns the owner whose keys decide
+    the tier (the name itself for callers without keys)."""
+    _, owner = usage_subject(name)
+    return owner if owner is not None else name
+
+
+def usage_subject(name: str, kind: str | None = None) -> tuple[IdentityKind, str | None]:
+    """Whose windows ``users usage NAME`` reads: (identity kind, the owner whose keys decide
+    the tier, None for callers without keys). Each kind counts in its own store namespace,
+    so a key's user named like an address is another caller than that address. Without
+    ``kind``, the name's form decides: an address is anonymous, ``cred-<32 hex>`` a
+    pass-through credential, anything else a key's user (``kind="key"`` reads a key user
+    whose name looks like one of the others)."""
+    if kind is None:
+        kind = "anonymous" if _is_address(name) else "passthrough" if is_credential_identity(name) else "key"
+    if kind == "anonymous":
+        if not _is_address(name):
+            raise ValueError("an anonymous caller is named by its client address (203.0.113.7, 2001:db8::1)")
+        return "anonymous", None
+    if kind == "passthrough":
+        if not is_credential_identity(name):
+            raise ValueError(
+                "a pass-through caller is named cred-<32 hex digits>, as the access log shows it"
+            )
+        return "passthrough", None
+    if kind == "key":
+        owner, sep, session = name.partition(SUB_USER_SEPARATOR)
+        check_user(owner)
+        if sep:
+            check_user(session)
+        return "key", owner
+    raise ValueError(f"unknown caller kind {kind!r}: use key, passthrough or anonymous")
+
+
+def _is_address(name: str) -> bool:
+    """An address in its canonical text (what the gateway names anonymous callers by)."""
+    address = parse_address(name)
+    return address is not None and str(address) == name
 
 
 # --- client address ----------------------------------------------------------------------
