@@ -23,6 +23,7 @@ from google import genai
 from google.genai import errors, types
 
 from knowctl.policy import callers as policy
+from tests.support.cli import run_knowctl
 from tests.support.fixtures import Gateway, Simulator, start_gateway
 from tests.support.keyed_upstream import KeyedUpstream, keyed_upstream
 from tests.support.recorder import recording_upstream
@@ -388,6 +389,14 @@ def test_a_key_user_named_like_an_address_is_not_charged_for_it(
         assert used(keyed.url, address) == 3  # by its form, the name is the address
         assert used(keyed.url, address, kind="anonymous") == 3
         assert used(keyed.url, address, kind="key") == 5
+        env = {"KNOWCTL_URL": keyed.url, "KNOWCTL_ADMIN_TOKEN": ADMIN_TOKEN}
+        for kind, expected in (("key", 5), ("anonymous", 3)):
+            shown = run_knowctl("users", "usage", address, "--kind", kind, "--json", env=env)
+            assert shown.returncode == 0, shown.stderr
+            found = json.loads(shown.stdout)
+            assert (found["kind"], found["windows"][0]["used"]) == (kind, expected)
+        bad = run_knowctl("users", "usage", "alice", "--kind", "anonymous", env=env)
+        assert bad.returncode == 2 and "address" in bad.stderr
 
 
 def test_a_user_name_with_a_trailing_newline_is_refused(tmp_path: Path, simulator: Simulator) -> None:
