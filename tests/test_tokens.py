@@ -64,11 +64,37 @@ def test_same_count_as_the_simulator(texts: list[str], system: str | None) -> No
 
 
 def test_total_mode_reserves_the_answer_too() -> None:
-    assert tp.reservation(10, request("x", max_out=32), "input", 8192) == 10
-    assert tp.reservation(10, request("x", max_out=32), "total", 8192) == 42
-    assert tp.reservation(10, request("x"), "total", 100) == 110
-    assert tp.reservation(10, request("x", max_out=True), "total", 100) == 110  # a bool is no count
+    assert tp.reservation(10, request("x", max_out=32), "input", 8192) == tp.Reservation(10)
+    assert tp.reservation(10, request("x", max_out=32), "total", 8192) == tp.Reservation(42)
+    assert tp.reservation(10, request("x"), "total", 100) == tp.Reservation(110)
+    assert tp.reservation(10, request("x", max_out=True), "total", 100).tokens == 110  # a bool is no count
     assert tp.max_output_tokens({"generation_config": {"max_output_tokens": 7}}) == 7
+
+
+def test_total_mode_reserves_what_answers_take_and_never_more_than_the_window() -> None:
+    """A call without maxOutputTokens is admissible whenever its input fits: the answer's
+    share is what the model's answers were seen to take, capped by the window; what the
+    answer may take beyond that is reported, the bound on going over."""
+    assert tp.reservation(100, request("x"), "total", 8192, cap=2000) == tp.Reservation(2000, 8192 - 1900)
+    assert tp.reservation(100, request("x"), "total", 8192, likely_output=300, cap=2000) == tp.Reservation(
+        400, 8192 - 300
+    )
+    explicit = tp.reservation(100, request("x", max_out=50), "total", 8192, likely_output=300, cap=2000)
+    assert explicit == tp.Reservation(150, 0)  # the caller's own bound is never exceeded
+    assert tp.reservation(3000, request("x"), "total", 8192, cap=2000).tokens == 3000  # input alone decides
+
+
+def test_the_output_high_mark_rises_at_once_and_sinks_slowly() -> None:
+    mark = tp.OutputHighMark()
+    assert mark.value is None
+    for tokens in (100, 400, 50):
+        mark.observe(tokens)
+    assert mark.value == 400 - (400 - 50) // 20
+    for _ in range(200):
+        mark.observe(50)
+    assert 50 <= mark.value < 70
+    assert tp.output_tokens({"promptTokenCount": 7, "totalTokenCount": 30}) == 23
+    assert tp.output_tokens({"candidatesTokenCount": 3}) is None
 
 
 def test_actual_tokens() -> None:

@@ -137,6 +137,14 @@ QUEUE_DEPTH = Gauge(
     multiprocess_mode="livesum",
     registry=REGISTRY,
 )
+QUOTA_UNRESERVED = Gauge(
+    "knowctl_quota_unreserved_output_tokens",
+    "Output tokens the calls in flight may still take beyond what they reserved, by model: "
+    "the most by which their token windows can go over the limit (total-token mode).",
+    ["model"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 TOKEN_ESTIMATE_ERROR = Histogram(
     "knowctl_token_estimate_error_tokens",
     "Actual minus reserved tokens per call: how far the pre-call estimate was off.",
@@ -162,6 +170,7 @@ CACHE_REQUESTS_BY = Children(CACHE_REQUESTS)  # (layer, result)
 QUOTA_USED_BY = Children(QUOTA_USED)  # (model, window)
 QUOTA_DECISIONS_BY = Children(QUOTA_DECISIONS)  # (model, decision)
 QUEUE_DEPTH_BY = Children(QUEUE_DEPTH)  # (priority,)
+QUOTA_UNRESERVED_BY = Children(QUOTA_UNRESERVED)  # (model,)
 
 ProcessCollector(registry=REGISTRY)
 

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 from knowctl.daemon import metrics
 from knowctl.daemon.admin import AdminRequest, AdminResponse, Route
 from knowctl.daemon.components import CallRefused, Ticket
+from knowctl.daemon.degraded import local_limit
 from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota_bus import QuotaBus
 from knowctl.daemon.quota_store import QuotaStore
@@ -35,7 +36,7 @@ from knowctl.daemon.waitqueue import WaitQueue
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp
 from knowctl.policy.priority import Priority
-from knowctl.policy.windows import Window
+from knowctl.policy.windows import Window, capacity
 from knowctl.settings import Settings
 from knowctl.store import Announcement, Store, keys
 
@@ -67,6 +68,8 @@ class _Model:
     hold_checked: bool = False
     awaited_until: float = 0.0  # epoch: the store's "callers wait for this model" flag lasts
     label: str = ""  # the model's metrics label, once its limits are exported under it
+    output: tp.OutputHighMark = field(default_factory=tp.OutputHighMark)  # answers' usual length
+    unreserved: int = 0  # output tokens the calls in flight may take beyond their reservations
 
 
 class ProviderQuota:
@@ -89,7 +92,7 @@ class ProviderQuota:
         self._count_tokens = count_tokens if use_count else None
         self._models: dict[str, _Model] = {}
         self._waiting = 0
-        self._estimates: OrderedDict[int, tuple[CallContext, int]] = OrderedDict()
+        self._estimates: OrderedDict[int, tuple[CallContext, tp.Reservation]] = OrderedDict()
         self._bus = QuotaBus(
             store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
         )
@@ -183,8 +186,8 @@ class ProviderQuota:
             self._refuse(m, f"Quota exceeded for {m.name}.", max(retry_after, held))
         if self._waiting >= self._settings.queue_size:
             self._refuse(m, f"Quota exceeded for {m.name} and the wait queue is full.", retry_after)
-        tokens = await self._estimate(ctx, m)
-        waiter, is_head = m.queue.push(ctx.priority, tokens)
+        reserving = await self._estimate(ctx, m)
+        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens)
         now = time.time()
         if now >= m.awaited_until - timeout / 2:  # marked for at least another half wait
             m.awaited_until = now + timeout + 1
@@ -223,6 +226,7 @@ class ProviderQuota:
         except CallRefused as refused:
             self._count(m, "refused")
             raise refused from None
+        self._unreserved(m, ticket, reserving.unreserved)
         self._count(m, "admitted")
         return ticket
 
@@ -232,6 +236,13 @@ class ProviderQuota:
             return
         for w in m.windows:
             m.inflight[w.name] -= ticket.estimated_tokens if w.name in qp.TOKEN_WINDOWS else 1
+        unreserved = ticket.data.pop("unreserved", 0)
+        if unreserved:
+            m.unreserved -= unreserved
+            metrics.QUOTA_UNRESERVED_BY(self._label(m)).set(m.unreserved)
+        output = tp.output_tokens(usage)
+        if output is not None:
+            m.output.observe(output)
         actual = tp.actual_tokens(usage, self._cfg.token_mode)
         if actual is None:
             return  # cut off or no counts: the reservation stands, which can only under-admit
@@ -273,7 +284,11 @@ class ProviderQuota:
         return [("GET", "/api/quota/stats", self._stats_route)]
 
     # --- admission ---------------------------------------------------------------------------
-    async def _acquire(self, m: _Model, priority: Priority, tokens: int) -> Ticket | float:
+    async def _acquire(
+        self, m: _Model, priority: Priority, reserving: tp.Reservation | int
+    ) -> Ticket | float:
+        planned = reserving if isinstance(reserving, tp.Reservation) else tp.Reservation(reserving)
+        tokens = planned.tokens
         rid = unique_id()
         amounts = qp.amounts(m.windows, tokens)
         share = self._cfg.share(priority)
@@ -288,11 +303,20 @@ class ProviderQuota:
             return admission.retry_after
         for w, amount in zip(m.windows, amounts, strict=True):
             m.inflight[w.name] += amount
-        return Ticket(m.name, rid, tokens, {"where": where})
+        ticket = Ticket(m.name, rid, tokens, {"where": where})
+        self._unreserved(m, ticket, planned.unreserved)
+        return ticket
 
-    async def _estimate(self, ctx: CallContext, m: _Model) -> int:
+    def _unreserved(self, m: _Model, ticket: Ticket, tokens: int) -> None:
+        """Count what the ticket's answer may take beyond its reservation, until settled."""
+        if tokens:
+            ticket.data["unreserved"] = ticket.data.get("unreserved", 0) + tokens
+            m.unreserved += tokens
+            metrics.QUOTA_UNRESERVED_BY(self._label(m)).set(m.unreserved)
+
+    async def _estimate(self, ctx: CallContext, m: _Model) -> tp.Reservation:
         if not m.tokens:
-            return 0  # no token window: the count would not be used
+            return tp.Reservation(0)  # no token window: the count would not be used
         if self._count_tokens is not None:
             memo = self._estimates.get(id(ctx))
             if memo is not None and memo[0] is ctx:
@@ -304,14 +328,28 @@ class ProviderQuota:
                 counted = tp.input_estimate(ctx.payload, self._settings.token_bytes_per_token)
         else:
             counted = tp.input_estimate(ctx.payload, self._settings.token_bytes_per_token)
-        tokens = tp.reservation(
-            counted, ctx.payload, self._cfg.token_mode, self._settings.default_max_output_tokens
+        reserving = tp.reservation(
+            counted,
+            ctx.payload,
+            self._cfg.token_mode,
+            self._settings.default_max_output_tokens,
+            likely_output=m.output.value,
+            cap=self._token_cap(m, ctx.priority),
         )
         if self._count_tokens is not None:
-            self._estimates[id(ctx)] = (ctx, tokens)  # holding ctx keeps its id unique
+            self._estimates[id(ctx)] = (ctx, reserving)  # holding ctx keeps its id unique
             while len(self._estimates) > _ESTIMATE_MEMO:
                 self._estimates.popitem(last=False)
-        return tokens
+        return reserving
+
+    def _token_cap(self, m: _Model, priority: Priority) -> int:
+        """The most one call may reserve and still be admissible: the smallest token window
+        at the call's priority (this daemon's share of it while the store is down)."""
+        share = self._cfg.share(priority)
+        replicas = self._windows.local.replicas if self.degraded else 1
+        return min(
+            capacity(local_limit(w.limit, replicas), share) for w in m.windows if w.name in qp.TOKEN_WINDOWS
+        )
 
     async def _pump(self, m: _Model) -> None:
         """Serve the model's queue head first, sleeping until capacity can have freed."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 TokenMode = Literal["input", "total"]
@@ -72,14 +73,67 @@ def max_output_tokens(payload: Mapping[str, Any] | None) -> int | None:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Tokens reserved for one call, and how many more its answer may still take (the most
+    by which it can take its windows over their limits: exported, and bounded)."""
+
+    tokens: int
+    unreserved: int = 0
+
+
 def reservation(
-    input_tokens: int, payload: Mapping[str, Any] | None, mode: TokenMode, default_max_output: int
-) -> int:
-    """Tokens to reserve: the input count, plus the most the answer may take in total mode."""
+    input_tokens: int,
+    payload: Mapping[str, Any] | None,
+    mode: TokenMode,
+    default_max_output: int,
+    *,
+    likely_output: int | None = None,
+    cap: int | None = None,
+) -> Reservation:
+    """Tokens to reserve: the input count, plus in total mode what the answer will likely
+    take: the most it may take (``maxOutputTokens``, else ``default_max_output``), or less
+    when answers of the model have been seen to take less (``likely_output``), and never
+    more than ``cap`` in all (the window's limit at the call's priority), so a call is
+    admissible whenever its input fits. The rest is reconciled from the real usage after."""
+    tokens = max(1, input_tokens)
     if mode == "input":
-        return max(1, input_tokens)
-    out = max_output_tokens(payload)
-    return max(1, input_tokens) + (default_max_output if out is None else out)
+        return Reservation(tokens)
+    explicit = max_output_tokens(payload)
+    most = default_max_output if explicit is None else explicit
+    output = most if likely_output is None else min(most, likely_output)
+    if cap is not None:
+        output = max(0, min(output, cap - tokens))
+    return Reservation(tokens + output, most - output)
+
+
+class OutputHighMark:
+    """What answers of one model take, learned from their usage: a high mark that rises at
+    once to a longer answer and sinks slowly (a twentieth of the gap per answer) towards
+    shorter ones, so reservations cover nearly every answer without holding a model's
+    whole maximum."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+
+    def observe(self, output_tokens: int) -> None:
+        if self.value is None or output_tokens >= self.value:
+            self.value = output_tokens
+        else:
+            self.value -= (self.value - output_tokens) // 20
+
+
+def output_tokens(usage: Mapping[str, Any] | None) -> int | None:
+    """What the answer itself took (everything billed beyond the prompt), by usageMetadata."""
+    if not isinstance(usage, Mapping):
+        return None
+    total = actual_tokens(usage, "total")
+    prompt = _count(usage, "promptTokenCount")
+    if total is None or prompt is None:
+        return None
+    return max(0, total - prompt)
 
 
 def _count(usage: Mapping[str, Any], name: str) -> int | None:
