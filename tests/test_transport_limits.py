@@ -212,7 +212,7 @@ def test_a_body_that_says_it_will_not_fit_is_refused_before_it_is_sent(
         holder = stack.enter_context(socket.create_connection((LOOPBACK, port), timeout=10))
         held = payload(3 * MIB, "held")
         holder.sendall(post_head(len(held)) + held[:-1])
-        time.sleep(0.5)
+        time.sleep(1.0)  # the gateway has read it
         with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
             sock.sendall(post_head(2 * MIB))  # the head only
             answer = read_answer(sock)
@@ -266,7 +266,7 @@ def test_a_dribbled_head_is_closed_after_the_header_timeout(quick_timeouts: Gate
     head = post_head(2)
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
         received, took = dribble(sock, head * 4)
-    assert 0.8 < took < 2.5, took
+    assert 0.8 < took < 3.5, took
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert orjson.loads(received.partition(b"\r\n\r\n")[2])["error"]["status"] == "DEADLINE_EXCEEDED"
 
@@ -279,11 +279,11 @@ def test_the_header_timeout_runs_from_the_previous_answer(quick_timeouts: Gatewa
         sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_answer(sock).status == 200
         received, took = dribble(sock, b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert 0.8 < took < 2.5 and received.startswith(b"HTTP/1.1 408 "), (took, received)
+    assert 0.8 < took < 3.5 and received.startswith(b"HTTP/1.1 408 "), (took, received)
     with socket.create_connection((LOOPBACK, port), timeout=10) as idle:
         started = time.monotonic()
         assert idle.recv(1) == b""
-        assert 0.8 < time.monotonic() - started < 2.5
+        assert 0.8 < time.monotonic() - started < 3.5
 
 
 def test_a_dribbled_body_gets_408_after_the_body_timeout(quick_timeouts: Gateway) -> None:
@@ -292,7 +292,7 @@ def test_a_dribbled_body_gets_408_after_the_body_timeout(quick_timeouts: Gateway
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
         sock.sendall(post_head(len(body)))
         received, took = dribble(sock, body)
-    assert 0.8 < took < 2.5, took
+    assert 0.8 < took < 3.5, took
     assert received.startswith(b"HTTP/1.1 408 "), received
     assert b"connection: close" in received.lower()
     assert orjson.loads(received.partition(b"\r\n\r\n")[2])["error"]["status"] == "DEADLINE_EXCEEDED"

@@ -372,18 +372,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._refused or self.transport.is_closing():
             return
         if self._stage == HEAD:
-            self._refuse(
-                408, f"The request head did not arrive within {self._limits.header_timeout:g} seconds."
-            )
+            self._refuse(408, f"The request head did not arrive within {self._limits.header_timeout:g} s.")
         else:
             self.transport.close()  # nothing came: an idle connection, closed without a word
 
     def _body_late(self) -> None:
         self._timer = None
         if not self._refused and self._stage == BODY and not self.transport.is_closing():
-            self._refuse(
-                408, f"The request body did not arrive within {self._limits.body_timeout:g} seconds."
-            )
+            self._refuse(408, f"The request body did not arrive within {self._limits.body_timeout:g} s.")
 
     def _refuse_busy(self) -> None:
         self._refuse(
