@@ -134,7 +134,10 @@ class AnswerCache:
         if topic is not None and ctx.scope.get("knowctl.topic") == topic:
             scope = cachekey.TOPIC_SCOPE
         else:
-            scope = ctx.identity.cache_scope if ctx.identity is not None else "shared"
+            found = ctx.identity.cache_scope if ctx.identity is not None else "shared"
+            if found is None:  # this caller cannot be told from others: never cached
+                return None
+            scope = found
         return cachekey.cache_key(
             ctx.payload,
             model=call.model,

@@ -64,8 +64,13 @@ class Outcome:
 
 class Generation:
     def __init__(
-        self, upstream: UpstreamClient, cache: ResponseCache | None, quota: QuotaGate | None
+        self,
+        upstream: UpstreamClient,
+        cache: ResponseCache | None,
+        quota: QuotaGate | None,
+        answered: Callable[[CallContext, int], None] | None = None,
     ) -> None:
+        self._answered = answered
         self._upstream = upstream
         self._cache = cache
         self._quota = quota
@@ -231,6 +236,8 @@ class Generation:
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
+                if self._answered is not None:
+                    self._answered(ctx, response.status)
                 headers = [*response_headers(response, own), *ctx.response_headers]
                 if response.status != 200:
                     body = await response.read()

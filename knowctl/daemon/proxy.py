@@ -73,7 +73,7 @@ class ModelCallHandler:
         self._upstream = upstream
         self._callers = callers
         self._quota = quota
-        self._generation = Generation(upstream, cache, quota)
+        self._generation = Generation(upstream, cache, quota, callers.upstream_answered if callers else None)
         self._allowed = frozenset(settings.allowed_action_names)
         # Set where the gateway calls Google with its own credentials (keys mode); callers
         # who bring their own credentials pay for whatever they send.
@@ -223,6 +223,8 @@ class ModelCallHandler:
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
+                if self._callers is not None:
+                    self._callers.upstream_answered(ctx, response.status)
                 out_headers = [*response_headers(response, own), *ctx.response_headers]
                 if response.status >= 400:
                     body = await response.read()

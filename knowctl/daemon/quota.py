@@ -32,7 +32,7 @@ from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota_bus import QuotaBus
 from knowctl.daemon.quota_store import QuotaStore
 from knowctl.daemon.request import CallContext
-from knowctl.daemon.waitqueue import WaitQueue
+from knowctl.daemon.waitqueue import QueuePlaces, WaitQueue
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp
 from knowctl.policy.priority import Priority
@@ -92,6 +92,7 @@ class ProviderQuota:
         self._count_tokens = count_tokens if use_count else None
         self._models: dict[str, _Model] = {}
         self._waiting = 0
+        self._places = QueuePlaces(settings.queue_per_caller)
         self._estimates: OrderedDict[int, tuple[CallContext, tp.Reservation]] = OrderedDict()
         self._bus = QuotaBus(
             store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
@@ -187,7 +188,12 @@ class ProviderQuota:
         if self._waiting >= self._settings.queue_size:
             self._refuse(m, f"Quota exceeded for {m.name} and the wait queue is full.", retry_after)
         reserving = await self._estimate(ctx, m)
-        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens)
+        caller = ctx.identity.caller if ctx.identity is not None else None
+        if self._places.full(caller):  # no await from here to the push
+            self._refuse(
+                m, f"Quota exceeded for {m.name}; this caller holds its share of the wait queue.", retry_after
+            )
+        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller)
         now = time.time()
         if now >= m.awaited_until - timeout / 2:  # marked for at least another half wait
             m.awaited_until = now + timeout + 1
@@ -421,7 +427,9 @@ class ProviderQuota:
 
     def _new_model(self, name: str) -> _Model:
         windows = self._cfg.windows(name)
-        m = _Model(name, keys.quota_scope(name), windows, qp.has_token_window(windows))
+        m = _Model(
+            name, keys.quota_scope(name), windows, qp.has_token_window(windows), WaitQueue(self._places)
+        )
         m.inflight = {w.name: 0 for w in windows}
         self._label(m)
         self._models[name] = m

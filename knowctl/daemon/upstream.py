@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote
 
 import orjson
 
 from knowctl.daemon import http1, metrics
 from knowctl.daemon.credentials import UpstreamCredentials
+from knowctl.policy.callers import STRIPPED_HEADERS, without_credentials
 from knowctl.policy.paths import ApiCall, Family, google_origin
 from knowctl.redact import redact_url
 from knowctl.settings import Settings
@@ -47,7 +48,8 @@ _DROP_REQUEST = frozenset(
         "expect",
     }
 )
-_CALLER_CREDENTIALS = frozenset({"authorization", "x-goog-api-key"})
+# With the gateway's own credentials: also every caller credential, cookie and billing choice.
+_DROP_OWN = _DROP_REQUEST | STRIPPED_HEADERS
 # Never passed back to the caller: hop-by-hop headers and framing that our server redoes.
 _DROP_RESPONSE = frozenset(
     {
@@ -212,7 +214,7 @@ def _count_failure(model: str, failure: UpstreamFailure) -> None:
 def _request_headers(
     incoming: list[tuple[str, str]], own_credentials: dict[str, str] | None
 ) -> dict[str, str]:
-    drop = _DROP_REQUEST | _CALLER_CREDENTIALS if own_credentials is not None else _DROP_REQUEST
+    drop = _DROP_OWN if own_credentials is not None else _DROP_REQUEST
     headers = {
         name: value for name, value in incoming if name not in drop and not name.startswith("x-knowctl-")
     }
@@ -236,11 +238,9 @@ def response_headers(response: http1.Response, own_credentials: bool = False) ->
 
 
 def _strip_key_param(query: str) -> str:
-    """Drop the caller's ``key=`` when the gateway authenticates with its own credentials."""
-    if "key=" not in query:
-        return query
-    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "key"]
-    return urlencode(pairs)
+    """Drop every credential the caller put in the query (``key``, ``access_token``... in
+    any spelling Google reads) when the gateway authenticates with its own credentials."""
+    return without_credentials((), query)[1] if query else query
 
 
 async def drain(response: http1.Response) -> AsyncIterator[bytes]:
