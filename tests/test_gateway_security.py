@@ -417,3 +417,17 @@ def test_readiness_never_shows_a_password_in_the_upstream_url() -> None:
     assert status == 503  # not started: "starting", and the page says where calls would go
     assert b"up-s3cret" not in body
     assert b"user:***@127.0.0.1:9" in body
+
+
+def test_a_body_of_countless_tiny_objects_is_refused_before_it_is_parsed(keyed: Gateway) -> None:
+    """Within the size limit, 200,000 tiny Content objects would parse into hundreds of MB."""
+    key = new_key(keyed)
+    tiny = b'{"role":"user","parts":[]},' * 200_000
+    response = httpx.post(
+        f"{keyed.url}/v1beta/models/{MODEL}:generateContent",
+        headers={"x-goog-api-key": key, "content-type": "application/json"},
+        content=b'{"contents":[' + tiny[:-1] + b"]}",
+        timeout=30,
+    )
+    assert is_google_error(response, 400)
+    assert "JSON objects" in response.json()["error"]["message"]

@@ -13,12 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from knowctl.daemon import metrics
 from knowctl.daemon.admin import AdminApi, AdminError, Route, is_loopback
-from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, respond_json
+from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, respond_json, transport_status
 from knowctl.daemon.cache import AnswerCache
 from knowctl.daemon.callers import CallerRegistry
 from knowctl.daemon.credentials import UpstreamCredentials
 from knowctl.daemon.logging import access_log
-from knowctl.daemon.proxy import ModelCallHandler
+from knowctl.daemon.proxy import CLIENT_CLOSED, ModelCallHandler
 from knowctl.daemon.quota import ProviderQuota
 from knowctl.daemon.topics import TopicService
 from knowctl.daemon.upstream import UpstreamClient
@@ -174,6 +174,8 @@ class Gateway:
                     status = await self.model_calls(scope, receive, send, call)
         finally:
             elapsed = time.perf_counter() - started
+            if status == CLIENT_CLOSED:  # or the transport refused the body itself (503, 408)
+                status = transport_status(scope) or status
             metrics.HTTP_REQUESTS_BY(route, str(status)).inc()
             metrics.HTTP_DURATION_BY(route).observe(elapsed)
             if self._access_log:

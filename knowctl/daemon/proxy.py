@@ -35,6 +35,8 @@ log = logging.getLogger("knowctl.proxy")
 
 # HTTP status 499 (client closed request, as nginx logs it) for the metrics only.
 CLIENT_CLOSED = 499
+# Objects and arrays one request body may hold (what a real prompt needs is far less).
+MAX_JSON_CONTAINERS = 100_000
 
 
 @dataclass(slots=True)
@@ -186,6 +188,10 @@ class ModelCallHandler:
         """(what is wrong with the body, or None; the parsed body when it is an object)."""
         if not body and call.known_action is None:
             return None, None  # other actions may legitimately have no body
+        if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
+            # Parsed, each tiny object costs about twenty times its bytes: a body within the
+            # size limit could still take hundreds of MB. Counted before it is parsed.
+            return f"Request body has more than {MAX_JSON_CONTAINERS} JSON objects and arrays.", None
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
