@@ -13,6 +13,8 @@ END = "<!-- settings-reference:end -->"
 def _default_text(value: Any) -> str:
     if value is None:
         return "unset"
+    if isinstance(value, dict | list | tuple | set | frozenset) and not value:
+        return "empty"
     if isinstance(value, bool):
         return "true" if value else "false"
     return f"`{value}`"
@@ -26,7 +28,10 @@ def reference_table() -> str:
         if name in SECRET_FIELDS:
             env += f" or `{ENV_PREFIX}{name.upper()}_FILE`"
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| {env} | {_default_text(field.default)} | {description} |")
+        # A default_factory field (tiers, quota_models) has no ``default``: its value is the
+        # factory's, what a Settings() without input holds.
+        default = field.get_default(call_default_factory=True)
+        rows.append(f"| {env} | {_default_text(default)} | {description} |")
     rows.append(f"| `{ENV_PREFIX}CONFIG` | unset | YAML config file with any of the settings above. |")
     return "\n".join(rows) + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,38 @@ def test_reference_is_current(document: str) -> None:
     assert splice(text) == text, f"run: knowctl config reference --write {document}"
     for name in ("KNOWCTL_STORE_URL", "KNOWCTL_GOOGLE_API_KEY_FILE", "KNOWCTL_CONFIG"):
         assert name in reference_table()
+
+
+def _shown(value: object) -> str:
+    """How the reference shows a default value."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list) and not value:
+        return "empty"
+    return f"`{value}`"
+
+
+def test_reference_defaults_are_what_the_daemon_runs_with(tmp_path: Path) -> None:
+    """Every default in the table is the value a daemon started without any setting holds
+    (``knowctl config show`` in an empty environment), factory defaults included."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "knowctl", "config", "show", "--json"],
+        env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    actual = json.loads(shown.stdout)
+    cells: dict[str, str] = {}
+    for row in reference_table().splitlines()[2:]:
+        env, default, _ = (cell.strip() for cell in row.strip("|").split("|", 2))
+        cells[env.split("`")[1].removeprefix("KNOWCTL_").lower()] = default
+    assert "PydanticUndefined" not in reference_table()
+    assert cells["tiers"] == cells["quota_models"] == "empty"
+    for name, value in actual.items():
+        if value == "***":  # a secret the environment does not set is None; never shown
+            continue
+        assert cells[name] == _shown(value), name
 
 
 def test_config_show_hides_secrets(tmp_path: Path) -> None:
