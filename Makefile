@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
 TOOLS := $(VENV)/.installed-tools
+BENCH := $(VENV)/.installed-bench
 
 .PHONY: install run test lint format bench clean
 
@@ -44,8 +45,14 @@ format: $(DEV)
 	$(VENV)/bin/ruff format knowctl
 	$(VENV)/bin/ruff check --fix knowctl tests bench
 
-bench: $(DEV) $(TOOLS)
+# The libraries bench/libraries.py measures knowctl's own clients against.
+$(BENCH): pyproject.toml | $(DEV)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH)
+
+bench: $(DEV) $(TOOLS) $(BENCH)
 	$(PY) bench/run.py
+	$(PY) bench/libraries.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
