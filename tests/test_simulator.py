@@ -568,3 +568,126 @@ def test_knowctl_simulate_command(tmp_path: Path) -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- models: Google's list, Google's 404
+
+UNKNOWN = "gemini-9-ultra"
+
+
+def not_found_message(model: str, method: str, version: str = "v1beta") -> str:
+    return (
+        f"models/{model} is not found for API version {version}, or is not supported for {method}. "
+        "Call ListModels to see the list of available models and their supported methods."
+    )
+
+
+@pytest.fixture(scope="module")
+def google_like() -> Iterator[Simulator]:
+    """A simulator as `knowctl simulate` runs by default: only the models it lists."""
+    with simulator_process(any_model=False) as sim:
+        yield sim
+
+
+def test_an_unknown_model_is_googles_404(google_like: Simulator) -> None:
+    sim = google_like
+    unknown = GEMINI.replace(MODEL, UNKNOWN)
+    answer = post(sim, unknown + ":generateContent")
+    assert answer.status_code == 404
+    assert answer.json() == {
+        "error": {
+            "code": 404,
+            "message": not_found_message(UNKNOWN, "generateContent"),
+            "status": "NOT_FOUND",
+        }
+    }
+    v1 = post(sim, GEMINI_V1.replace(MODEL, UNKNOWN) + ":countTokens")
+    assert v1.json()["error"]["message"] == not_found_message(UNKNOWN, "countTokens", "v1")
+    sse = post(sim, unknown + ":streamGenerateContent?alt=sse")
+    assert sse.status_code == 404 and sse.json()["error"]["status"] == "NOT_FOUND"
+    array = post(sim, unknown + ":streamGenerateContent")  # a JSON-array stream's error is in [ ]
+    assert array.status_code == 404 and array.json()[0]["error"]["status"] == "NOT_FOUND"
+    one = httpx.get(sim.url + unknown, timeout=10)
+    assert one.status_code == 404 and one.json()["error"]["message"] == not_found_message(UNKNOWN, "get")
+    vertex = post(sim, VERTEX.replace(MODEL, UNKNOWN) + ":generateContent").json()["error"]
+    assert (vertex["code"], vertex["status"]) == (404, "NOT_FOUND")
+    assert vertex["message"].startswith(
+        f"Publisher Model `projects/p1/locations/us-central1/publishers/google/models/{UNKNOWN}` "
+        "was not found or your project does not have access to it."
+    )
+    # An embedding model does not generate, and a generating model does not embed.
+    embed = {"content": {"parts": [{"text": "hi"}]}}
+    assert post(sim, "/v1beta/models/gemini-embedding-001:embedContent", embed).status_code == 200
+    wrong = post(sim, "/v1beta/models/gemini-embedding-001:generateContent")
+    assert wrong.json()["error"]["message"] == not_found_message("gemini-embedding-001", "generateContent")
+    assert post(sim, GEMINI + ":embedContent", embed).status_code == 404
+    assert post(sim, GEMINI + ":generateContent").status_code == 200
+    assert sim.stats()["not_found"] == 8 and sim.stats()["served"] == 1
+
+
+def test_the_listing_is_what_is_served_and_configurable(google_like: Simulator) -> None:
+    from knowctl.simulator.app import MODELS
+
+    sim = google_like
+
+    def listed() -> list[str]:
+        return [m["name"] for m in httpx.get(sim.url + "/v1beta/models", timeout=10).json()["models"]]
+
+    assert listed() == [f"models/{m}" for m in MODELS]
+    assert {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-3.5-flash"} <= set(MODELS)
+    try:
+        assert sim.configure(models=["models/my-tuned-1", "gemini-2.5-pro"])["models"] == [
+            "my-tuned-1",
+            "gemini-2.5-pro",
+        ]
+        assert listed() == ["models/my-tuned-1", "models/gemini-2.5-pro"]
+        assert post(sim, "/v1beta/models/my-tuned-1:generateContent").status_code == 200
+        assert post(sim, GEMINI + ":generateContent").status_code == 404  # no longer listed
+        sim.configure(any_model=True)
+        assert post(sim, "/v1beta/models/fuzz-anything:generateContent").status_code == 200
+        for bad in ({"models": []}, {"models": ["a b"]}, {"models": 5}, {"any_model": "yes"}):
+            refused = httpx.post(sim.url + "/_simulator/config", json=bad, timeout=10)
+            assert_google_error(refused, 400, "INVALID_ARGUMENT")
+    finally:
+        sim.configure(models=list(MODELS), any_model=False)
+
+
+def test_models_on_the_command_line(tmp_path: Path) -> None:
+    with simulator_process("--models", "gemini-2.5-flash,my-model", any_model=False) as sim:
+        names = [m["name"] for m in httpx.get(sim.url + "/v1beta/models", timeout=10).json()["models"]]
+        assert names == ["models/gemini-2.5-flash", "models/my-model"]
+        assert post(sim, "/v1beta/models/my-model:generateContent").status_code == 200
+        assert post(sim, "/v1beta/models/gemini-2.5-pro:generateContent").status_code == 404
+    with simulator_process("--any-model", any_model=False) as sim:
+        assert post(sim, "/v1beta/models/model-1234abcd:generateContent").status_code == 200
+    import subprocess
+    import sys
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "knowctl", "simulate", "--models", "a b"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "not a model name" in bad.stderr
+
+
+def test_serve_simulate_answers_unknown_models_as_google_does(tmp_path: Path) -> None:
+    """Through the gateway and the official SDK: the 404 arrives as Google's ClientError."""
+    from google import genai
+    from google.genai import errors, types
+
+    from knowctl.simulator.app import MODELS
+    from tests.support.fixtures import start_gateway
+
+    handle, process = start_gateway(tmp_path, "--simulate")
+    with process:
+        client = genai.Client(api_key="x", http_options=types.HttpOptions(base_url=handle.url))
+        with pytest.raises(errors.ClientError) as caught:
+            client.models.generate_content(model=UNKNOWN, contents="Say hi")
+        assert caught.value.code == 404 and caught.value.status == "NOT_FOUND"
+        assert caught.value.message == not_found_message(UNKNOWN, "generateContent")
+        assert [m.name for m in client.models.list()] == [f"models/{m}" for m in MODELS]
+        assert client.models.generate_content(model=MODEL, contents="Say hi").text
+        # The daemon serves on, and its simulator's list is configurable there too.
+        changed = httpx.post(handle.url + "/_simulator/config", json={"models": [UNKNOWN]}, timeout=10)
+        assert changed.status_code == 200
+        assert client.models.generate_content(model=UNKNOWN, contents="Say hi").text

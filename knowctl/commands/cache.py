@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from knowctl.commands.common import (
     EXIT_CONFIG,
+    EXIT_FAILED,
     JsonOption,
     TokenOption,
     UrlOption,
     admin_client,
+    confirm,
     fail,
+    must_confirm,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from knowctl.client import AdminClient
 
 app = typer.Typer(help="The answer cache: invalidation and statistics.", no_args_is_help=True)
 
 INVALIDATE_PATH = "/api/cache/invalidate"
 STATS_PATH = "/api/cache/stats"
+EXTRA_CALLS = 10
 
 
 @app.command("invalidate")
@@ -31,37 +37,86 @@ def invalidate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only count the matching keys and show a sample.")
     ] = False,
-    limit: Annotated[
-        int, typer.Option("--limit", min=0, help="Remove at most this many keys (0: all of them).")
+    batch: Annotated[
+        int,
+        typer.Option(
+            "--batch",
+            "--limit",
+            min=0,
+            help="Keys removed per call to the daemon (0: all in one call). The command goes on "
+            "until no key matches.",
+        ),
     ] = 100,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove cached answers (and their stale copies) matching PATTERN from every daemon."""
+    """Remove cached answers (and their stale copies) matching PATTERN from the store and from
+    every daemon's memory; exit 1 if some still match at the end."""
     from knowctl.policy.cachekey import BadPattern, check_pattern
 
     try:
         check_pattern(pattern)
     except BadPattern as exc:
         fail(f"pattern: {exc}", EXIT_CONFIG)
+    ask = not dry_run and must_confirm(yes, "cache invalidate")  # before any call to the daemon
     with admin_client(url, token) as client:
-        if not dry_run and not yes and sys.stdin.isatty():
-            preview = client.call("POST", INVALIDATE_PATH, json={"pattern": pattern, "dry_run": True})
-            _print_result(preview)
-            if preview["matched"] == 0:
-                return
-            count = preview["matched"] if limit == 0 else min(limit, preview["matched"])
-            if not typer.confirm(f"Remove {count} cached answer(s)?", default=False):
-                raise typer.Exit(1)
-        result = client.call(
-            "POST", INVALIDATE_PATH, json={"pattern": pattern, "dry_run": dry_run, "limit": limit}
-        )
+        if dry_run:
+            result = client.call("POST", INVALIDATE_PATH, json={"pattern": pattern, "dry_run": True})
+        else:
+            if ask:
+                preview = client.call("POST", INVALIDATE_PATH, json={"pattern": pattern, "dry_run": True})
+                _print_result(preview)
+                if preview["matched"] == 0:
+                    return
+                confirm(f"Remove {preview['matched']} cached answer(s) from every daemon?")
+            result = _invalidate_all(client, pattern, batch)
     if as_json:
         print_json(result)
-        return
-    _print_result(result)
+    else:
+        _print_result(result)
+    if not dry_run and result["remaining"]:
+        fail(
+            f"{result['remaining']} matching key(s) remain after {result['calls']} call(s): answers "
+            "matching the pattern are being cached as fast as they are removed; run it again",
+            EXIT_FAILED,
+        )
+
+
+def _invalidate_all(client: AdminClient, pattern: str, batch: int) -> dict[str, Any]:
+    """Call the daemon until nothing matches. The last call removes every match at once, so the
+    daemon also tells every other daemon to drop the whole pattern from memory."""
+    from knowctl.client import AdminCallFailed
+
+    body = {"pattern": pattern, "dry_run": False, "limit": batch}
+    deleted = calls = 0
+    matched: int | None = None
+    most_calls = 1
+    while True:
+        try:
+            answer = client.call("POST", INVALIDATE_PATH, json=body)
+        except AdminCallFailed:
+            if deleted:
+                typer.echo(f"knowctl: {deleted} key(s) were removed before this failure", err=True)
+            raise
+        calls += 1
+        deleted += answer["deleted"]
+        if matched is None:
+            matched = answer["matched"]
+            # Enough calls for what matched at the start, and a few for answers cached meanwhile.
+            most_calls = (-(-matched // batch) if batch else 1) + EXTRA_CALLS
+        if not answer["remaining"] or not answer["deleted"] or calls >= most_calls:
+            break
+    return {
+        "pattern": pattern,
+        "dry_run": False,
+        "matched": matched,
+        "deleted": deleted,
+        "remaining": answer["remaining"],
+        "calls": calls,
+        "sample": [],
+    }
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -71,12 +126,12 @@ def _print_result(result: dict[str, Any]) -> None:
     if result["dry_run"]:
         console.print(f"[bold]{result['matched']}[/] key(s) match [bold]{result['pattern']}[/] (dry run).")
     else:
+        calls = result.get("calls", 1)
+        where = "the store and every daemon's memory" + (f" in {calls} calls" if calls > 1 else "")
         console.print(
-            f"Removed [bold]{result['deleted']}[/] of {result['matched']} matching key(s); "
+            f"Removed [bold]{result['deleted']}[/] matching key(s) from {where}; "
             f"[bold]{result['remaining']}[/] remain."
         )
-        if result["remaining"]:
-            console.print("Run again (or with --limit 0) to remove the rest.")
     if result["sample"] and result["dry_run"]:
         console.print("Sample:")
         for key in result["sample"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,44 @@ EXIT_AUTH = 4  # the daemon refused the admin token
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     typer.secho(f"knowctl: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def must_confirm(yes: bool, action: str) -> bool:
+    """The one rule of destructive commands: with --yes they go ahead (False), on a terminal
+    they ask (True), and anywhere else (a script, a pipe, CI) they are refused with exit 2
+    rather than guessing what the caller meant."""
+    if yes:
+        return False
+    if not sys.stdin.isatty():
+        fail(
+            f"{action} needs confirmation and standard input is not a terminal: "
+            "pass --yes to go ahead without asking",
+            EXIT_CONFIG,
+        )
+    return True
+
+
+def confirm(question: str) -> None:
+    """Ask on the terminal; no is exit 1 with nothing changed."""
+    if not typer.confirm(question, default=False):
+        fail("aborted; nothing was changed", EXIT_FAILED)
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs knowctl's ``extra`` into the Python running this command:
+    from the checkout when knowctl runs from one (``pip install -e``), else from the index."""
+    import shlex
+
+    root = Path(__file__).resolve().parent.parent.parent
+    project = root / "pyproject.toml"
+    try:
+        from_checkout = 'name = "knowctl"' in project.read_text(encoding="utf-8")
+    except OSError:
+        from_checkout = False
+    python = shlex.quote(sys.executable)
+    if from_checkout:
+        return f"{python} -m pip install -e {shlex.quote(f'{root}[{extra}]')}"
+    return f"{python} -m pip install {shlex.quote(f'knowctl[{extra}]')}"
 
 
 def settings_or_exit(config: Path | None = None, **overrides: Any) -> Settings:
@@ -65,6 +104,7 @@ def admin_client(url: str | None, token: str | None) -> Iterator[AdminClient]:
     from knowctl.client import AdminCallFailed, AdminClient, DaemonUnreachable
 
     settings = settings_or_exit(url=url, admin_token=token)
+    _check_daemon_url(settings.url, "--url" if url is not None else "KNOWCTL_URL")
     secret = settings.admin_token.get_secret_value() if settings.admin_token else None
     client = AdminClient(settings.url, secret)
     try:
@@ -80,6 +120,24 @@ def admin_client(url: str | None, token: str | None) -> Iterator[AdminClient]:
         )
     finally:
         client.close()
+
+
+def _check_daemon_url(value: str, source: str) -> None:
+    """A URL without its scheme (``127.0.0.1:8080``) is a typo, not an unreachable daemon."""
+    from urllib.parse import urlsplit
+
+    problem = None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "expected http://HOST:PORT or https://HOST"
+    if problem is not None:
+        guess = f" (did you mean http://{value}?)" if "://" not in value else ""
+        fail(f"{source} {value!r} is not a daemon URL: {problem}{guess}", EXIT_CONFIG)
 
 
 def print_json(data: Any) -> None:

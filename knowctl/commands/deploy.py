@@ -2,7 +2,8 @@
 
 Only Typer is imported at module level; jinja2, yaml, jsonschema, kubernetes-validate and
 the Docker SDK load inside the command that needs them, so ``knowctl --help`` stays fast.
-Exit codes: 0 ok, 1 validation or build failed, 2 bad values or usage, 3 no Docker engine.
+Exit codes: 0 ok, 1 validation or build failed (or could not run: a validator or the Docker SDK
+is not installed), 2 bad values or usage, 3 no Docker engine.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from knowctl.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_UNREACHABLE, fail
+from knowctl.commands.common import EXIT_CONFIG, EXIT_FAILED, EXIT_UNREACHABLE, fail, install_hint
 
 app = typer.Typer(
     help="Render, validate, build and inspect Kubernetes and Compose deployments.",
@@ -92,7 +93,8 @@ def validate(
     try:
         report = validate_path(path, k8s_version or None)
     except ValidatorMissing as exc:
-        fail(f"{exc}: pip install 'knowctl[deploy]'", EXIT_CONFIG)
+        # Nothing was validated: a failure (exit 1), not bad input, so a pipeline never passes.
+        fail(f"{exc}, nothing was validated; install the deploy extra: {install_hint('deploy')}", EXIT_FAILED)
     if as_json:
         problems = [{"subject": p.subject, "rule": p.rule, "message": p.message} for p in report.problems]
         typer.echo(json.dumps({"ok": report.ok, "checked": report.checked, "problems": problems}, indent=2))
@@ -113,6 +115,10 @@ def validate(
         )
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _docker_sdk_missing() -> NoReturn:
+    fail(f"the Docker SDK is not installed; install the deploy extra: {install_hint('deploy')}", EXIT_FAILED)
 
 
 def _build_args(items: list[str]) -> dict[str, str]:
@@ -160,8 +166,8 @@ def build(
             pull,
             on_line=lambda line: console.print(line, markup=False, highlight=False),
         )
-    except DockerSdkMissing as exc:
-        fail(str(exc), EXIT_CONFIG)
+    except DockerSdkMissing:
+        _docker_sdk_missing()
     except EngineUnreachable as exc:
         fail(str(exc), EXIT_UNREACHABLE)
     except BuildFailed as exc:
@@ -179,8 +185,8 @@ def status(
 
     try:
         containers = project_status(project)
-    except DockerSdkMissing as exc:
-        fail(str(exc), EXIT_CONFIG)
+    except DockerSdkMissing:
+        _docker_sdk_missing()
     except EngineUnreachable as exc:
         fail(str(exc), EXIT_UNREACHABLE)
     if as_json:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from knowctl.commands.common import JsonOption, TokenOption, UrlOption, admin_client, print_json
+from knowctl.commands.common import (
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    admin_client,
+    confirm,
+    must_confirm,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from knowctl.client import AdminClient
 
 app = typer.Typer(
     help="Gateway keys: who may call the gateway, as which user and tier.", no_args_is_help=True
@@ -18,7 +29,9 @@ KEYS_PATH = "/api/keys"
 @app.command("create")
 def create(
     user: Annotated[str, typer.Option("--user", help="User the key's calls count against.")],
-    tier: Annotated[str | None, typer.Option("--tier", help="Tier (from the config file).")] = None,
+    tier: Annotated[
+        str | None, typer.Option("--tier", help="Tier, one of the config file's `tiers` (none by default).")
+    ] = None,
     max_priority: Annotated[
         str | None, typer.Option("--max-priority", help="Highest priority: LOW, MEDIUM, HIGH or CRITICAL.")
     ] = None,
@@ -37,6 +50,9 @@ def create(
         body["max_priority"] = max_priority
     with admin_client(url, token) as client:
         created = client.call("POST", KEYS_PATH, json=body)
+        mode = _auth_mode(client, user)
+    if mode is not None and mode != "keys":
+        typer.secho(f"knowctl: warning: {_UNUSED_KEYS.get(mode, mode)}", err=True, fg=typer.colors.YELLOW)
     if as_json:
         print_json(created)
         return
@@ -47,6 +63,28 @@ def create(
     # Printed plainly (no wrapping, no markup) so it can be copied whole.
     console.print("Key (shown once, store it now):", highlight=False)
     typer.echo(created["key"])
+
+
+_UNUSED_KEYS = {
+    mode: f"the daemon runs in {mode} auth mode, {how}, and it does not use gateway keys: this key "
+    "admits nobody until the daemon runs with KNOWCTL_AUTH_MODE=keys"
+    for mode, how in (
+        ("anonymous", "where callers are told apart by their address"),
+        ("passthrough", "where callers bring their own Google credentials"),
+    )
+}
+
+
+def _auth_mode(client: AdminClient, user: str) -> str | None:
+    """The daemon's auth mode (from the key listing, which names it), or None if it cannot say."""
+    from knowctl.client import AdminCallFailed
+
+    try:
+        listing = client.call("GET", KEYS_PATH, params={"user": user})
+    except AdminCallFailed:
+        return None
+    mode = listing.get("auth_mode") if isinstance(listing, dict) else None
+    return mode if isinstance(mode, str) else None
 
 
 @app.command("list")
@@ -92,8 +130,8 @@ def revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Revoke a key: every daemon refuses it (403) within about a second."""
-    if not yes and not typer.confirm(f"Revoke key {key_id}? Its callers will be refused.", default=False):
-        raise typer.Exit(1)
+    if must_confirm(yes, "keys revoke"):
+        confirm(f"Revoke key {key_id}? Its callers will be refused.")
     with admin_client(url, token) as client:
         record = client.call("DELETE", f"{KEYS_PATH}/{key_id}")
     if as_json:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -41,7 +43,10 @@ def stats(
         str | None,
         typer.Option("--model", help="Only this model (also one this daemon has not served yet)."),
     ] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Redraw live until Ctrl-C.")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Redraw live until Ctrl-C (not on a terminal: one line per interval)."),
+    ] = False,
     interval: Annotated[
         float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")
     ] = 2.0,
@@ -65,6 +70,10 @@ def stats(
         if not watch:
             console.print(render(fetch()))
             return
+        if not sys.stdout.isatty():
+            # A live redraw shows nothing in a pipe or a log; a line per interval does.
+            _watch_lines(fetch, interval)
+            return
         from rich.live import Live
 
         with Live(render(fetch()), console=console, auto_refresh=False) as live:
@@ -74,6 +83,40 @@ def stats(
                     live.update(render(fetch()), refresh=True)
             except KeyboardInterrupt:
                 pass
+
+
+def _watch_lines(fetch: Callable[[], dict[str, Any]], interval: float) -> None:
+    try:
+        while True:
+            typer.echo(summary_line(fetch()))  # click flushes each line
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `| head`: the reader has seen enough
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def summary_line(data: dict[str, Any]) -> str:
+    """One plain line of the stats document: time, then each model's windows used/limit, queue
+    depth and decisions (admitted/queued/refused/fallback), then the shared queue and store."""
+    from datetime import UTC, datetime
+
+    parts = [datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    for name, model in data.get("models", {}).items():
+        windows = model.get("windows", {})
+        usage = " ".join(f"{w}={v['used']}/{v['limit']}" for w, v in windows.items()) or "unlimited"
+        counts = model.get("counts", {})
+        decisions = "/".join(str(counts.get(k, 0)) for k in ("admitted", "queued", "refused", "fallback"))
+        depth = sum(int(v) for v in model.get("queue", {}).values())
+        held = " held" if model.get("exhausted") else ""
+        parts.append(f"{name}: {usage} queued={depth} decisions={decisions}{held};")
+    queue = data.get("queue", {})
+    parts.append(f"waiting={queue.get('waiting', 0)}/{queue.get('size', '?')} store={data.get('store', '?')}")
+    if data.get("degraded"):
+        parts.append("DEGRADED")
+    return " ".join(parts)
 
 
 def usage_bar(used: int, limit: int, width: int = BAR_WIDTH) -> str:

@@ -291,8 +291,44 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _schema_type(dotted: str) -> Any:
+    """The type the schema gives the value at ``dotted`` (``settings.*`` by Settings), or None."""
+    import types
+    from typing import Union, get_args, get_origin
+
+    annotation: Any = Values
+    for part in dotted.split("."):
+        if get_origin(annotation) in (Union, types.UnionType):  # X | None: the X
+            annotation = next((a for a in get_args(annotation) if a is not type(None)), None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return None
+            annotation = Settings if (annotation is Values and part == "settings") else field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return annotation
+
+
+def _is_text(annotation: Any) -> bool:
+    import types
+    from typing import Union, get_args, get_origin
+
+    if annotation is str:
+        return True
+    if get_origin(annotation) is Literal:
+        return all(isinstance(arg, str) for arg in get_args(annotation))
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return bool(kinds) and all(_is_text(arg) for arg in kinds)
+    return False
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``a.b=c`` strings into a nested mapping; values are YAML scalars (5 is an int)."""
+    """``a.b=c`` strings into a nested mapping; values are YAML scalars (5 is an int), except
+    where the schema wants a string: there the text is kept as given (``image.tag=1.10``)."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -304,6 +340,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as exc:
             raise ValuesError(f"--set {key}: value is not valid YAML: {exc}") from exc
+        if isinstance(value, int | float) and _is_text(_schema_type(key)):  # bool is an int
+            value = raw
         _set_path(out, key, value)
     return out
 

@@ -10,14 +10,20 @@ Control endpoints (not part of Google's API):
 - ``GET /_simulator/stats``: counters (see :meth:`SimulatorApp.stats_json`).
 - ``POST /_simulator/reset``: zero counters and the quota log, drop pending faults.
 - ``GET|POST /_simulator/config``: read or change ``latency_ms``, ``chunk_delay_ms``, ``chunks``,
-  ``rpm``, ``tpm``, ``window_s``; ``{"fault": KIND, "count": N}`` makes the next N
-  generate/stream calls fail as KIND (see :data:`FAULTS`); ``{"fault": null}`` clears it.
+  ``rpm``, ``tpm``, ``window_s``, ``models`` (the models it serves and lists) and ``any_model``;
+  ``{"fault": KIND, "count": N}`` makes the next N generate/stream calls fail as KIND (see
+  :data:`FAULTS`); ``{"fault": null}`` clears it.
+
+Like Google, it serves only the models it lists (:data:`MODELS` by default): any other model
+is Google's 404 ``NOT_FOUND``. ``any_model`` serves every name, for tests that give each case a
+model of its own (a quota window apart) and listing shows the configured models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -81,7 +87,33 @@ _BAD_KEY = {
         ],
     }
 }
-MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite", "gemini-2.0-flash")
+# Models the Gemini API serves (its models page, mid-2026), and the aliases it resolves.
+MODELS = (
+    "gemini-3.5-flash",
+    "gemini-3.1-pro-preview",
+    "gemini-3.1-flash-lite",
+    "gemini-3-flash-preview",
+    "gemini-2.5-pro",
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-lite",
+    "gemini-pro-latest",
+    "gemini-flash-latest",
+    "gemini-flash-lite-latest",
+    "gemini-embedding-001",
+)
+GENERATE_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
+EMBED_METHODS = ("embedContent", "batchEmbedContents", "countTokens")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+GEMINI_NOT_FOUND = (
+    "models/{model} is not found for API version {version}, or is not supported for {method}. "
+    "Call ListModels to see the list of available models and their supported methods."
+)
+VERTEX_NOT_FOUND = (
+    "Publisher Model `projects/{project}/locations/{location}/publishers/google/models/{model}` "
+    "was not found or your project does not have access to it. Please ensure you are using a "
+    "valid model version. For more information, see: "
+    "https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
+)
 SSE = b"text/event-stream"
 _SSE_HEADERS = [(b"content-type", SSE), (b"cache-control", b"no-cache")]
 _ARRAY_HEADERS = [(b"content-type", JSON)]
@@ -91,6 +123,8 @@ _CONTROL_ROUTES = {
     "/_simulator/config": ("GET", "POST"),
 }
 _SSE_QUERY = (b"alt=sse", b"%24alt=sse", b"$alt=sse")
+# Methods told apart by model kind; any other action on a listed model goes on to its handler.
+_MODEL_METHODS = frozenset(GENERATE_METHODS + EMBED_METHODS)
 
 GEMINI_QUOTA_MESSAGE = (
     "You exceeded your current quota, please check your plan and billing details. For more "
@@ -129,6 +163,8 @@ class SimulatorConfig:
     chunk_delay_ms: float = 0.0
     chunks: int = answers.DEFAULT_CHUNKS
     max_body_bytes: int = 32 * 1024 * 1024
+    models: tuple[str, ...] = MODELS
+    any_model: bool = False
 
 
 @dataclass(slots=True)
@@ -141,12 +177,18 @@ class _Counters:
     listings: int = 0
     bad_requests: int = 0
     faults: int = 0
+    not_found: int = 0
     prompt_tokens: int = 0
     candidates_tokens: int = 0
 
 
 def _is_sse(query: bytes) -> bool:
     return b"alt=sse" in query and any(p in _SSE_QUERY for p in query.split(b"&"))
+
+
+def supported_methods(model: str) -> tuple[str, ...]:
+    """What Google's model of that name answers: embedding models embed, the others generate."""
+    return EMBED_METHODS if "embedding" in model else GENERATE_METHODS
 
 
 def _model_description(family: Family, model: str) -> dict[str, Any]:
@@ -158,8 +200,33 @@ def _model_description(family: Family, model: str) -> dict[str, Any]:
         "description": "A development/test stand-in served by knowctl simulate, not Google.",
         "inputTokenLimit": 1048576,
         "outputTokenLimit": 65536,
-        "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+        "supportedGenerationMethods": list(supported_methods(model)),
     }
+
+
+def not_found_error(call: ApiCall, method: str) -> bytes:
+    """Google's 404 for a model it does not serve (or that does not answer ``method``)."""
+    if call.family is Family.GEMINI:
+        message = GEMINI_NOT_FOUND.format(model=call.model, version=call.version, method=method)
+    else:  # Vertex names the resource in full; express mode has no project in the path
+        message = VERTEX_NOT_FOUND.format(
+            project=call.project or SIMULATED_PROJECT, location=call.location or "global", model=call.model
+        )
+    return error_body(404, message)
+
+
+def check_models(value: Any) -> tuple[str, ...]:
+    """A model list from a flag or the control endpoint (raises :class:`answers.BadRequest`)."""
+    if isinstance(value, str):
+        value = [name.strip() for name in value.split(",") if name.strip()]
+    if not isinstance(value, list | tuple) or not value:
+        raise answers.BadRequest("models must be a non-empty list of model names")
+    names: list[str] = []
+    for name in value:
+        if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name.removeprefix("models/")):
+            raise answers.BadRequest(f"models: {name!r} is not a model name such as gemini-2.5-flash")
+        names.append(name.removeprefix("models/"))
+    return tuple(dict.fromkeys(names))
 
 
 def quota_error(call: ApiCall, refusal: Refusal) -> bytes:
@@ -251,9 +318,13 @@ class SimulatorApp:
             self.counters.listings += 1
             if call.model is None:
                 key = "models" if call.family is Family.GEMINI else "publisherModels"
-                await respond_json(send, 200, {key: [_model_description(call.family, m) for m in MODELS]})
-            else:
+                listed = [_model_description(call.family, m) for m in self.config.models]
+                await respond_json(send, 200, {key: listed})
+            elif self.serves(call.model, None):
                 await respond_json(send, 200, _model_description(call.family, call.model))
+            else:
+                self.counters.not_found += 1
+                await respond(send, 404, not_found_error(call, "get"))
             return
         try:
             body = await read_body(receive, self.config.max_body_bytes, None)
@@ -263,12 +334,27 @@ class SimulatorApp:
         except ClientDisconnected:
             return
         action = call.action
+        if not self.serves(call.model, action):
+            self.counters.not_found += 1
+            error = not_found_error(call, action)
+            # Errors of a JSON-array stream come wrapped in [ ... ], as Google sends them.
+            array = action == Action.STREAM.value and not _is_sse(scope["query_string"])
+            await respond(send, 404, b"[" + error + b"]" if array else error)
+            return
         if action == Action.GENERATE.value or action == Action.STREAM.value:
             await self._generate(call, call.model, body, scope, receive, send)
         elif action == Action.COUNT_TOKENS.value:
             await self._count_tokens(call, body, send)
         else:
             await self._other(call, call.model, body, send)
+
+    def serves(self, model: str, method: str | None) -> bool:
+        """Whether a call of ``method`` (None: a GET of the model) on ``model`` is answered."""
+        if self.config.any_model:
+            return True
+        if model not in self.config.models:
+            return False
+        return method is None or method in supported_methods(model) or method not in _MODEL_METHODS
 
     async def _bad_request(self, send: Send, message: str, array: bool = False) -> None:
         self.counters.bad_requests += 1
@@ -452,6 +538,12 @@ class SimulatorApp:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise answers.BadRequest(f"{name} must be an integer >= 0 (0 or null: unlimited)")
                 setattr(new, name, value)
+        if "models" in changes:
+            new.models = check_models(changes["models"])
+        if "any_model" in changes:
+            if not isinstance(changes["any_model"], bool):
+                raise answers.BadRequest("any_model must be true or false")
+            new.any_model = changes["any_model"]
         if new.window_s <= 0 or new.chunks < 1:
             raise answers.BadRequest("window_s must be > 0 and chunks >= 1")
         fault, count = self.fault, self.fault_count

@@ -41,8 +41,11 @@ def simulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simu
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     log = tmp_path_factory.mktemp("simulator") / "simulator.log"
+    # Any model name: tests give cases made-up models of their own to keep their quota apart.
     with knowctl_process(
-        ["simulate", "--host", LOOPBACK, "--port", str(port)], f"{url}/_simulator/stats", log_path=log
+        ["simulate", "--any-model", "--host", LOOPBACK, "--port", str(port)],
+        f"{url}/_simulator/stats",
+        log_path=log,
     ):
         yield Simulator(url)
 

@@ -54,9 +54,15 @@ class Simulator:
 
 
 @contextlib.contextmanager
-def simulator_process(*args: str, log_path: Path | None = None, timeout: float = 30.0) -> Iterator[Simulator]:
-    """Run ``python -m knowctl.simulator --port P ARGS`` (the same code as ``knowctl simulate``)."""
+def simulator_process(
+    *args: str, log_path: Path | None = None, timeout: float = 30.0, any_model: bool = True
+) -> Iterator[Simulator]:
+    """Run ``python -m knowctl.simulator --port P ARGS`` (the same code as ``knowctl simulate``).
+    ``any_model``: serve every model name, so that tests may give a case a model (and so a
+    quota window) of its own; False serves only the listed models, as Google does."""
     port = free_port()
+    if any_model:
+        args = ("--any-model", *args)
     url = f"http://{LOOPBACK}:{port}"
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
