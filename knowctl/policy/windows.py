@@ -209,8 +209,9 @@ def try_admit(
     now: float,
     held: Sequence[int] | None = None,
 ) -> Verdict:
-    """Admit iff every window with a positive amount stays within its cap (less the units
-    ``held`` by others' claims, see ``claim_size``); record only then.
+    """Admit iff every window with a positive amount stays within its cap, and within its
+    limit with the units ``held`` by others' claims counted too (see ``claim_size``);
+    record only then.
 
     A reservation id already present in any window is a replay (e.g. a retried call whose
     first attempt did land): it is reported admitted and nothing is recorded twice.
@@ -221,8 +222,8 @@ def try_admit(
     others = held if held is not None else (0,) * len(caps)
     blocked = [
         i
-        for i, (u, a, c, h) in enumerate(zip(used, amounts, caps, others, strict=True))
-        if a > 0 and u + a + h > c
+        for i, (u, a, c, h, w) in enumerate(zip(used, amounts, caps, others, windows, strict=True))
+        if a > 0 and (u + a > c or u + a + h > w.limit)
     ]
     if not blocked:
         for log, amount in zip(logs, amounts, strict=True):
@@ -234,7 +235,8 @@ def try_admit(
         if amounts[i] > caps[i]:
             retry = math.inf  # can never fit, however long the caller waits
             break
-        retry = max(retry, logs[i].wait_for(windows[i], used[i] + amounts[i] + others[i] - caps[i], now))
+        need = max(used[i] + amounts[i] - caps[i], used[i] + amounts[i] + others[i] - windows[i].limit)
+        retry = max(retry, logs[i].wait_for(windows[i], need, now))
     names = tuple(windows[i].name for i in blocked)
     return Verdict(False, retry, tuple(used), _resets(logs, windows, now), names)
 

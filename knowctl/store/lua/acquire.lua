@@ -4,7 +4,8 @@
 -- Claims (optional; ARGV after the windows: claimant, divisor, claim_ttl_us, then one limit
 -- per window): each daemon holds a claim on part of what a window has left, the units it
 -- may admit on its own if the store stops answering. Others' unexpired claims count as used
--- here, and the claimant's claim is set anew on every call to
+-- against the window's limit (a priority's smaller cap is checked on usage alone), and the
+-- claimant's claim is set anew on every call to
 -- floor((limit - used - others' claims) / (max(divisor, daemons claiming) + 1)), so usage
 -- plus every claim never exceeds the limit: what the daemons admit during an outage from
 -- their claims fits in the window (docs/architecture.md, "A store outage"). The one part
@@ -52,7 +53,8 @@ local admitted = 1
 local retry = 0
 if not replay then
   for _, w in ipairs(ws) do
-    if w.amount > 0 and w.used + w.amount + w.others > w.cap then
+    -- The cap is the priority's share; others' claims are held against the whole limit.
+    if w.amount > 0 and (w.used + w.amount > w.cap or (claimant and w.used + w.amount + w.others > w.limit)) then
       w.blocked = true
       admitted = 0
     end
@@ -69,7 +71,9 @@ if not replay then
           retry = -1
           break
         end
-        local wait = wait_for(w, w.used + w.amount + w.others - w.cap, now)
+        local need = w.used + w.amount - w.cap
+        if claimant then need = math.max(need, w.used + w.amount + w.others - w.limit) end
+        local wait = wait_for(w, need, now)
         if wait > retry then retry = wait end
       end
     end
