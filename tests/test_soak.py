@@ -46,7 +46,10 @@ async def drive(url: str, pid: int, seconds: float, workers: int = 16) -> tuple[
             while time.monotonic() < stop:
                 text = f"{uuid.uuid4().hex} " * 60
                 body = {"contents": [{"role": "user", "parts": [{"text": text}]}]}
-                r = await client.post(f"{url}/v1beta/models/soak:generateContent", json=body)
+                # A credential: a pass-through call without one is never cached.
+                r = await client.post(
+                    f"{url}/v1beta/models/soak:generateContent", json=body, headers={"x-goog-api-key": "soak"}
+                )
                 assert r.status_code == 200, r.text
                 done += 1
 
