@@ -177,14 +177,23 @@ class Settings(BaseSettings):
     client_header_timeout: float = Field(
         10.0,
         gt=0,
-        description="Seconds a request head may take to arrive, from the connection's opening or "
-        "the previous answer's end; then the connection closes (with a 408 if part of a head came).",
+        description="Seconds a request head may take to arrive, from the connection's opening (or, "
+        "on a kept-alive connection, from the head's first byte); then the connection closes "
+        "(with a 408 if part of a head came).",
     )
     client_body_timeout: float = Field(
         30.0,
         gt=0,
         description="Seconds a request body may take to arrive once its head has; then it gets a "
         "408 and the connection closes.",
+    )
+    keep_alive_timeout: int = Field(
+        620,
+        ge=2,
+        description="Seconds an idle connection stays open after an answer. Keep it above the "
+        "idle timeout of every proxy in front (nginx upstream 60 s, AWS ALB 60 s, Google Cloud "
+        "load balancers 600 s): a proxy that reuses a connection the daemon has just closed "
+        "answers its caller with a 502.",
     )
     max_connections_per_client: int = Field(
         512,

@@ -243,3 +243,109 @@ def test_cli_validate_exit_codes_and_json(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert deploy("validate", str(empty)).returncode == 1
+
+
+# --- checks across fields and objects: what the API server refuses or what cannot work -------
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str, name: str = "knowctl") -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def _memory_request_above_limit(out: Path) -> None:
+    edit_yaml(
+        out / "40-deployment.yaml", lambda docs: gateway(docs)["resources"]["requests"].update(memory="1Gi")
+    )
+
+
+def _cpu_request_above_limit(out: Path) -> None:
+    edit_yaml(
+        out / "40-deployment.yaml", lambda docs: gateway(docs)["resources"]["requests"].update(cpu="1500m")
+    )
+
+
+def _hpa_upside_down(out: Path) -> None:
+    edit_yaml(out / "60-hpa.yaml", lambda docs: docs[0]["spec"].update(minReplicas=5, maxReplicas=2))
+
+
+def _pdb_blocks_drains(out: Path) -> None:
+    edit_yaml(out / "70-pdb.yaml", lambda docs: docs[0]["spec"].update(minAvailable=3))
+
+
+def _pdb_max_unavailable_zero(out: Path) -> None:
+    def change(docs: list[dict[str, Any]]) -> None:
+        spec = docs[0]["spec"]
+        del spec["minAvailable"]
+        spec["maxUnavailable"] = 0
+
+    edit_yaml(out / "70-pdb.yaml", change)
+
+
+def _redis_maxmemory(value: str) -> Callable[[Path], None]:
+    def mutate(out: Path) -> None:
+        def change(docs: list[dict[str, Any]]) -> None:
+            (container,) = _by_kind(docs, "Deployment", "knowctl-redis")["spec"]["template"]["spec"][
+                "containers"
+            ]
+            args = container["args"]
+            args[args.index("--maxmemory") + 1] = value
+
+        edit_yaml(out / "80-redis.yaml", change)
+
+    return mutate
+
+
+def _service_selects_nothing(out: Path) -> None:
+    edit_yaml(
+        out / "50-service.yaml",
+        lambda docs: docs[0]["spec"]["selector"].update({"app.kubernetes.io/component": "gatewya"}),
+    )
+
+
+def _hpa_target_gone(out: Path) -> None:
+    edit_yaml(out / "60-hpa.yaml", lambda docs: docs[0]["spec"]["scaleTargetRef"].update(name="knowctl-old"))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "rule", "words"),
+    [
+        (
+            _memory_request_above_limit,
+            "requests-above-limits",
+            "requests.memory (1Gi) is above limits.memory",
+        ),
+        (_cpu_request_above_limit, "requests-above-limits", "requests.cpu (1500m) is above limits.cpu (1)"),
+        (_hpa_upside_down, "replica-range", "minReplicas (5) is above maxReplicas (2)"),
+        (_pdb_blocks_drains, "pdb-blocks-drain", "minAvailable (3) is not below the fewest pods"),
+        (_pdb_max_unavailable_zero, "pdb-blocks-drain", "maxUnavailable is 0"),
+        # The old default: 768mb under a 1Gi limit with appendonly leaves no room for the fork.
+        (_redis_maxmemory("768mb"), "redis-maxmemory", "above 50%"),
+        (_redis_maxmemory("1gb"), "redis-maxmemory", "not below the container's memory limit"),
+        (_service_selects_nothing, "selects-nothing", "matches no pod template"),
+        (_hpa_target_gone, "dangling-target", "Deployment/knowctl-old is not rendered"),
+    ],
+)
+def test_manifests_that_cannot_work_are_rejected(
+    tmp_path: Path, mutate: Callable[[Path], None], rule: str, words: str
+) -> None:
+    out = rendered(tmp_path, "k8s")
+    mutate(out)
+    report = validate_path(out, ["1.30"])
+    matching = [p for p in report.problems if p.rule == rule]
+    assert matching, report.problems
+    assert any(words in p.message for p in matching), matching
+    assert all(p.subject.split(": ", 1)[0].endswith(".yaml") for p in matching), matching
+
+
+def test_pdb_against_a_fixed_replica_count(tmp_path: Path) -> None:
+    out = rendered(tmp_path, "k8s", ["gateway.autoscaling.enabled=false", "gateway.replicas=3"])
+    assert validate_path(out, ["1.30"]).ok
+    edit_yaml(out / "40-deployment.yaml", lambda docs: deployment(docs)["spec"].update(replicas=2))
+    problems = [p for p in validate_path(out, ["1.30"]).problems if p.rule == "pdb-blocks-drain"]
+    assert problems and "(2)" in problems[0].message
+
+
+def test_one_file_alone_reports_no_missing_workload(tmp_path: Path) -> None:
+    out = rendered(tmp_path, "k8s")
+    assert validate_path(out / "60-hpa.yaml", ["1.30"]).ok
+    assert validate_path(out / "70-pdb.yaml", ["1.30"]).ok

@@ -205,7 +205,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._held = 0  # body bytes this connection holds, counted in limits.buffered
         self._head_bytes = 0  # bytes of earlier reads while the current head is incomplete
         self._read_size = 0  # bytes of the read being parsed
-        self._idle_since = 0.0  # loop time of the connection's opening or the last answer's end
+        self._idle_since = 0.0  # loop time of the opening, the last answer's end or a head's start
         self._timer: asyncio.TimerHandle | None = None  # head, body or linger deadline
         self._refused = False  # answered by us (or closing): what arrives is dropped
         self._plain_close = False  # set once a close must not linger (lost, shutting down)
@@ -288,6 +288,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return
         _base.on_message_begin(self)
+        if self._timer is None and not self._answering():
+            # A head that begins on an idle keep-alive connection has its time from now on:
+            # how long the connection sat idle is keep_alive_timeout's to bound, not this.
+            self._idle_since = self.loop.time()
         self._stage = HEAD
 
     def on_headers_complete(self) -> None:

@@ -58,6 +58,9 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Confi
         server_header=False,
         proxy_headers=False,  # X-Forwarded-For is believed only from trusted proxies (callers)
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
+        # uvicorn's 5 s default is below every proxy's idle timeout: the proxy would reuse
+        # connections the daemon is closing (a 502 for its caller).
+        timeout_keep_alive=settings.keep_alive_timeout,
         **extra,
     )
 

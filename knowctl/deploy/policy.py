@@ -1,9 +1,12 @@
 """Policy checks on rendered objects: pure functions over parsed YAML, no I/O.
 
 Schema validation says an object is well formed; these say it is fit for production:
-every workload container has requests and limits, probes, runs as non-root on a
-read-only root filesystem, and names a pinned image; no ConfigMap or Compose environment
-carries a secret value (a URL with a user name or password is one).
+every workload container has requests and limits (requests not above limits), probes, runs
+as non-root on a read-only root filesystem, and names a pinned image; a Redis container's
+maxmemory fits its memory limit; an HPA's range is not upside down; no ConfigMap or Compose
+environment carries a secret value (a URL with a user name or password is one). Across
+objects (:func:`check_kubernetes_set`): a PodDisruptionBudget leaves some pod evictable, and
+PDBs, Services and HPAs point at workloads that exist.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from knowctl.deploy.values import maxmemory_problem, redis_bytes
 from knowctl.redact import carries_credentials, redact_text
 from knowctl.settings import SECRET_FIELDS, Settings
 
@@ -42,6 +46,72 @@ def image_tag_problem(image: str) -> str | None:
     if last.rsplit(":", 1)[1] == "latest":
         return f"image {image!r} uses the 'latest' tag"
     return None
+
+
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_QUANTITY_SCALE = {
+    None: 1.0,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+    "Pi": 2.0**50,
+    "Ei": 2.0**60,
+}
+
+
+def quantity(value: Any) -> float | None:
+    """A Kubernetes resource quantity (250m, 1.5, 512Mi, 1G) as a number, or None."""
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        return None
+    return float(match.group(1)) * _QUANTITY_SCALE[match.group(2)]
+
+
+def _requests_above_limits(resources: dict[str, Any]) -> Iterator[str]:
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    for res in ("cpu", "memory"):
+        request, limit = quantity(requests.get(res)), quantity(limits.get(res))
+        if request is not None and limit is not None and request > limit:
+            yield f"requests.{res} ({requests[res]}) is above limits.{res} ({limits[res]})"
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` (or ``--name=VALUE``) in a command line."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _redis_memory(container: dict[str, Any]) -> str | None:
+    """Why a redis-server container's --maxmemory does not fit its memory limit, or None."""
+    args = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+    if not any(a.rsplit("/", 1)[-1] == "redis-server" for a in args):
+        return None
+    limit = quantity(((container.get("resources") or {}).get("limits") or {}).get("memory"))
+    raw = _flag(args, "--maxmemory")
+    if limit is None:
+        return None  # the resources rule reports the missing limit
+    if raw is None:
+        return "redis-server has no --maxmemory: it would grow until the container is killed"
+    try:
+        maxmemory = redis_bytes(raw)
+    except ValueError as exc:
+        return str(exc)
+    return maxmemory_problem(maxmemory, int(limit), (_flag(args, "--appendonly") or "no") == "yes")
 
 
 def _pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +160,12 @@ def check_workload(obj: dict[str, Any]) -> Iterator[Violation]:
         problem = image_tag_problem(str(container.get("image", "")))
         if problem:
             yield Violation(subject, "image-tag", problem)
+        # The API server refuses these; a schema cannot see across the two fields.
+        for message in _requests_above_limits(resources):
+            yield Violation(subject, "requests-above-limits", message)
+        problem = _redis_memory(container)
+        if problem:
+            yield Violation(subject, "redis-maxmemory", problem)
 
 
 def _secret_entries(key: str, value: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -139,12 +215,119 @@ def check_configmap(obj: dict[str, Any]) -> Iterator[Violation]:
                     yield Violation(name, "secret-in-configmap", f"{p} {why}")
 
 
+def check_hpa(obj: dict[str, Any]) -> Iterator[Violation]:
+    spec = obj.get("spec") or {}
+    low, high = spec.get("minReplicas", 1), spec.get("maxReplicas")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        yield Violation(_name(obj), "replica-range", f"minReplicas ({low}) is above maxReplicas ({high})")
+
+
 def check_kubernetes(obj: dict[str, Any]) -> list[Violation]:
     kind = obj.get("kind")
     if kind in WORKLOAD_KINDS:
         return list(check_workload(obj))
     if kind == "ConfigMap":
         return list(check_configmap(obj))
+    if kind == "HorizontalPodAutoscaler":
+        return list(check_hpa(obj))
+    return []
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return f"{str(obj.get('kind')).lower()}/{(obj.get('metadata') or {}).get('name')}"
+
+
+def _namespace(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "default")
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True)
+class _Workload:
+    obj: dict[str, Any]
+    labels: dict[str, Any]
+    fewest: int | None  # the fewest pods it runs: replicas, or its HPA's minReplicas
+
+
+def check_kubernetes_set(objs: list[dict[str, Any]]) -> list[Violation]:
+    """Checks across objects: what the API server accepts one by one but cannot work together.
+    Only objects among ``objs`` are known: a reference to a workload is checked where the
+    set holds workloads of that namespace (validating one file alone reports no gap)."""
+    hpas = {
+        (_namespace(o), str(((o.get("spec") or {}).get("scaleTargetRef") or {}).get("kind")),
+         str(((o.get("spec") or {}).get("scaleTargetRef") or {}).get("name"))): o
+        for o in objs
+        if o.get("kind") == "HorizontalPodAutoscaler"
+    }  # fmt: skip
+    workloads: dict[str, list[_Workload]] = {}
+    for obj in objs:
+        if obj.get("kind") not in WORKLOAD_KINDS - {"Job", "CronJob", "Pod"}:
+            continue
+        key = (_namespace(obj), str(obj.get("kind")), str((obj.get("metadata") or {}).get("name")))
+        hpa = hpas.get(key)
+        if hpa is not None:
+            fewest: int | None = (hpa.get("spec") or {}).get("minReplicas", 1)
+        elif obj.get("kind") == "DaemonSet":
+            fewest = None  # one per node: not known here
+        else:
+            fewest = (obj.get("spec") or {}).get("replicas", 1)
+        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        workloads.setdefault(key[0], []).append(_Workload(obj, template.get("labels") or {}, fewest))
+
+    out: list[Violation] = []
+    for (namespace, kind, name), hpa in hpas.items():
+        present = workloads.get(namespace)
+        if present and not any(
+            w.obj.get("kind") == kind and (w.obj.get("metadata") or {}).get("name") == name for w in present
+        ):
+            out.append(
+                Violation(_name(hpa), "dangling-target", f"scaleTargetRef {kind}/{name} is not rendered")
+            )
+    for obj in objs:
+        obj_kind = obj.get("kind")
+        if obj_kind not in ("PodDisruptionBudget", "Service"):
+            continue
+        present = workloads.get(_namespace(obj))
+        spec = obj.get("spec") or {}
+        if obj_kind == "Service":
+            selector = spec.get("selector") or {}
+            if selector and present and not any(_selects(selector, w.labels) for w in present):
+                out.append(
+                    Violation(_name(obj), "selects-nothing", f"selector {selector} matches no pod template")
+                )
+            continue
+        sel = spec.get("selector") or {}
+        if sel.get("matchExpressions") or not present:
+            continue  # expressions are not evaluated here
+        matched = [w for w in present if _selects(sel.get("matchLabels") or {}, w.labels)]
+        if not matched:
+            out.append(Violation(_name(obj), "selects-nothing", "selector matches no pod template"))
+            continue
+        out += _pdb_problems(obj, spec, matched)
+    return out
+
+
+def _pdb_problems(obj: dict[str, Any], spec: dict[str, Any], matched: list[_Workload]) -> list[Violation]:
+    counts = [w.fewest for w in matched]
+    fewest = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+    why = "no pod could ever be evicted: every node drain would block"
+    min_available, max_unavailable = spec.get("minAvailable"), spec.get("maxUnavailable")
+    if isinstance(min_available, str) and min_available.strip() == "100%":
+        return [Violation(_name(obj), "pdb-blocks-drain", f"minAvailable is 100%: {why}")]
+    if max_unavailable in (0, "0", "0%"):
+        return [Violation(_name(obj), "pdb-blocks-drain", f"maxUnavailable is {max_unavailable}: {why}")]
+    if isinstance(min_available, int) and fewest is not None and min_available >= fewest:
+        names = ", ".join(_name(w.obj) for w in matched)
+        return [
+            Violation(
+                _name(obj),
+                "pdb-blocks-drain",
+                f"minAvailable ({min_available}) is not below the fewest pods of {names} ({fewest}): {why}",
+            )
+        ]
     return []
 
 

@@ -12,25 +12,34 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from knowctl.deploy.templates import templates_root
 from knowctl.deploy.values import (
     Values,
+    ValuesError,
+    compose_network,
     config_document,
     gateway_settings,
     grace_period,
     redis_host,
+    secret_files,
+    target_problems,
     url_secrets,
 )
-from knowctl.settings import SECRET_FIELDS
+from knowctl.settings import Settings
 
 Target = Literal["k8s", "compose"]
 CONFIG_FILE = "knowctl.yaml"
 # Where the container finds its config file and secrets; the Dockerfile documents the same.
 CONFIG_DIR = "/etc/knowctl"
 SECRETS_DIR = "/run/secrets"
+# What a browser script may read of the gateway's answers, beyond the CORS-safelisted
+# headers: every header the gateway sends for its callers (CDN-only fields are left out).
+CORS_EXPOSE_HEADERS = ("Age", "ETag", "RateLimit", "RateLimit-Policy", "Retry-After", "X-Knowctl-Cache")
+# nginx's own default for idle upstream connections; never at or above the daemon's.
+NGINX_UPSTREAM_KEEPALIVE_S = 60
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,43 @@ def _quote(value: Any) -> str:
     return json.dumps(value)
 
 
+def upstream_keepalive(settings: Settings) -> int:
+    """Seconds nginx keeps an idle connection to a daemon: below the daemon's own keep-alive,
+    so nginx always closes first and never sends a request on a connection being closed."""
+    daemon = settings.keep_alive_timeout
+    return max(1, min(NGINX_UPSTREAM_KEEPALIVE_S, daemon - max(1, daemon // 10)))
+
+
+def _metadata_egress(values: Values, settings: Settings) -> list[dict[str, Any]]:
+    wanted = values.network_policy.metadata_server
+    if wanted is None:
+        wanted = settings.google_credentials == "adc"
+    if not wanted:
+        return []
+    out = []
+    for item in values.network_policy.metadata_egress:
+        cidr, port = item.rsplit(":", 1)
+        out.append({"cidr": cidr, "port": int(port)})
+    return out
+
+
+def _credential_secrets(settings: Settings, files: list[str]) -> list[str]:
+    """The Compose secret that holds settings.google_credentials, when it names a file where
+    Compose mounts secrets (/run/secrets/NAME): the render makes NAME a secret."""
+    path = PurePosixPath(settings.google_credentials or "adc")
+    if str(path.parent) != SECRETS_DIR or path.name in files:
+        return []
+    return [path.name]
+
+
 def _context(target: Target, values: Values) -> dict[str, Any]:
     import yaml
 
     settings = gateway_settings(values, target)
-    config_yaml = yaml.safe_dump(config_document(settings, values.secret.fields), sort_keys=False)
+    files = secret_files(values, settings)
+    config_yaml = yaml.safe_dump(config_document(settings, files), sort_keys=False)
+    secrets = url_secrets(settings)
+    credentials = _credential_secrets(settings, files) if target == "compose" else []
     return {
         "v": values,
         "settings": settings,
@@ -69,14 +110,23 @@ def _context(target: Target, values: Values) -> dict[str, Any]:
         "config_dir": CONFIG_DIR,
         "config_file": CONFIG_FILE,
         "secrets_dir": SECRETS_DIR,
-        "secret_fields": sorted(SECRET_FIELDS),
+        # The secret settings mounted as files: only those the values use (a file that
+        # cannot be read stops the daemon), the same list in the manifests and the docs' command.
+        "secret_files": files,
         # URLs of the values that carry a password: a Secret of their own (Kubernetes) or
         # secret files (Compose), read through KNOWCTL_<NAME>_FILE; no checksum of them goes
         # on the pod template, where it would be a hash to guess the password against.
-        "url_secrets": url_secrets(settings),
+        "url_secrets": secrets,
+        # A service-account file named under /run/secrets/ (Compose): a secret of its own.
+        "credential_secrets": credentials,
+        "compose_secrets": [*files, *secrets, *credentials],
         "url_secret_name": f"{values.name}-urls",
         "grace_period": grace_period(values, settings),
         "redis_host": redis_host(values, target),
+        "network": compose_network(values),
+        "cors_expose_headers": ", ".join(CORS_EXPOSE_HEADERS),
+        "upstream_keepalive": upstream_keepalive(settings),
+        "metadata_egress": _metadata_egress(values, settings),
     }
 
 
@@ -84,6 +134,9 @@ def render(target: Target, values: Values, root: Path | None = None) -> list[Ren
     """Every output file of ``target``, in a stable order."""
     import jinja2
 
+    problems = target_problems(values, target)
+    if problems:
+        raise ValuesError("; ".join(problems))
     base = templates_root(root) / target
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(base)),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from knowctl.deploy.policy import Violation, check_compose, check_kubernetes
+from knowctl.deploy.policy import Violation, check_compose, check_kubernetes, check_kubernetes_set
 
 DEFAULT_K8S_VERSIONS = ("1.30",)  # plus the newest version the validator knows, added at run time
 _YAML_SUFFIXES = (".yaml", ".yml")
@@ -129,6 +129,7 @@ def validate_path(path: Path, k8s_versions: list[str] | None = None) -> Report:
     if not path.exists():
         report.problems.append(Violation(str(path), "input", "no such file or folder"))
         return report
+    objects: list[tuple[str, dict[str, Any]]] = []  # (file, object): for the checks across objects
     for file in _files(path):
         rel = file.name if file == path else file.relative_to(path).as_posix()
         try:
@@ -142,6 +143,7 @@ def validate_path(path: Path, k8s_versions: list[str] | None = None) -> Report:
             if "apiVersion" in doc and "kind" in doc:
                 subject = f"{rel}: {str(doc['kind']).lower()}/{(doc.get('metadata') or {}).get('name')}"
                 report.checked.append(subject)
+                objects.append((rel, doc))
                 report.problems += _k8s_schema(doc, versions, subject)
                 report.problems += [
                     Violation(f"{rel}: {v.subject}", v.rule, v.message) for v in check_kubernetes(doc)
@@ -158,4 +160,9 @@ def validate_path(path: Path, k8s_versions: list[str] | None = None) -> Report:
             elif file.name == "knowctl.yaml":
                 report.checked.append(f"{rel}: settings")
                 report.problems += _settings_problems(doc, f"{rel}: settings")
+    where = {f"{str(d['kind']).lower()}/{(d.get('metadata') or {}).get('name')}": rel for rel, d in objects}
+    report.problems += [
+        Violation(f"{where.get(v.subject, '?')}: {v.subject}", v.rule, v.message)
+        for v in check_kubernetes_set([d for _, d in objects])
+    ]
     return report

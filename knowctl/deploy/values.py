@@ -9,7 +9,9 @@ itself, so the ConfigMap always carries exactly the options the daemon knows.
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,67 @@ FILE_FIELDS = SECRET_FIELDS | CREDENTIAL_URL_FIELDS
 _CPU = re.compile(r"^(\d+m|\d+(\.\d+)?)$")
 _MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti)$")
 _DURATION = re.compile(r"^\d+(ms|s|m|h|d)$")
+# Redis memory sizes: bytes, or k/m/g (powers of 1000) and kb/mb/gb (powers of 1024).
+_REDIS_SIZE = re.compile(r"^(\d+)(k|kb|m|mb|g|gb)?$", re.I)
+_REDIS_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+_BINARY_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+# With persistence, an AOF rewrite forks Redis: the child shares the parent's pages until
+# either writes them, so a busy store can need its dataset twice over for the rewrite.
+PERSISTENT_MAXMEMORY_SHARE = 0.5
+# Without persistence Redis still needs room beyond maxmemory: client buffers, fragmentation.
+MAXMEMORY_SHARE = 0.8
+# The alert rules of templates/compose/prometheus/alerts.yml.j2 and how long each condition
+# must hold before it fires (Prometheus' `for`).
+ALERT_FOR = {
+    "KnowctlHighErrorRate": "5m",
+    "KnowctlQuotaNearLimit": "5m",
+    "KnowctlLowCacheHitRate": "15m",
+    "KnowctlDown": "1m",
+    "KnowctlAllDown": "1m",
+    "KnowctlStoreDown": "2m",
+}
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity (250m, 1.5) in cores."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity with a binary unit (256Mi) in bytes."""
+    return int(quantity[:-2]) * _BINARY_UNITS[quantity[-2:]]
+
+
+def redis_bytes(size: str) -> int:
+    """A Redis memory size (768mb, 1gb, 100000) in bytes; ValueError if it is not one."""
+    match = _REDIS_SIZE.match(size.strip())
+    if not match:
+        raise ValueError(f"{size!r} is not a Redis memory size such as 512mb or 1gb")
+    return int(match.group(1)) * _REDIS_UNITS[(match.group(2) or "").lower()]
+
+
+def maxmemory_problem(maxmemory: int, limit: int, persistent: bool) -> str | None:
+    """Why a Redis maxmemory does not fit its container's memory limit, or None."""
+    mib = 1024**2
+    if maxmemory == 0:
+        return "maxmemory is 0 (no limit): Redis would grow until the container is killed"
+    if maxmemory >= limit:
+        return (
+            f"maxmemory ({maxmemory // mib} MiB) is not below the container's memory limit "
+            f"({limit // mib} MiB): the container is killed before Redis refuses a write"
+        )
+    share = PERSISTENT_MAXMEMORY_SHARE if persistent else MAXMEMORY_SHARE
+    if maxmemory > limit * share:
+        why = (
+            "with appendonly an AOF rewrite forks Redis and the child can need as much memory again"
+            if persistent
+            else "Redis needs room beyond maxmemory for client buffers and fragmentation"
+        )
+        return (
+            f"maxmemory ({maxmemory // mib} MiB) is above {int(share * 100)}% of the container's "
+            f"memory limit ({limit // mib} MiB): {why}"
+        )
+    return None
 
 
 class ValuesError(ValueError):
@@ -59,6 +122,17 @@ class Resources(_Strict):
             raise ValueError("must be a memory quantity such as 256Mi or 1Gi")
         return value
 
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        # The API server refuses a container whose request is above its limit.
+        if cpu_cores(self.cpu_request) > cpu_cores(self.cpu_limit):
+            raise ValueError(f"cpu_request ({self.cpu_request}) is above cpu_limit ({self.cpu_limit})")
+        if memory_bytes(self.memory_request) > memory_bytes(self.memory_limit):
+            raise ValueError(
+                f"memory_request ({self.memory_request}) is above memory_limit ({self.memory_limit})"
+            )
+        return self
+
 
 class Image(_Strict):
     repository: str = Field(default="ghcr.io/knowctl/knowctl", description="Gateway image repository.")
@@ -83,6 +157,14 @@ class Autoscaling(_Strict):
     max_replicas: int = Field(default=10, ge=1, description="Most gateway pods the autoscaler runs.")
     cpu_percent: int = Field(default=70, ge=1, le=100, description="Target average CPU utilisation.")
     memory_percent: int = Field(default=80, ge=1, le=100, description="Target average memory utilisation.")
+
+    @model_validator(mode="after")
+    def _range(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
 
 
 class Gateway(_Strict):
@@ -121,7 +203,11 @@ class Redis(_Strict):
         ),
         description="Redis requests and limits.",
     )
-    maxmemory: str = Field(default="768mb", description="Redis maxmemory (keep below the memory limit).")
+    maxmemory: str = Field(
+        default="512mb",
+        description="Redis maxmemory: at most half the memory limit with appendonly (an AOF "
+        "rewrite forks), at most 80% without.",
+    )
     appendonly: bool = Field(default=True, description="AOF persistence (see docs/redis.md).")
     maxmemory_policy: Literal["noeviction", "volatile-lru", "volatile-ttl", "allkeys-lru"] = Field(
         default="noeviction",
@@ -135,6 +221,26 @@ class Redis(_Strict):
             raise ValueError("must be a size such as 5Gi")
         return value
 
+    @field_validator("maxmemory")
+    @classmethod
+    def _maxmemory(cls, value: str) -> str:
+        redis_bytes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> Redis:
+        maxmemory = redis_bytes(self.maxmemory)
+        problem = maxmemory_problem(maxmemory, memory_bytes(self.resources.memory_limit), self.appendonly)
+        if problem:
+            raise ValueError(f"{problem} (redis.maxmemory, redis.resources.memory_limit)")
+        # The AOF is about the size of the data; a rewrite writes a new one beside it.
+        if self.appendonly and memory_bytes(self.storage) < 2 * maxmemory:
+            raise ValueError(
+                f"storage ({self.storage}) is below twice maxmemory ({self.maxmemory}): an AOF "
+                "rewrite writes a second file beside the first (redis.storage)"
+            )
+        return self
+
 
 class Ingress(_Strict):
     enabled: bool = Field(default=True, description="Render the Ingress.")
@@ -144,6 +250,30 @@ class Ingress(_Strict):
     rate_limit_rps: int = Field(default=50, ge=1, description="Per-client requests/second at the edge.")
     cors_allow_origin: str = Field(default="*", description="CORS allowed origin(s), comma separated.")
     max_body_size: str = Field(default="10m", description="Largest request body at the edge (nginx size).")
+    trusted_proxies: list[str] = Field(
+        default=["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+        description="Addresses of the ingress controller's pods (your pod CIDR): the gateway "
+        "believes their X-Forwarded-For, so each visitor gets its own limits (rendered into "
+        "settings.trusted_proxies unless that is given). The NetworkPolicy lets only the "
+        "ingress namespace and Prometheus in.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [_network(item) for item in value]
+
+
+def _network(item: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(item.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+
+
+_PORT_CIDR = re.compile(r"^(?P<cidr>[0-9a-fA-F.:]+(/\d+)?):(?P<port>\d{1,5})$")
 
 
 class NetworkPolicy(_Strict):
@@ -160,9 +290,62 @@ class NetworkPolicy(_Strict):
         default=["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"],
         description="Ranges excluded from HTTPS egress (cluster and metadata addresses).",
     )
-    metrics_namespace: str | None = Field(
-        default=None, description="Namespace whose Prometheus may scrape the gateway; unset: none may."
+    dns_cidrs: list[str] = Field(
+        default=["169.254.20.10/32"],
+        description="DNS servers outside kube-dns pods the gateway may query on port 53 "
+        "(default: NodeLocal DNSCache's address); add your kube-dns ClusterIP where a node-local "
+        "cache answers on it.",
     )
+    metadata_server: bool | None = Field(
+        default=None,
+        description="Egress to the GKE metadata server (metadata_egress), which "
+        "application-default credentials (Workload Identity) need; unset: when "
+        "settings.google_credentials is adc.",
+    )
+    metadata_egress: list[str] = Field(
+        default=["169.254.169.254/32:80", "169.254.169.252/32:988", "127.0.0.1/32:988"],
+        description="CIDR:PORT of the metadata server: 169.254.169.254:80 everywhere, plus the "
+        "GKE metadata server's own ports (Dataplane V2 and legacy dataplane).",
+    )
+    metrics_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Prometheus allowed to scrape the gateway; unset: pods with "
+        "metrics_pod_labels in any namespace.",
+    )
+    metrics_pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "prometheus"},
+        description="Labels of the Prometheus pods allowed to scrape the gateway (kube-prometheus "
+        "and the community chart label theirs so; GKE Managed Prometheus: "
+        "{app.kubernetes.io/name: collector} in namespace gmp-system).",
+    )
+    metrics_scrape: bool = Field(
+        default=True, description="Let Prometheus (metrics_namespace, metrics_pod_labels) scrape the gateway."
+    )
+
+    @field_validator("dns_cidrs")
+    @classmethod
+    def _dns(cls, value: list[str]) -> list[str]:
+        return [_network(item) for item in value]
+
+    @field_validator("metadata_egress")
+    @classmethod
+    def _metadata(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            match = _PORT_CIDR.match(item.strip())
+            if not match or not 1 <= int(match.group("port")) <= 65535:
+                raise ValueError(f"{item!r} is not CIDR:PORT, e.g. 169.254.169.254/32:80")
+            out.append(f"{_network(match.group('cidr'))}:{int(match.group('port'))}")
+        return out
+
+    @model_validator(mode="after")
+    def _scrape_is_narrow(self) -> NetworkPolicy:
+        if self.metrics_scrape and not self.metrics_namespace and not self.metrics_pod_labels:
+            raise ValueError(
+                "metrics_scrape with neither metrics_namespace nor metrics_pod_labels would let "
+                "every pod of the cluster reach the gateway; name one"
+            )
+        return self
 
 
 class Secret(_Strict):
@@ -171,20 +354,24 @@ class Secret(_Strict):
         description="Render a placeholder Secret; false when sealed-secrets/External Secrets own it.",
     )
     name: str = Field(default="knowctl-secrets", description="Secret holding the gateway's secret settings.")
-    fields: list[str] = Field(
-        default_factory=lambda: sorted(SECRET_FIELDS),
+    fields: list[str] | None = Field(
+        default=None,
         description="Secret settings mounted as files (KNOWCTL_<NAME>_FILE); each must be in the Secret. "
+        "Unset: the ones the values use (admin_token; google_api_key unless "
+        "settings.google_credentials is set; cdn_api_token when settings.cdn_purge_url is). "
         "May also name store_url, upstream_url or cdn_purge_url, to keep a URL with a password "
         "out of the values entirely.",
     )
 
     @field_validator("fields")
     @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
         unknown = sorted(set(value) - FILE_FIELDS)
         if unknown:
             raise ValueError(f"not secret settings: {', '.join(unknown)}")
-        return value
+        return list(dict.fromkeys(value))
 
 
 class Nginx(_Strict):
@@ -217,6 +404,11 @@ class Monitoring(_Strict):
     gateway_targets: list[str] = Field(
         default=[], description="Static scrape targets; empty discovers every replica through DNS."
     )
+    alert_for: dict[str, str] = Field(
+        default_factory=lambda: dict(ALERT_FOR),
+        description="How long each alert's condition must hold before it fires (Prometheus "
+        "`for`), by alert name; names left out keep their defaults.",
+    )
 
     @field_validator("scrape_interval")
     @classmethod
@@ -225,11 +417,41 @@ class Monitoring(_Strict):
             raise ValueError("must be a Prometheus duration such as 15s")
         return value
 
+    @field_validator("alert_for")
+    @classmethod
+    def _for(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(ALERT_FOR))
+        if unknown:
+            raise ValueError(f"no such alert: {', '.join(unknown)} (known: {', '.join(ALERT_FOR)})")
+        bad = sorted(name for name, duration in value.items() if not _DURATION.match(str(duration)))
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: must be a Prometheus duration such as 5m")
+        return {**ALERT_FOR, **value}
+
 
 class Compose(_Strict):
     project: str = Field(default="knowctl", description="Compose project name (container labels use it).")
+    subnet: str = Field(
+        default="10.57.19.0/24",
+        description="IPv4 subnet of the project's network; nginx gets a fixed address in it, the "
+        "one address whose X-Forwarded-For the gateway believes. Must not overlap the host's "
+        "other networks.",
+    )
     nginx: Nginx = Field(default_factory=Nginx, description="The load balancer.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Prometheus and Grafana.")
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            net = ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a subnet such as 10.57.19.0/24: {exc}") from None
+        if net.version != 4 or not 16 <= net.prefixlen <= 28:
+            raise ValueError("must be an IPv4 subnet from /16 to /28")
+        return str(net)
 
 
 class Values(_Strict):
@@ -268,7 +490,7 @@ class Values(_Strict):
 
     @model_validator(mode="after")
     def _one_source_per_url(self) -> Values:
-        both = sorted(set(self.secret.fields) & set(self.settings))
+        both = sorted(set(self.secret.fields or ()) & set(self.settings))
         if both:
             raise ValueError(
                 f"{', '.join(both)}: in secret.fields (read from the Secret) and in settings; give one"
@@ -399,9 +621,35 @@ class IsolatedSettings(Settings):
 def grace_period(values: Values, settings: Settings) -> int:
     """terminationGracePeriodSeconds: preStop + queue wait + one upstream call, plus slack."""
     g = values.gateway
-    return int(
-        g.pre_stop_seconds + g.queue_timeout_seconds + settings.upstream_timeout + g.extra_grace_seconds
-    )
+    queue = max(g.queue_timeout_seconds, settings.queue_timeout)
+    return math.ceil(g.pre_stop_seconds + queue + settings.upstream_timeout + g.extra_grace_seconds)
+
+
+@dataclass(frozen=True)
+class ComposeNetwork:
+    """The Compose project's network: nginx has a fixed address below ``ip_range``, where
+    Docker hands out the other containers' addresses, so no replica can take it first."""
+
+    subnet: str
+    gateway: str  # the bridge's own address
+    ip_range: str
+    nginx: str
+
+
+def compose_network(values: Values) -> ComposeNetwork:
+    import ipaddress
+
+    net = ipaddress.ip_network(values.compose.subnet)
+    lower, upper = net.subnets(prefixlen_diff=1)
+    return ComposeNetwork(subnet=str(net), gateway=str(net[1]), ip_range=str(upper), nginx=str(lower[2]))
+
+
+def trusted_proxies(values: Values, target: Literal["k8s", "compose"]) -> str:
+    """The proxies of the topology rendered: nginx's fixed address (Compose), the ingress
+    controller's pod ranges (Kubernetes, with the Ingress); empty: the peer is the client."""
+    if target == "compose":
+        return f"{compose_network(values).nginx}/32"
+    return ",".join(values.ingress.trusted_proxies) if values.ingress.enabled else ""
 
 
 def redis_host(values: Values, target: Literal["k8s", "compose"]) -> str:
@@ -421,12 +669,80 @@ def gateway_settings(values: Values, target: Literal["k8s", "compose"] = "k8s") 
     base["max_replicas"] = daemons * int(values.settings.get("workers", 1))
     if values.redis.enabled:
         base["store_url"] = f"redis://{redis_host(values, target)}:6379/0"
+    base["trusted_proxies"] = trusted_proxies(values, target)
     try:
         return IsolatedSettings(**{**base, **values.settings})
     except ValidationError as exc:
         raise ValuesError(
             "; ".join(f"settings.{_loc(err['loc'])}: {err['msg']}" for err in exc.errors())
         ) from exc
+
+
+def secret_files(values: Values, settings: Settings) -> list[str]:
+    """The secret settings the pods (containers) read from files: ``secret.fields`` as given,
+    else the ones these values use. A KNOWCTL_<NAME>_FILE that cannot be read stops the
+    daemon at start, so none is mounted that the operator has no reason to provide."""
+    if values.secret.fields is not None:
+        return list(values.secret.fields)
+    used = ["admin_token"]
+    if not settings.google_credentials:  # ADC or a service-account file replaces the key
+        used.append("google_api_key")
+    if settings.cdn_purge_url:
+        used.append("cdn_api_token")
+    return sorted(used)
+
+
+def nginx_bytes(size: str) -> int | None:
+    """An nginx size (10m, 512k, 1g, 1024) in bytes, or None if it is not one."""
+    match = re.match(r"^(\d+)([kKmMgG]?)$", size.strip())
+    if not match:
+        return None
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+
+
+def target_problems(values: Values, target: Literal["k8s", "compose"]) -> list[str]:
+    """Values that render well-formed files which cannot work together on ``target``."""
+    settings = gateway_settings(values, target)
+    g = values.gateway
+    problems = []
+    if "port" in values.settings and settings.port != g.port:
+        problems.append(
+            f"settings.port ({settings.port}) differs from gateway.port ({g.port}), where the "
+            "container port, probes and Service point: set gateway.port only"
+        )
+    if settings.host in ("127.0.0.1", "localhost", "::1"):
+        problems.append(
+            f"settings.host ({settings.host}) is loopback: nothing outside the container "
+            "(proxy, probes, Prometheus) could connect; leave it unset (0.0.0.0)"
+        )
+    edge = values.ingress.max_body_size if target == "k8s" else values.compose.nginx.max_body_size
+    edge_key = "ingress.max_body_size" if target == "k8s" else "compose.nginx.max_body_size"
+    edge_bytes = nginx_bytes(edge)
+    if target == "k8s" and not values.ingress.enabled:
+        pass  # no edge of ours
+    elif edge_bytes is None:
+        problems.append(f"{edge_key} ({edge}) is not an nginx size such as 10m")
+    elif 0 < edge_bytes < settings.max_body_bytes:
+        problems.append(
+            f"{edge_key} ({edge}) is below settings.max_body_bytes ({settings.max_body_bytes}): "
+            "the proxy would refuse bodies the gateway accepts"
+        )
+    if target == "k8s":
+        fewest = g.autoscaling.min_replicas if g.autoscaling.enabled else g.replicas
+        fewest_key = "gateway.autoscaling.min_replicas" if g.autoscaling.enabled else "gateway.replicas"
+        if g.min_available >= fewest:
+            problems.append(
+                f"gateway.min_available ({g.min_available}) is not below {fewest_key} ({fewest}): "
+                "the PodDisruptionBudget would let no pod be evicted and block every node drain"
+            )
+        grace = grace_period(values, settings)
+        if grace < g.pre_stop_seconds + settings.drain_timeout:
+            problems.append(
+                f"the grace period ({grace} s) is below gateway.pre_stop_seconds + "
+                f"settings.drain_timeout ({g.pre_stop_seconds} + {settings.drain_timeout:g} s): "
+                "pods would be killed mid-drain; raise gateway.extra_grace_seconds"
+            )
+    return problems
 
 
 def url_secrets(settings: Settings) -> dict[str, str]:
