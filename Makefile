@@ -40,6 +40,7 @@ lint: $(DEV)
 	$(VENV)/bin/ruff check knowctl tests bench
 	$(VENV)/bin/ruff format --check knowctl
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(DEV)
 	$(VENV)/bin/ruff format knowctl

@@ -25,8 +25,8 @@ from typing import Any
 import uvicorn
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from knowctl.daemon import http1
-from knowctl.store.resp import Multiplexer, address_for
+from knowctl.net import http1
+from knowctl.net.resp import Multiplexer, address_for
 
 ANSWER_KEY = "bench:answer"
 FLOOR_KEYS = ("bench:floor:a", "bench:floor:b")

@@ -1,13 +1,13 @@
 """Do knowctl's two hand-written clients still earn their place? Each beside well-kept
 libraries, in one process, one run, on the same upstream.
 
-1. knowctl.daemon.http1 (pooled keep-alive HTTP/1.1 on httptools) vs aiohttp (tuned as a
+1. knowctl.net.http1 (pooled keep-alive HTTP/1.1 on httptools) vs aiohttp (tuned as a
    proxy would be: DummyCookieJar, auto_decompress=False, a connector with a large limit,
    keep-alive) and pyreqwest (Rust reqwest/hyper, default single-threaded runtime), all
    calling a minimal uvicorn app (``upstream`` below, uvloop + httptools, no access log)
    that answers a fixed ~2 KB generateContent JSON, or a few SSE events read chunk by chunk.
    The call: POST of a ~1 KB JSON body with the gateway's headers.
-2. knowctl.store.resp.Multiplexer (one pipelined connection for every caller) vs redis-py's
+2. knowctl.net.resp.Multiplexer (one pipelined connection for every caller) vs redis-py's
    asyncio client on its default pool (hiredis parser) and valkey-glide, all against one
    private redis-server on loopback: GET of a 2 KB value, EVALSHA of a one-line script.
 
@@ -51,7 +51,7 @@ from harness import free_port, redis_command, redis_server, service
 HERE = Path(__file__).resolve().parent
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 STREAM = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
-# The headers the gateway sends upstream (knowctl/daemon/upstream.py asks for identity).
+# The headers the gateway sends upstream (knowctl/daemon/upstream/client.py asks for identity).
 HEADERS = {"content-type": "application/json", "x-goog-api-key": "bench-key", "accept-encoding": "identity"}
 WITHIN = 1.5
 T = TypeVar("T")
@@ -146,7 +146,7 @@ class Http1(HttpClient):
     name = "knowctl http1"
 
     async def open(self, base: str) -> None:
-        from knowctl.daemon import http1
+        from knowctl.net import http1
 
         self.http1 = http1
         self.pool = http1.Pool(max_connections=256, connect_timeout=5, timeout=60)
@@ -266,8 +266,8 @@ class Multiplexer(RedisClient):
     name = "knowctl resp"
 
     async def open(self, host: str, port: int) -> None:
-        from knowctl.store.resp import Address
-        from knowctl.store.resp import Multiplexer as Mux
+        from knowctl.net.resp import Address
+        from knowctl.net.resp import Multiplexer as Mux
 
         self.mux = Mux(Address(host, port), timeout=2.0)
 

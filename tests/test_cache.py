@@ -13,9 +13,9 @@ import orjson
 import pytest
 import redis.asyncio as aredis
 
-from knowctl.daemon import cacheentry
-from knowctl.daemon.cache import AnswerCache
-from knowctl.daemon.components import Answer
+from knowctl.daemon.cache import blobs
+from knowctl.daemon.cache.answers import AnswerCache
+from knowctl.daemon.contracts import Answer
 from knowctl.settings import Settings
 from knowctl.store import Store, keys, open_store
 from knowctl.store.memory import MemoryStore
@@ -175,7 +175,7 @@ async def test_lru_eviction_by_count_and_bytes(daemons: Daemons) -> None:
     assert stats["entries"] == 2 and stats["evictions"] == 1
     got = (await by_count.lookup(ks[0])).cached
     assert got is not None and got.layer == "L2"  # evicted from L1, still in the store
-    size = len(cacheentry.encode(OK, 0.0))
+    size = len(blobs.encode(OK, 0.0))
     by_bytes = await daemons.new(cache_l1_max_bytes=2 * size + 10)
     for k in ks:
         await by_bytes.save(k, OK)
@@ -207,7 +207,7 @@ async def test_failures_are_never_stored(daemons: Daemons, bad: Answer) -> None:
 
 
 async def pipeline(cache: AnswerCache, k: str, upstream: list[int], delay: float = 0.2) -> str:
-    """What knowctl.daemon.generate does with the cache, with a fake upstream call."""
+    """What knowctl.daemon.pipeline.generation does with the cache, with a fake upstream call."""
     found = await cache.lookup(k)
     if found.cached is not None:
         return "hit"
@@ -381,7 +381,7 @@ async def test_invalidate_100k_keys_in_redis_without_blocking(
     if True:
         a = await redis_daemons.new()
         topic = f"bulk{uuid.uuid4().hex[:10]}"
-        blob = cacheentry.encode(OK, clock.now)
+        blob = blobs.encode(OK, clock.now)
         raw = aredis.Redis.from_url(redis_url)
         try:
             for start in range(0, 100_000, 10_000):

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from knowctl.daemon import callers as callers_module
-from knowctl.daemon.callers import CallerRegistry
-from knowctl.daemon.components import CallRefused
-from knowctl.daemon.request import CallContext
-from knowctl.daemon.waitqueue import QueuePlaces, WaitQueue
+from knowctl.daemon.callers import registry as callers_module
+from knowctl.daemon.callers.registry import CallerRegistry
+from knowctl.daemon.context import CallContext
+from knowctl.daemon.contracts import CallRefused
+from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
 from knowctl.policy import callers as policy
 from knowctl.policy.identity import Identity
 from knowctl.policy.paths import parse_path

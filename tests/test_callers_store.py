@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 
-from knowctl.daemon import callers_keys
-from knowctl.daemon.admin import AdminError, AdminRequest
-from knowctl.daemon.callers import CallerRegistry, CallersConfigError
-from knowctl.daemon.components import CallRefused
-from knowctl.daemon.request import CallContext
+from knowctl.daemon.admin.api import AdminError, AdminRequest
+from knowctl.daemon.admin.callers import routes as callers_routes
+from knowctl.daemon.callers import keys as callers_keys
+from knowctl.daemon.callers.registry import CallerRegistry, CallersConfigError
+from knowctl.daemon.context import CallContext
+from knowctl.daemon.contracts import CallRefused
 from knowctl.policy.paths import parse_path
 from knowctl.policy.priority import Priority
 from knowctl.settings import Settings, TierConfig
@@ -393,7 +394,7 @@ def request(method: str, path: str, body: Any = None, **params: str) -> AdminReq
 async def test_admin_routes_validate_and_never_list_keys(store: Store) -> None:
     tiers = {"free": TierConfig(limits="5/minute", max_priority="MEDIUM")}
     registry = await registry_on(store, tiers=tiers)
-    handlers = {(m, p): h for m, p, h in registry.admin_routes()}
+    handlers = {(m, p): h for m, p, h in callers_routes(registry)}
     create = handlers[("POST", "/api/keys")]
     try:
         for body, fragment in (

@@ -1,4 +1,4 @@
-"""Local share windows (knowctl/daemon/degraded.py) and the breaker's state (pure, fast).
+"""Local share windows (knowctl/daemon/windows/degraded.py) and the breaker's state (pure, fast).
 
 The property test plays a whole fleet through an outage: daemons admit from a shared window
 (standing for Redis) until the store dies, notice the outage at different moments, admit
@@ -15,7 +15,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from knowctl.daemon.degraded import LocalShare, Mode, local_limit
+from knowctl.daemon.windows.degraded import LocalShare, Mode, local_limit
 from knowctl.policy.windows import Window, WindowLog, claim_size, try_admit
 from knowctl.store.breaker import BreakerState, intervals
 

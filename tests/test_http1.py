@@ -1,4 +1,4 @@
-"""knowctl.daemon.http1 against a real HTTP server on loopback whose behaviour each path picks:
+"""knowctl.net.http1 against a real HTTP server on loopback whose behaviour each path picks:
 keep-alive, chunked streams, bodies delimited by the connection's end, stalls, abrupt ends."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from knowctl.daemon import http1
+from knowctl.net import http1
 from tests.support.net import LOOPBACK, free_port
 from tests.support.tls import self_signed
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import uvloop
 
-from knowctl.daemon.protocol import JOIN_LIMIT, TurnTransport
+from knowctl.daemon.config import transport_limits
+from knowctl.net.uvicorn_glue import JOIN_LIMIT, TurnTransport
+from knowctl.settings import Settings
 
 
 class CountingTransport:
@@ -139,7 +141,7 @@ def test_the_gateways_protocol_sends_head_and_body_in_one_write() -> None:
     import uvicorn
     from uvicorn.server import ServerState
 
-    from knowctl.daemon.protocol import GatewayHttpProtocol
+    from knowctl.net.uvicorn_glue import GatewayHttpProtocol
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
@@ -149,7 +151,13 @@ def test_the_gateways_protocol_sends_head_and_body_in_one_write() -> None:
         config = uvicorn.Config(app, http=GatewayHttpProtocol, lifespan="off", log_config=None)
         config.load()
         loop = asyncio.get_running_loop()
-        protocol = GatewayHttpProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        protocol = GatewayHttpProtocol(
+            config=config,
+            server_state=ServerState(),
+            app_state={},
+            _loop=loop,
+            limits=transport_limits(Settings()),
+        )
         ours, peer = socket.socketpair()
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
         counting = CountingTransport(transport)  # type: ignore[arg-type]

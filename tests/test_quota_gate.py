@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from knowctl.daemon.components import CallRefused, Ticket
-from knowctl.daemon.quota import ProviderQuota
-from knowctl.daemon.request import CallContext
+from knowctl.daemon.context import CallContext
+from knowctl.daemon.contracts import CallRefused, Ticket
+from knowctl.daemon.quota.provider import ProviderQuota
 from knowctl.policy.paths import parse_path
 from knowctl.policy.priority import Priority
 from knowctl.settings import Settings

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from knowctl.daemon.config import quota_config
 from knowctl.policy import quota as qp
 from knowctl.policy.priority import Priority
 from knowctl.policy.windows import WindowLog, capacity, try_admit
@@ -21,7 +22,7 @@ from knowctl.settings import Settings
 
 
 def config(**values: Any) -> qp.QuotaConfig:
-    return qp.QuotaConfig.from_settings(Settings(**values))
+    return quota_config(Settings(**values))
 
 
 def test_unset_limits_mean_no_windows() -> None:

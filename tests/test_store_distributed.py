@@ -17,9 +17,9 @@ import redis.asyncio as aredis
 from redis.crc import key_slot
 
 from knowctl.store import Store, StoreUnavailable, Window, keys, open_store
-from knowctl.store.redis import RedisStore
-from knowctl.store.redis_clients import open_redis_store
-from knowctl.store.redis_cluster import RedisClusterStore, decode_cursor, encode_cursor
+from knowctl.store.redis.cluster import RedisClusterStore, decode_cursor, encode_cursor
+from knowctl.store.redis.opening import open_redis_store
+from knowctl.store.redis.store import RedisStore
 from knowctl.store.urls import check_store_url, parse_multi_host
 from tests import test_store
 from tests.support.net import LOOPBACK

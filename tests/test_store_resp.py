@@ -1,4 +1,4 @@
-"""The pipelined connection of knowctl.store.resp against a real redis-server."""
+"""The pipelined connection of knowctl.net.resp against a real redis-server."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from redis import exceptions as rexc
 
+from knowctl.net.resp import Multiplexer, address_for
 from knowctl.store import StoreUnavailable, keys, open_store
 from knowctl.store.breaker import BreakerStore
-from knowctl.store.redis import RedisStore
-from knowctl.store.resp import Multiplexer, address_for
+from knowctl.store.redis.store import RedisStore
 from tests.support.net import LOOPBACK, free_port
 from tests.support.redis_server import RedisServer, redis_server, server_binary
 from tests.support.tls import self_signed

@@ -12,16 +12,20 @@ from typing import Any, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from knowctl.daemon import metrics
-from knowctl.daemon.admin import AdminApi, AdminError, Route, is_loopback
-from knowctl.daemon.asgi import Receive, Scope, Send, respond, respond_error, respond_json, transport_status
-from knowctl.daemon.cache import AnswerCache
-from knowctl.daemon.callers import CallerRegistry
-from knowctl.daemon.credentials import UpstreamCredentials
-from knowctl.daemon.logging import access_log
-from knowctl.daemon.proxy import CLIENT_CLOSED, ModelCallHandler
-from knowctl.daemon.quota import ProviderQuota
-from knowctl.daemon.topics import TopicService
-from knowctl.daemon.upstream import UpstreamClient
+from knowctl.daemon.access_log import access_log
+from knowctl.daemon.admin import cache as cache_admin
+from knowctl.daemon.admin import callers as callers_admin
+from knowctl.daemon.admin import quota as quota_admin
+from knowctl.daemon.admin import topics as topics_admin
+from knowctl.daemon.admin.api import AdminApi, AdminError, is_loopback
+from knowctl.daemon.cache.answers import AnswerCache
+from knowctl.daemon.callers.registry import CallerRegistry
+from knowctl.daemon.pipeline.handler import CLIENT_CLOSED, ModelCallHandler
+from knowctl.daemon.quota.provider import ProviderQuota
+from knowctl.daemon.topics.service import TopicService
+from knowctl.daemon.upstream.client import UpstreamClient
+from knowctl.daemon.upstream.credentials import UpstreamCredentials
+from knowctl.net.asgi import Receive, Scope, Send, respond, respond_error, respond_json, transport_status
 from knowctl.policy.paths import KNOWN_ACTIONS, parse_path
 from knowctl.settings import Settings
 from knowctl.store import Store, StoreUnavailable, open_store
@@ -46,13 +50,11 @@ _parse_path = functools.lru_cache(maxsize=1024)(parse_path)
 
 
 class Component(Protocol):
-    """What the gateway asks of each stateful part: a lifecycle and its admin routes."""
+    """What the gateway asks of each stateful part: a lifecycle (admin routes are wired apart)."""
 
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-    def admin_routes(self) -> list[Route]: ...
 
 
 class Phase(StrEnum):
@@ -86,8 +88,10 @@ class Gateway:
         metrics.MODELS.allow((*settings.quota_models, settings.topics_model))
         self.topics = TopicService(settings, self.store, self.cache, self.model_calls.generate_internal)
         self.admin = AdminApi(settings)
-        for component in self._components():
-            self.admin.add_routes(component.admin_routes())
+        self.admin.add_routes(callers_admin.routes(self.callers))
+        self.admin.add_routes(cache_admin.routes(self.cache))
+        self.admin.add_routes(quota_admin.routes(self.quota))
+        self.admin.add_routes(topics_admin.routes(self.topics))
         self._simulator = simulator  # an ASGI app, only with --simulate
         self._access_log = settings.access_log
         self._store_state: dict[str, Any] | None = None

@@ -1,37 +1,18 @@
-"""Running the daemon: bind, banner, uvicorn with uvloop and httptools, clean shutdown."""
+"""Running the daemon: bind, banner, one process or workers (uvicorn, through knowctl.net), clean shutdown."""
 
 from __future__ import annotations
 
-import asyncio
-import math
 import os
 import socket
 import sys
-from typing import Any, cast
-
-import uvicorn
+from typing import Any
 
 from knowctl.daemon.app import SIMULATOR_PREFIX, Gateway, Phase
-from knowctl.daemon.protocol import protocol_factory
+from knowctl.daemon.config import transport_limits
 from knowctl.logs import setup_logging
+from knowctl.net.uvicorn_glue import StoppingServer, run_workers, server_config
 from knowctl.redact import redact_url
 from knowctl.settings import Settings
-
-
-class GatewayServer(uvicorn.Server):
-    """uvicorn's server, telling the gateway the moment a stop signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
-        super().__init__(config)
-        self._gateway = gateway
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        # Readiness turns 503 at once, so load balancers stop sending new work.
-        self._gateway.phase = Phase.DRAINING
-        super().handle_exit(sig, frame)
-        # A stop signal is how the daemon is meant to stop: once everything admitted has
-        # been answered, exit 0 instead of re-raising the signal as uvicorn does (status 143).
-        self._captured_signals.clear()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -43,24 +24,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
-    return uvicorn.Config(
+def _server_config(app: Any, settings: Settings, **extra: Any) -> Any:
+    return server_config(
         app,
-        loop="uvloop",
-        # httptools, with Google-shaped refusals and the transport's limits (protocol.py)
-        http=cast(type[asyncio.Protocol], protocol_factory(settings)),
-        # No WebSocket routes: an upgrade would hand the connection to a protocol that
-        # keeps none of those limits.
-        ws="none",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,  # X-Forwarded-For is believed only from trusted proxies (callers)
-        timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
-        # uvicorn's 5 s default is below every proxy's idle timeout: the proxy would reuse
-        # connections the daemon is closing (a 502 for its caller).
-        timeout_keep_alive=settings.keep_alive_timeout,
+        transport_limits(settings),
+        drain_timeout=settings.drain_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
         **extra,
     )
 
@@ -82,8 +51,12 @@ def serve(settings: Settings) -> None:
         return
     gateway = Gateway(settings, simulator=simulator)
     print_banner(settings, port, gateway)
-    server = GatewayServer(_uvicorn_config(gateway, settings), gateway)
-    server.run(sockets=[sock])
+
+    def draining() -> None:
+        # Readiness turns 503 at once, so load balancers stop sending new work.
+        gateway.phase = Phase.DRAINING
+
+    StoppingServer(_server_config(gateway, settings), on_stop=draining).run(sockets=[sock])
 
 
 def _serve_workers(settings: Settings, sock: socket.socket) -> None:
@@ -99,10 +72,7 @@ def _serve_workers(settings: Settings, sock: socket.socket) -> None:
     import functools
 
     factory = functools.partial(_worker_app, settings)
-    config = _uvicorn_config(factory, settings, factory=True, workers=settings.workers)
-    from uvicorn.supervisors import Multiprocess
-
-    Multiprocess(config, sockets=[sock]).run()
+    run_workers(_server_config(factory, settings, factory=True, workers=settings.workers), sock)
 
 
 def _worker_app(settings: Settings) -> Gateway:

@@ -1,7 +1,7 @@
 """Who is calling, as pure functions: credentials in a request, the client address behind
 trusted proxies, gateway keys and their hashes, user names, and the RateLimit header fields.
 
-No I/O, no clock, no randomness: the daemon (``knowctl/daemon/callers.py``) passes those in.
+No I/O, no clock, no randomness: the daemon (``knowctl/daemon/callers/registry.py``) passes those in.
 """
 
 from __future__ import annotations

@@ -12,14 +12,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from knowctl.policy.priority import Priority, parse_shares
 from knowctl.policy.tokens import TokenMode
 from knowctl.policy.windows import Window
-
-if TYPE_CHECKING:
-    from knowctl.settings import Settings
 
 # Window names, as they appear in store keys, stats and metrics labels.
 RPM, RPD, TPM, TPD = "rpm", "rpd", "tpm", "tpd"
@@ -52,7 +49,8 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class QuotaConfig:
-    """The quota settings, detached from pydantic so policy stays plain data."""
+    """The quota settings, detached from pydantic so policy stays plain data
+    (built by knowctl.daemon.config.quota_config)."""
 
     default: Limits = field(default_factory=Limits)
     models: Mapping[str, Limits] = field(default_factory=dict)
@@ -61,19 +59,6 @@ class QuotaConfig:
     day_tz: str | None = None
     token_mode: TokenMode = "input"  # noqa: S105 (not a secret)
     shares: Mapping[Priority, float] = field(default_factory=lambda: parse_shares(""))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> QuotaConfig:
-        models = {name: Limits(q.rpm, q.rpd, q.tpm, q.tpd) for name, q in settings.quota_models.items()}
-        return cls(
-            default=Limits(settings.quota_rpm, settings.quota_rpd, settings.quota_tpm, settings.quota_tpd),
-            models=models,
-            minute_s=settings.quota_minute_s,
-            day_s=settings.quota_day_s,
-            day_tz=settings.quota_day_tz,
-            token_mode=settings.quota_tokens,
-            shares=parse_shares(settings.priority_shares),
-        )
 
     def limits(self, model: str) -> Limits:
         """The model's own limits, each unset one taken from the defaults."""

@@ -31,7 +31,8 @@ from typing import Any
 
 import orjson
 
-from knowctl.daemon.asgi import (
+from knowctl.errors import error_body, retry_delay_text, retry_info
+from knowctl.net.asgi import (
     JSON,
     BodyTooLarge,
     ClientDisconnected,
@@ -43,7 +44,6 @@ from knowctl.daemon.asgi import (
     respond_error,
     respond_json,
 )
-from knowctl.errors import error_body, retry_delay_text, retry_info
 from knowctl.policy.paths import Action, ApiCall, Family, allowed_methods, parse_path
 from knowctl.simulator import answers
 from knowctl.simulator.quota import Refusal, SlidingWindowQuota

@@ -45,7 +45,7 @@ def open_store(url: str, *, timeout: float) -> Store:
         raise ValueError(f"unsupported store URL scheme {scheme or '(none)'!r}: use one of {choices}")
     # Imported here: redis-py costs import time that memory:// users never pay.
     from knowctl.store.breaker import BreakerStore
-    from knowctl.store.redis_clients import open_redis_store
+    from knowctl.store.redis.opening import open_redis_store
 
     # A shared store can go away: behind a breaker an outage fails calls at once instead of
     # making each one wait for its timeout (knowctl/store/breaker.py).

@@ -11,7 +11,7 @@ pings the store every ``probe_every`` seconds; the first ping answered closes th
 needs nothing else).
 
 Being declared down is expensive for the components (their local windows start full, see
-knowctl/daemon/degraded.py), hence the conservative opening rule. The breaker logs one line
+knowctl/daemon/windows/degraded.py), hence the conservative opening rule. The breaker logs one line
 when it opens and one when it closes, and tells listeners (the components, the metric).
 
 A store that restarts empty faster than the breaker opens would silently lose the windows'

@@ -130,7 +130,7 @@ def check(name: str) -> str:
     return name
 
 
-# --- provider quota (owner: knowctl/daemon/quota.py) ----------------------------------------
+# --- provider quota (owner: knowctl/daemon/quota/provider.py) ----------------------------------------
 
 
 def quota_hold(model: str) -> str:

@@ -18,7 +18,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from knowctl.policy.windows import Window, WindowLog, capacity, claim_size, try_admit
 from knowctl.store import keys
@@ -26,12 +26,14 @@ from knowctl.store.base import (
     Admission,
     Announcement,
     Claim,
+    LeaseRead,
     Store,
     StoreUnavailable,
     Subscription,
     WindowUsage,
     check_ttl,
     check_window_call,
+    match_regex,
 )
 from knowctl.store.urls import memory_max_bytes
 
@@ -513,10 +515,3 @@ class _MemorySubscription(Subscription):
         self._done = True
         if self._started:
             self._store._detach(self)
-
-
-# --- cache (owner: cache) ---------------------------------------------------------------------
-# This section's imports stay with it (the methods above use them at run time only).
-from collections.abc import Mapping  # noqa: E402
-
-from knowctl.store.base import LeaseRead, match_regex  # noqa: E402

@@ -57,7 +57,7 @@ class Simulator:
 def simulator_process(
     *args: str, log_path: Path | None = None, timeout: float = 30.0, any_model: bool = True
 ) -> Iterator[Simulator]:
-    """Run ``python -m knowctl.simulator --port P ARGS`` (the same code as ``knowctl simulate``).
+    """Run ``python -m knowctl simulate --port P ARGS``.
     ``any_model``: serve every model name, so that tests may give a case a model (and so a
     quota window) of its own; False serves only the listed models, as Google does."""
     port = free_port()
@@ -66,7 +66,7 @@ def simulator_process(
     url = f"http://{LOOPBACK}:{port}"
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "knowctl.simulator", "--host", LOOPBACK, "--port", str(port), *args],
+        [sys.executable, "-m", "knowctl", "simulate", "--host", LOOPBACK, "--port", str(port), *args],
         stdout=out,
         stderr=subprocess.STDOUT,
     )

@@ -1,0 +1,1 @@
+"""The admin API: its route table and token check (``api``), and each feature's routes."""

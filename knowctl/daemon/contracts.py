@@ -1,0 +1,178 @@
+"""What the model-call pipeline (``proxy.py``) asks of its components, in one place.
+
+Each component lives in its own module and owns its state and admin routes:
+
+- callers (``callers.py``): who is calling, and per-user / per-IP limits;
+- cache (``cache.py``): answers in two layers, stale copies, coalescing of identical calls;
+- quota (``quota.py``): the provider's RPM/RPD/TPM/TPD windows, priority queue, back-off.
+
+The pipeline, in order: identify -> caller limits -> cache lookup -> (coalesce) -> quota
+(admit now, else stale fallback, else queue, else 429) -> upstream -> settle quota with the
+real usage -> save to cache. The dataclasses below are what passes between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from knowctl.daemon.context import CallContext
+from knowctl.policy.identity import Identity
+
+
+class CallRefused(Exception):
+    """Stop the call here and answer with this status, message and headers (Google's error shape).
+
+    ``retry_after`` (seconds), when set, becomes a ``Retry-After`` header and a RetryInfo detail.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        self.headers = list(headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A model answer as chunks of GenerateContentResponse JSON (one chunk when not streamed).
+
+    Kept framing-free so one stored answer replays as JSON, as SSE, or as a JSON-array stream.
+    """
+
+    chunks: tuple[bytes, ...]
+    model_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """An answer found in a cache layer."""
+
+    answer: Answer
+    layer: str  # "L1", "L2" or "STALE"
+    age_s: float  # seconds since it was stored (the Age header)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a look in the shared store found: the answer, or on a miss (usually) the
+    coalescing lease, which the caller hands to the flight or gives back."""
+
+    cached: Cached | None = None
+    lease: bytes | None = None
+
+
+@dataclass(slots=True)
+class Ticket:
+    """Quota reserved for one upstream call; settled once the real usage is known."""
+
+    model: str
+    reservation_id: str
+    estimated_tokens: int
+    data: dict[str, Any] = field(default_factory=dict)  # the quota component's own bookkeeping
+
+
+class Flight(Protocol):
+    """One coalesced call. The leader (``answer is None`` on entry) calls upstream and
+    ``publish``es; followers find ``answer`` set when the leader finished (or time out)."""
+
+    answer: Answer | None
+    # Entering it waited for another call: anything reserved before is no longer fresh.
+    waited: bool
+
+    async def publish(self, answer: Answer | None) -> None: ...
+
+
+class Callers(Protocol):
+    async def identify(self, ctx: CallContext) -> Identity:
+        """The caller of ``ctx``; raise CallRefused(401/403) for unknown or revoked keys."""
+        ...
+
+    async def check_limits(self, ctx: CallContext) -> None:
+        """Count the call against the caller's limits; add RateLimit headers to
+        ``ctx.response_headers``; raise CallRefused(429, retry_after=...) when over."""
+        ...
+
+    def upstream_answered(self, ctx: CallContext, status: int) -> None:
+        """The upstream answered ``ctx``'s call (any call that went upstream, generation or
+        forwarded) with this status: a success verifies a pass-through credential. No I/O."""
+        ...
+
+
+class ResponseCache(Protocol):
+    shared: bool  # the answers live in a store other daemons share (lookups make I/O)
+
+    def key_for(self, ctx: CallContext) -> str | None:
+        """The cache key, or None when the call is not cacheable."""
+        ...
+
+    def lookup_local(self, key: str) -> Cached | None:
+        """The answer in this daemon's own cache (L1): no I/O."""
+        ...
+
+    async def lookup_shared(self, key: str) -> Lookup:
+        """The answer in the shared store (L2); on a miss, usually the coalescing lease too."""
+        ...
+
+    def release(self, key: str, lease: bytes) -> None:
+        """Give back a lease that lookup_shared took when no flight follows."""
+        ...
+
+    async def stale(self, key: str) -> Cached | None: ...
+
+    async def save(self, key: str, answer: Answer) -> None:
+        """Store a complete, successful answer (the cache re-checks and refuses anything else)."""
+        ...
+
+    def flight(self, key: str, lease: bytes | None) -> AbstractAsyncContextManager[Flight]:
+        """Coalesce identical misses; ``lease`` (from lookup_shared) is the flight's to keep."""
+        ...
+
+
+class QuotaGate(Protocol):
+    @property
+    def reserves_early(self) -> bool:
+        """Whether ``reserve`` may run before the cache lookup's answer (it needs no
+        upstream call of its own)."""
+        ...
+
+    async def reserve(self, ctx: CallContext) -> Ticket | float:
+        """``try_admit`` without counting a decision: for a call that may not need the
+        provider after all (a cache hit), which then gives the ticket back (``release``)."""
+        ...
+
+    async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
+        """A ticket if quota admits the call now, else the seconds until it could;
+        ``reserved``: what an earlier ``reserve`` of this call got, now counted."""
+        ...
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back (in the background) a reservation no upstream call will use."""
+        ...
+
+    async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
+        """Queue by priority until admitted; raise CallRefused(429, retry_after=...) when the
+        queue is full or the wait times out."""
+        ...
+
+    async def settle(self, ticket: Ticket, usage: dict[str, Any] | None) -> None:
+        """Reconcile the reservation with the real usage (None: keep the reservation)."""
+        ...
+
+    def upstream_exhausted(self, model: str, retry_delay: float | None) -> None:
+        """The provider answered 429: hold the model for retry_delay (or a back-off)."""
+        ...
+
+    def record_fallback(self, model: str) -> None:
+        """Count a stale answer served because quota was gone."""
+        ...

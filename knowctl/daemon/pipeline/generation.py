@@ -1,0 +1,345 @@
+"""The generation pipeline: cache, coalescing, provider quota, upstream, settle, save.
+
+Order (DESIGN.md): the caller's limits, the cache lookup and a reservation of provider quota
+(side by side: one store round trip) -> coalesce identical calls -> quota (the reservation
+if it admitted, else a stale answer, else the priority queue, else 429) -> upstream,
+streamed through as it arrives -> reconcile tokens with the real usage -> store the answer
+if it is a complete success. A hit gives its reservation back once answered. Writes after
+the answer (settle, save) happen once the caller has its last byte, side by side. A miss
+makes one store round trip before its upstream call and one after
+(tests/test_round_trips.py holds it to that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from knowctl.daemon.access_log import SCOPE_CACHE, SCOPE_QUOTA
+from knowctl.daemon.context import CallContext
+from knowctl.daemon.contracts import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.pipeline.replies import CACHE_HEADER, send_cached, send_refusal, send_upstream_error
+from knowctl.daemon.upstream.client import (
+    OutgoingCall,
+    UpstreamClient,
+    UpstreamFailure,
+    drain,
+    response_headers,
+)
+from knowctl.errors import parse_retry_delay, retry_after_header
+from knowctl.net.asgi import Send, respond
+from knowctl.policy.framing import split_json_array, split_sse, summarize
+from knowctl.policy.quota import provider_counted
+
+log = logging.getLogger("knowctl.generate")
+
+# Counts a call against its caller's limits; raises CallRefused when over.
+Admit = Callable[[CallContext], Awaitable[None]]
+
+# Keeps a complete answer for the next identical call (the cache's save, bound to its key).
+Keep = Callable[[Answer], Awaitable[None]]
+
+# Streams larger than this are passed through but not kept for the cache.
+MAX_CAPTURE_BYTES = 8 * 1024 * 1024
+
+
+def cache_directives(ctx: CallContext) -> tuple[bool, bool]:
+    """(may read the cache, may write it) from the client's Cache-Control header."""
+    value = ctx.header.get("cache-control", "").lower()
+    if not value:
+        return True, True
+    directives = {part.strip().split("=", 1)[0] for part in value.split(",")}
+    return "no-cache" not in directives, "no-store" not in directives
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one upstream call came to."""
+
+    status: int
+    answer: Answer | None = None  # set only for a complete, successful answer
+    usage: dict[str, Any] | None = None  # the final usageMetadata of any finished answer
+    provider_refused: bool = False  # the provider answered 429
+    retry_delay: float | None = None  # its RetryInfo delay, when it gave one
+    spent: bool = True  # the provider may have counted the call against its quota
+
+
+class Generation:
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        cache: ResponseCache | None,
+        quota: QuotaGate | None,
+        answered: Callable[[CallContext, int], None] | None = None,
+    ) -> None:
+        self._answered = answered
+        self._upstream = upstream
+        self._cache = cache
+        self._quota = quota
+
+    async def __call__(self, ctx: CallContext, send: Send, admit: Admit) -> int:
+        """Run one generation call; ``admit`` counts it against the caller's limits (raises
+        CallRefused), before anything is served, cached answers included."""
+        key = self._cache.key_for(ctx) if self._cache is not None else None
+        if key is None or self._cache is None:
+            await admit(ctx)
+            return (await self._call_with_quota(ctx, send, None)).status
+        read, write = cache_directives(ctx)
+        found, reserved = Lookup(), None
+        if read:
+            found, reserved = await self._admit_and_look(ctx, key, admit)
+        else:
+            await admit(ctx)
+            ctx.response_headers.append((CACHE_HEADER, b"BYPASS"))
+            ctx.scope[SCOPE_CACHE] = "BYPASS"
+        try:
+            if found.cached is not None:  # needs no quota: the reservation goes back after
+                return await send_cached(send, ctx, found.cached)
+            if found.lease is None:  # the flight waits for another call's: free it now
+                self._release(reserved)
+                reserved = None
+            async with self._cache.flight(key, found.lease) as flight:
+                if flight.answer is not None:  # an identical call finished while we waited
+                    fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
+                    return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
+                if flight.waited:
+                    # A reservation counts in the windows from when it was made: used after a
+                    # wait, its call would leave them early. It goes back; admitted afresh.
+                    self._release(reserved)
+                    reserved = None
+                outcome = Outcome(status=499)
+                keep = functools.partial(self._cache.save, key) if write else None
+                handed, reserved = reserved, None  # from here on the quota call owns it
+                try:
+                    # Saved before the waiters are told, so one that looks in the store finds it.
+                    outcome = await self._call_with_quota(ctx, send, key, keep, handed)
+                finally:
+                    await flight.publish(outcome.answer)
+        finally:
+            self._release(reserved)  # unless handed over
+        return outcome.status
+
+    async def _admit_and_look(
+        self, ctx: CallContext, key: str, admit: Admit
+    ) -> tuple[Lookup, Ticket | float | None]:
+        """The caller's limit check, the cache lookup and, for a miss, the provider quota's
+        reservation. When they need the shared store they run side by side, so their commands
+        share one round trip (knowctl.net.resp sends the commands of one loop turn
+        together): a miss then makes one round trip before the upstream call, not three. A
+        hit gives its reservation back (``release``) after its answer has left.
+
+        Returns the lookup and the reservation (None when none was made)."""
+        cache = self._cache
+        assert cache is not None
+        local = cache.lookup_local(key)
+        if local is not None or not cache.shared:
+            await admit(ctx)
+            return (Lookup(local) if local is not None else await cache.lookup_shared(key)), None
+        # The lookup's and the reservation's first steps run right after the limit check has
+        # queued its commands and before they are written: one write, one round trip.
+        looking = asyncio.ensure_future(cache.lookup_shared(key))
+        quota = self._quota
+        reserving = None
+        if quota is not None and quota.reserves_early:
+            reserving = asyncio.ensure_future(quota.reserve(ctx))
+        try:
+            await admit(ctx)
+            found = await looking
+        except BaseException:
+            # Refused (or cancelled): no flight will use a lease the lookup takes, nor an
+            # upstream call the quota it reserves.
+            looking.add_done_callback(functools.partial(_give_back, cache, key))
+            if reserving is not None:
+                reserving.add_done_callback(self._release_done)
+            raise
+        if reserving is None:
+            return found, None
+        try:
+            return found, await reserving
+        except BaseException:
+            if found.lease is not None:
+                cache.release(key, found.lease)
+            raise
+
+    def _release(self, reserved: Ticket | float | None) -> None:
+        """Give back a reservation nobody will use."""
+        if isinstance(reserved, Ticket) and self._quota is not None:
+            self._quota.release(reserved)
+
+    def _release_done(self, reserving: asyncio.Future[Ticket | float]) -> None:
+        if not reserving.cancelled() and reserving.exception() is None:
+            self._release(reserving.result())
+
+    async def _call_with_quota(
+        self,
+        ctx: CallContext,
+        send: Send,
+        key: str | None,
+        keep: Keep | None = None,
+        reserved: Ticket | float | None = None,
+    ) -> Outcome:
+        """Admit (with what ``reserved`` got, if anything), forward, then settle the quota
+        and ``keep`` a complete answer."""
+        ticket: Ticket | None = None
+        if self._quota is not None:
+            got = await self._quota.try_admit(ctx, reserved)
+            if not isinstance(got, Ticket):
+                if await self._serve_stale(ctx, send, key):
+                    ctx.scope[SCOPE_QUOTA] = "fallback"
+                    return Outcome(200)
+                try:
+                    ticket = await self._quota.wait_admit(ctx, got)
+                except CallRefused as refusal:
+                    ctx.scope[SCOPE_QUOTA] = "refused"
+                    return Outcome(await send_refusal(send, ctx, refusal))
+                ctx.scope[SCOPE_QUOTA] = "queued"
+            else:
+                ticket = got
+                ctx.scope[SCOPE_QUOTA] = "admitted"
+        try:
+            outcome = await self._forward(ctx, send, key)
+        except BaseException:
+            if ticket is not None and self._quota is not None:
+                await self._quota.settle(ticket, None)  # keep the reservation: it may have been spent
+            raise
+        # After the answer, the quota's reconciliation and the cache write do not depend on
+        # each other: side by side, their commands share one store round trip.
+        saving = None
+        if keep is not None and outcome.answer is not None:
+            saving = asyncio.ensure_future(keep(outcome.answer))
+        try:
+            if self._quota is not None:
+                if ticket is not None and not outcome.spent:
+                    self._quota.release(ticket)
+                elif ticket is not None:
+                    await self._quota.settle(ticket, outcome.usage)
+                if outcome.provider_refused:
+                    self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
+        finally:
+            if saving is not None:
+                await saving
+        return outcome
+
+    async def _serve_stale(self, ctx: CallContext, send: Send, key: str | None) -> bool:
+        if key is None or self._cache is None:
+            return False
+        stale = await self._cache.stale(key)
+        if stale is None:
+            return False
+        if self._quota is not None:
+            self._quota.record_fallback(ctx.call.model or "-")
+        await send_cached(send, ctx, stale)
+        return True
+
+    async def _forward(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
+        """Call upstream and pass the answer on as it arrives."""
+        outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
+        own = self._upstream.own_credentials(ctx.call)
+        headers_sent = False
+        try:
+            async with self._upstream.send(outgoing) as response:
+                if self._answered is not None:
+                    self._answered(ctx, response.status)
+                headers = [*response_headers(response, own), *ctx.response_headers]
+                if response.status != 200:
+                    body = await response.read()
+                    return await self._upstream_error(ctx, send, key, response.status, body, headers, own)
+                headers.append((CACHE_HEADER, b"MISS"))
+                ctx.scope.setdefault(SCOPE_CACHE, "MISS")
+                if not ctx.streaming:
+                    body = await response.read()
+                    summary = summarize((body,))
+                    if summary is None:  # nothing is sent yet: a clear error beats a broken 200
+                        raise UpstreamFailure(502, "upstream sent an answer that is not valid JSON")
+                    await respond(send, 200, body, _content_type(headers), _without_content_type(headers))
+                    complete, usage = summary
+                    return Outcome(200, Answer((body,)) if complete else None, usage=usage)
+                pieces = drain(response)
+                # The head waits for the first event and leaves with it, in one write (one
+                # wake-up of the client); a stream that breaks before it gets a clean error
+                # status instead of a 200 that ends in nothing.
+                first = await anext(pieces, None)
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                headers_sent = True
+                captured: list[bytes] = []
+                size = 0
+                piece = first
+                while piece is not None:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    size += len(piece)
+                    if size <= MAX_CAPTURE_BYTES:
+                        captured.append(piece)
+                    piece = await anext(pieces, None)
+                await send({"type": "http.response.body", "body": b""})
+                if size > MAX_CAPTURE_BYTES:
+                    return Outcome(200)  # usage unknown: the reservation stands
+                return _stream_outcome(b"".join(captured), ctx.sse)
+        except UpstreamFailure as failure:  # counted and logged by UpstreamClient.send
+            if headers_sent:
+                raise  # too late for a status: cut the connection, the answer is incomplete
+            if await self._serve_stale(ctx, send, key):
+                return Outcome(200)
+            sent = await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
+            return Outcome(sent, spent=failure.status != 503)  # 503: the call never left
+
+    async def _upstream_error(
+        self,
+        ctx: CallContext,
+        send: Send,
+        key: str | None,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        own: bool,
+    ) -> Outcome:
+        if status >= 500 and await self._serve_stale(ctx, send, key):
+            return Outcome(200)  # the provider failed: a stale answer beats its error
+        if status != 429:
+            sent = await send_upstream_error(send, ctx, status, body, headers, own_credentials=own)
+            return Outcome(sent, spent=provider_counted(status, body))
+        # The provider's own quota ran dry: a stale answer beats an error.
+        retry_delay = parse_retry_delay(body)
+        if await self._serve_stale(ctx, send, key):
+            return Outcome(200, provider_refused=True, retry_delay=retry_delay)
+        if retry_delay is not None:
+            headers.append((b"retry-after", retry_after_header(retry_delay).encode()))
+        sent = await send_upstream_error(send, ctx, status, body, headers, own_credentials=own)
+        return Outcome(sent, provider_refused=True, retry_delay=retry_delay)
+
+
+def _give_back(cache: ResponseCache, key: str, looking: asyncio.Future[Lookup]) -> None:
+    if not looking.cancelled() and looking.exception() is None:
+        lease = looking.result().lease
+        if lease is not None:
+            cache.release(key, lease)
+
+
+def _stream_outcome(data: bytes, sse: bool) -> Outcome:
+    """A finished stream: its usage (from the last chunk) and, if it is a complete success,
+    the answer to keep. A stream cut off midway has neither: its reservation stands."""
+    if sse:
+        chunks, terminated = split_sse(data)
+        if not terminated:
+            return Outcome(200)
+    else:
+        parsed = split_json_array(data)
+        if parsed is None:
+            return Outcome(200)
+        chunks = parsed
+    summary = summarize(chunks)
+    if summary is None:
+        return Outcome(200)
+    complete, usage = summary
+    return Outcome(200, Answer(chunks) if complete else None, usage=usage)
+
+
+def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return next((v for k, v in headers if k == b"content-type"), b"application/json")
+
+
+def _without_content_type(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k != b"content-type"]

@@ -1,0 +1,272 @@
+"""The model-call route: check the request and its caller, then generate or forward."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import orjson
+
+from knowctl.daemon.access_log import SCOPE_USER
+from knowctl.daemon.context import CallContext
+from knowctl.daemon.contracts import Callers, CallRefused, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.pipeline.generation import Generation
+from knowctl.daemon.pipeline.replies import send_refusal, send_upstream_error
+from knowctl.daemon.upstream.client import (
+    OutgoingCall,
+    UpstreamClient,
+    UpstreamFailure,
+    drain,
+    response_headers,
+)
+from knowctl.net.asgi import (
+    BodyTooLarge,
+    ClientDisconnected,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    respond,
+    respond_error,
+)
+from knowctl.policy.paths import ApiCall, allowed_methods
+from knowctl.policy.priority import Priority, effective_priority
+from knowctl.policy.quota import provider_counted
+from knowctl.policy.requests import body_problem
+from knowctl.settings import Settings
+
+log = logging.getLogger("knowctl.proxy")
+
+# HTTP status 499 (client closed request, as nginx logs it) for the metrics only.
+CLIENT_CLOSED = 499
+# Objects and arrays one request body may hold (what a real prompt needs is far less).
+MAX_JSON_CONTAINERS = 100_000
+
+
+@dataclass(slots=True)
+class CapturedResponse:
+    status: int = 0
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+class Passed(NamedTuple):
+    """What passing one call on came to."""
+
+    sent: int  # the status the caller got
+    provider: int  # the provider's status; 0 when it did not answer
+    spent: bool  # whether the provider may have counted the call against its quota
+
+
+class ModelCallHandler:
+    """Entry of every model call: check it, identify and limit the caller, then either run
+    the generation pipeline or forward the call as it is."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: UpstreamClient,
+        callers: Callers | None = None,
+        cache: ResponseCache | None = None,
+        quota: QuotaGate | None = None,
+        only_known_actions: bool = False,
+    ) -> None:
+        self._max_body = settings.max_body_bytes
+        self._default_priority = Priority[settings.default_priority]
+        self._upstream = upstream
+        self._callers = callers
+        self._quota = quota
+        self._generation = Generation(upstream, cache, quota, callers.upstream_answered if callers else None)
+        self._allowed = frozenset(settings.allowed_action_names)
+        # Set where the gateway calls Google with its own credentials (keys mode); callers
+        # who bring their own credentials pay for whatever they send.
+        self._forwards_only_known = only_known_actions
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, call: ApiCall) -> int:
+        method: str = scope["method"]
+        allowed = allowed_methods(call)
+        if method not in allowed:
+            await respond_error(
+                send,
+                405,
+                f"Method {method} is not allowed on {scope['path']}; use {', '.join(allowed)}.",
+                extra_headers=[(b"allow", ", ".join(allowed).encode())],
+            )
+            return 405
+        if call.action is not None and self._forwards_only_known and call.action not in self._allowed:
+            # The gateway pays for what it forwards in keys mode: only actions it knows go.
+            await respond_error(send, 404, f"The requested path {scope['path']} was not found.")
+            return 404
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        header = dict(headers)
+        client = scope.get("client")
+        ctx = CallContext(
+            scope=scope,
+            call=call,
+            method=method,
+            raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+            query=scope["query_string"].decode("latin-1"),
+            headers=headers,
+            header=header,
+            client_ip=client[0] if client else "",
+        )
+        try:
+            # Who is calling is known from the head alone: a caller the gateway refuses costs
+            # it no body read, no parse and no buffer (the body is left unread, and the
+            # connection closes so its bytes are never taken in).
+            await self._identify(ctx)
+        except CallRefused as refusal:
+            if method == "POST":
+                refusal.headers.append((b"connection", b"close"))
+            return await send_refusal(send, ctx, refusal)
+        if method == "POST":
+            try:
+                ctx.body = await read_body(receive, self._max_body, header.get("content-length"))
+            except BodyTooLarge:
+                await respond_error(
+                    send,
+                    413,
+                    f"Request body exceeds the limit of {self._max_body} bytes.",
+                    extra_headers=[(b"connection", b"close")],
+                )
+                return 413
+            except ClientDisconnected:
+                return CLIENT_CLOSED
+            problem, ctx.payload = self._check_body(call, ctx.body)
+            if problem is not None:
+                await respond_error(send, 400, problem)
+                return 400
+        try:
+            if call.generates:
+                return await self._generation(ctx, send, self._check_limits)
+            # Every call that reaches Google counts against its caller's limits.
+            await self._check_limits(ctx)
+            if call.spends_quota and self._quota is not None:
+                return await self._forward_with_quota(ctx, send, self._quota)
+        except CallRefused as refusal:
+            return await send_refusal(send, ctx, refusal)
+        return await self._forward(ctx, send)
+
+    async def generate_internal(self, ctx: CallContext) -> CapturedResponse:
+        """Run a generation call the gateway makes itself (topics, pre-warming) through the
+        same caller, cache, coalescing and quota path as a client's, and capture the answer."""
+        captured = CapturedResponse()
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured.status = message["status"]
+                captured.headers = list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                captured.body.extend(message.get("body", b""))
+
+        try:
+            await self._identify(ctx)
+            await self._generation(ctx, capture, self._check_limits)
+        except CallRefused as refusal:
+            await send_refusal(capture, ctx, refusal)
+        return captured
+
+    async def _identify(self, ctx: CallContext) -> None:
+        """The caller's identity and the call's priority."""
+        if self._callers is not None:
+            ctx.identity = await self._callers.identify(ctx)
+            ctx.scope[SCOPE_USER] = ctx.identity.user
+        cap = ctx.identity.max_priority if ctx.identity is not None else None
+        try:
+            ctx.priority = effective_priority(
+                ctx.header.get("x-knowctl-priority"), self._default_priority, cap
+            )
+        except ValueError as exc:
+            raise CallRefused(400, f"X-Knowctl-Priority: {exc}") from None
+
+    async def _check_limits(self, ctx: CallContext) -> None:
+        """The caller's own limits (only generation calls count)."""
+        if self._callers is not None:
+            await self._callers.check_limits(ctx)
+
+    @staticmethod
+    def _check_body(call: ApiCall, body: bytes) -> tuple[str | None, dict[str, Any] | None]:
+        """(what is wrong with the body, or None; the parsed body when it is an object)."""
+        if not body and call.known_action is None:
+            return None, None  # other actions may legitimately have no body
+        if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
+            # Parsed, each tiny object costs about twenty times its bytes: a body within the
+            # size limit could still take hundreds of MB. Counted before it is parsed.
+            return f"Request body has more than {MAX_JSON_CONTAINERS} JSON objects and arrays.", None
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return f"Invalid JSON payload received. {exc.msg} at position {exc.pos}.", None
+        return body_problem(call.known_action, parsed), parsed if isinstance(parsed, dict) else None
+
+    async def _forward_with_quota(self, ctx: CallContext, send: Send, quota: QuotaGate) -> int:
+        """A model action that spends provider quota but is not generated through (embeddings,
+        batches, predictions): admitted like a generation call, its reservation kept (these
+        answers carry no usage to reconcile with) unless the provider refused the call
+        before spending anything on it."""
+        got = await quota.try_admit(ctx)
+        ticket = got if isinstance(got, Ticket) else await quota.wait_admit(ctx, got)
+        passed = Passed(CLIENT_CLOSED, 0, spent=True)  # cancelled: it may have been spent
+        try:
+            passed = await self._pass_on(ctx, send)
+        finally:
+            if passed.spent:
+                await quota.settle(ticket, None)
+            else:
+                quota.release(ticket)
+            if passed.provider == 429:
+                quota.upstream_exhausted(ctx.call.model or "-", None)
+        return passed.sent
+
+    async def _forward(self, ctx: CallContext, send: Send) -> int:
+        """Calls the gateway does not generate through (countTokens, listings, other
+        actions): forwarded as they are, answered as they come."""
+        return (await self._pass_on(ctx, send)).sent
+
+    async def _pass_on(self, ctx: CallContext, send: Send) -> Passed:
+        """Forward the call and pass the answer on."""
+        outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
+        own = self._upstream.own_credentials(ctx.call)
+        headers_sent = False
+        try:
+            async with self._upstream.send(outgoing) as response:
+                if self._callers is not None:
+                    self._callers.upstream_answered(ctx, response.status)
+                out_headers = [*response_headers(response, own), *ctx.response_headers]
+                if response.status >= 400:
+                    body = await response.read()
+                    sent = await send_upstream_error(
+                        send, ctx, response.status, body, out_headers, own_credentials=own
+                    )
+                    return Passed(sent, response.status, provider_counted(response.status, body))
+                if response.status == 200 and response.header(b"content-length") is None:
+                    # An answer of unknown length may be long: pass it on as it arrives.
+                    start = {"type": "http.response.start", "status": 200, "headers": out_headers}
+                    await send(start)
+                    headers_sent = True
+                    async for chunk in drain(response):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+                else:
+                    body = await response.read()
+                    content_type = response.header(b"content-type") or b"application/json"
+                    await respond(
+                        send,
+                        response.status,
+                        body,
+                        content_type,
+                        [(k, v) for k, v in out_headers if k != b"content-type"],
+                    )
+                return Passed(response.status, response.status, spent=True)
+        except UpstreamFailure as failure:  # counted and logged by UpstreamClient.send
+            if headers_sent:
+                # Too late for an error status: cut the connection so the client sees an
+                # incomplete answer instead of a stream that looks finished.
+                raise
+            sent = await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
+            return Passed(sent, 0, spent=failure.status != 503)  # 503: it never left

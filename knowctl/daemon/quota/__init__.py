@@ -1,0 +1,1 @@
+"""The provider quota: shared windows per model, priority headroom, the wait queue, quota news."""

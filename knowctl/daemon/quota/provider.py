@@ -1,0 +1,510 @@
+"""The provider quota gate: RPM/RPD/TPM/TPD windows shared through the store, a priority
+queue per model, and holds after the provider's own 429s.
+
+- ``try_admit`` is one ``store.acquire`` (one atomic Lua script on Redis); models without
+  limits never touch the store, and a held model or a busy queue answers from memory.
+- ``wait_admit`` queues by priority. One pump task per model lets only the head waiter try,
+  and sleeps until the blocking window frees (the store's exact ``retry_after``) or until
+  woken: a settle here or on another daemon returned tokens (pub/sub), a hold ended, a more
+  important waiter arrived. No polling.
+- ``settle`` replaces the token estimate by the real usage (``store.adjust``).
+- Store failures are retried with the same reservation id; while the store's breaker is
+  open (and while it recovers) admission follows this daemon's share of every window
+  (``quota_store.py``, ``degraded.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from knowctl.daemon import metrics
+from knowctl.daemon.config import quota_config
+from knowctl.daemon.context import CallContext
+from knowctl.daemon.contracts import CallRefused, Ticket
+from knowctl.daemon.ids import unique_id
+from knowctl.daemon.quota.bus import QuotaBus
+from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
+from knowctl.daemon.windows.degraded import local_limit
+from knowctl.daemon.windows.store import QuotaStore
+from knowctl.policy import quota as qp
+from knowctl.policy import tokens as tp
+from knowctl.policy.priority import Priority
+from knowctl.policy.windows import Window, capacity
+from knowctl.settings import Settings
+from knowctl.store import Announcement, Store, keys
+
+log = logging.getLogger("knowctl.quota")
+
+# Estimates kept for calls between try_admit and wait_admit (count_tokens mode only).
+_ESTIMATE_MEMO = 4096
+DECISIONS = ("admitted", "queued", "refused", "fallback")
+# When the store is overloaded (answers others, not us), try again after this long.
+STORE_BUSY_RETRY_S = 0.1
+
+
+@dataclass(eq=False, slots=True)
+class _Model:
+    """What this daemon knows about one model's quota."""
+
+    name: str
+    scope: str
+    windows: tuple[Window, ...]
+    tokens: bool  # has a token window
+    queue: WaitQueue[Ticket] = field(default_factory=WaitQueue)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+    free_at: float = 0.0  # epoch: when the head waiter's blocking window frees
+    hold_until: float = 0.0  # epoch: provider quota exhausted until then
+    streak: int = 0  # upstream 429s in a row without a success
+    inflight: dict[str, int] = field(default_factory=dict)  # window -> units reserved, unsettled
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
+    hold_checked: bool = False
+    awaited_until: float = 0.0  # epoch: the store's "callers wait for this model" flag lasts
+    label: str = ""  # the model's metrics label, once its limits are exported under it
+    output: tp.OutputHighMark = field(default_factory=tp.OutputHighMark)  # answers' usual length
+    unreserved: int = 0  # output tokens the calls in flight may take beyond their reservations
+
+
+class ProviderQuota:
+    """The QuotaGate of knowctl.daemon.contracts.
+
+    Degraded mode (store unreachable): each daemon admits what it had claimed in the shared
+    windows, then ``1/max_replicas`` of each window, in its own memory, and writes it back
+    when the store returns: the fleet never over-admits (quota_store.py, degraded.py).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        count_tokens: Callable[[CallContext], Awaitable[int]] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._cfg = quota_config(settings)
+        use_count = settings.token_estimator == "count_tokens"  # noqa: S105 (not a secret)
+        self._count_tokens = count_tokens if use_count else None
+        self._models: dict[str, _Model] = {}
+        self._waiting = 0
+        self._places = QueuePlaces(settings.queue_per_caller)
+        self._estimates: OrderedDict[int, tuple[CallContext, tp.Reservation]] = OrderedDict()
+        self._bus = QuotaBus(
+            store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
+        )
+        self._windows = QuotaStore(
+            store,
+            self._bus.spawn,
+            replicas=settings.max_replicas,
+            timeout=settings.store_timeout,
+            claims=True,
+        )
+        self._closed = False
+
+    @property
+    def degraded(self) -> bool:
+        """The shared store does not answer: admissions come from local windows."""
+        return self._windows.degraded
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen for other daemons' notifications (returns once subscribed, or at once if the
+        store is down: the listener keeps trying in the background)."""
+        await self._bus.start(self._settings.store_timeout * 4)
+
+    async def close(self) -> None:
+        """Answer every waiter (503, retry soon), stop the tasks, drop the local windows."""
+        self._closed = True
+        for m in self._models.values():
+            for waiter in m.queue.drain():
+                if not waiter.gone:
+                    waiter.future.set_exception(
+                        CallRefused(503, "The gateway is shutting down.", retry_after=1)
+                    )
+            if m.pump is not None:
+                m.pump.cancel()
+        await self._bus.close()
+        await self._windows.close()
+
+    # --- QuotaGate ---------------------------------------------------------------------------
+    @property
+    def reserves_early(self) -> bool:
+        """Whether ``reserve`` needs nothing but the store (no countTokens call first), so
+        it can share a round trip with the caller's limit check and the cache lookup."""
+        return self._count_tokens is None
+
+    async def reserve(self, ctx: CallContext) -> Ticket | float:
+        m = await self._model(ctx.call.model or "-")
+        now = time.time()
+        if m.hold_until > now:
+            # Also for models without limits of ours: the provider said 429, and asking it
+            # again before the hold ends only earns another (a stale answer may serve instead).
+            return m.hold_until - now
+        if not m.windows:
+            return Ticket(m.name, "", 0)
+        if m.queue.ahead_of(ctx.priority):
+            # Strict priority and FIFO hold for newcomers too: do not overtake the queue.
+            return max(0.0, m.free_at - now)
+        return await self._acquire(m, ctx.priority, await self._estimate(ctx, m))
+
+    async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
+        # With ``reserved`` nothing here suspends: a reservation handed in cannot be lost
+        # to a cancellation between its hand-over and this return.
+        result = await self.reserve(ctx) if reserved is None else reserved
+        if isinstance(result, Ticket):
+            self._count(self._models[result.model], "admitted")
+        return result
+
+    def release(self, ticket: Ticket) -> None:
+        """Give back, in the background, a reservation no upstream call will use."""
+        m = self._models.get(ticket.model)
+        if m is not None and ticket.reservation_id:
+            self._bus.spawn(self._release(m, ticket))
+
+    async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
+        m = await self._model(ctx.call.model or "-")
+        if not m.windows:
+            held = m.hold_until - time.time()
+            if held > 0:  # no queue without windows: the caller retries after the hold
+                self._refuse(m, f"The provider's quota for {m.name} is exhausted.", held)
+            self._count(m, "admitted")
+            return Ticket(m.name, "", 0)
+        timeout = self._settings.queue_timeout
+        held = m.hold_until - time.time()
+        if qp.never_fits(retry_after):
+            self._refuse(
+                m,
+                f"The request exceeds the {m.name} quota available to priority "
+                f"{ctx.priority.name} and can never be admitted.",
+                None,
+            )
+        if held > timeout or qp.refuse_at_once(retry_after, timeout, m.tokens):
+            self._refuse(m, f"Quota exceeded for {m.name}.", max(retry_after, held))
+        if self._waiting >= self._settings.queue_size:
+            self._refuse(m, f"Quota exceeded for {m.name} and the wait queue is full.", retry_after)
+        reserving = await self._estimate(ctx, m)
+        caller = ctx.identity.caller if ctx.identity is not None else None
+        if self._places.full(caller):  # no await from here to the push
+            self._refuse(
+                m, f"Quota exceeded for {m.name}; this caller holds its share of the wait queue.", retry_after
+            )
+        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller)
+        now = time.time()
+        if now >= m.awaited_until - timeout / 2:  # marked for at least another half wait
+            m.awaited_until = now + timeout + 1
+            self._bus.waiting(m.name, timeout + 1)
+        self._waiting += 1
+        self._count(m, "queued")
+        metrics.QUEUE_DEPTH_BY(ctx.priority.name).inc()
+        if is_head:
+            m.wake.set()  # the pump must reconsider who goes first
+        if m.pump is None:
+            m.pump = asyncio.create_task(self._pump(m), name=f"quota-pump-{m.name}")
+        try:
+            await asyncio.wait({waiter.future}, timeout=timeout)
+        except asyncio.CancelledError:
+            # The caller went away; a ticket granted at that very moment must go back.
+            fut = waiter.future
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._bus.spawn(self._release(m, fut.result()))
+            raise
+        finally:
+            self._waiting -= 1
+            metrics.QUEUE_DEPTH_BY(ctx.priority.name).dec()
+            if m.queue.remove(waiter):
+                m.wake.set()
+            if not waiter.future.done():
+                waiter.future.cancel()  # tells the pump to hand back a ticket it gets now
+        if waiter.future.cancelled():
+            now = time.time()
+            self._refuse(
+                m,
+                f"Quota exceeded for {m.name}; no capacity freed within {timeout:g}s.",
+                max(m.free_at, m.hold_until, now) - now,
+            )
+        try:
+            ticket = waiter.future.result()
+        except CallRefused as refused:
+            self._count(m, "refused")
+            raise refused from None
+        self._unreserved(m, ticket, reserving.unreserved)
+        self._count(m, "admitted")
+        return ticket
+
+    async def settle(self, ticket: Ticket, usage: dict[str, Any] | None) -> None:
+        m = self._models.get(ticket.model)
+        if m is None or not ticket.reservation_id:
+            return
+        for w in m.windows:
+            m.inflight[w.name] -= ticket.estimated_tokens if w.name in qp.TOKEN_WINDOWS else 1
+        unreserved = ticket.data.pop("unreserved", 0)
+        if unreserved:
+            m.unreserved -= unreserved
+            metrics.QUOTA_UNRESERVED_BY(self._label(m)).set(m.unreserved)
+        output = tp.output_tokens(usage)
+        if output is not None:
+            m.output.observe(output)
+        actual = tp.actual_tokens(usage, self._cfg.token_mode)
+        if actual is None:
+            return  # cut off or no counts: the reservation stands, which can only under-admit
+        m.streak = 0
+        if not m.tokens:
+            return
+        metrics.TOKEN_ESTIMATE_ERROR.observe(actual - ticket.estimated_tokens)
+        if actual == ticket.estimated_tokens:
+            return
+        returned = actual < ticket.estimated_tokens
+        announce = self._bus.freed(m.name) if returned else None
+        if not await self._adjust(m, ticket, qp.amounts(m.windows, actual), announce):
+            return
+        if returned:
+            m.wake.set()
+
+    def upstream_exhausted(self, model: str, retry_delay: float | None) -> None:
+        m = self._models.get(model) or self._new_model(model)
+        now = time.time()
+        if m.hold_until <= now:
+            # Count a new 429 only once the previous hold ended: calls already in flight
+            # when the first 429 came must not escalate the back-off.
+            m.streak += 1
+        delay = qp.hold_delay(
+            retry_delay,
+            max(1, m.streak),
+            self._settings.upstream_backoff_s,
+            self._settings.upstream_backoff_max_s,
+        )
+        until = now + delay
+        self._hold(m, until)
+        self._bus.hold(m.name, until, delay)
+
+    def record_fallback(self, model: str) -> None:
+        """The pipeline served a stale answer instead of waiting for quota."""
+        self._count(self._models.get(model) or self._new_model(model), "fallback")
+
+    # --- admission ---------------------------------------------------------------------------
+    async def _acquire(
+        self, m: _Model, priority: Priority, reserving: tp.Reservation | int
+    ) -> Ticket | float:
+        planned = reserving if isinstance(reserving, tp.Reservation) else tp.Reservation(reserving)
+        tokens = planned.tokens
+        rid = unique_id()
+        amounts = qp.amounts(m.windows, tokens)
+        share = self._cfg.share(priority)
+        got = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
+        if got is None:  # the store is overloaded: admit nothing blind, come back shortly
+            return STORE_BUSY_RETRY_S
+        admission, where = got
+        label = self._label(m)
+        for w, used in zip(m.windows, admission.usage, strict=True):
+            metrics.QUOTA_USED_BY(label, w.name).set(used)
+        if not admission.admitted:
+            return admission.retry_after
+        for w, amount in zip(m.windows, amounts, strict=True):
+            m.inflight[w.name] += amount
+        ticket = Ticket(m.name, rid, tokens, {"where": where})
+        self._unreserved(m, ticket, planned.unreserved)
+        return ticket
+
+    def _unreserved(self, m: _Model, ticket: Ticket, tokens: int) -> None:
+        """Count what the ticket's answer may take beyond its reservation, until settled."""
+        if tokens:
+            ticket.data["unreserved"] = ticket.data.get("unreserved", 0) + tokens
+            m.unreserved += tokens
+            metrics.QUOTA_UNRESERVED_BY(self._label(m)).set(m.unreserved)
+
+    async def _estimate(self, ctx: CallContext, m: _Model) -> tp.Reservation:
+        if not m.tokens:
+            return tp.Reservation(0)  # no token window: the count would not be used
+        if self._count_tokens is not None:
+            memo = self._estimates.get(id(ctx))
+            if memo is not None and memo[0] is ctx:
+                return memo[1]
+            try:
+                counted = await self._count_tokens(ctx)
+            except Exception as exc:  # any failure of the upstream call: fall back to bytes
+                log.warning("quota: countTokens failed, estimating from bytes: %s", exc)
+                counted = tp.input_estimate(ctx.payload, self._settings.token_bytes_per_token)
+        else:
+            counted = tp.input_estimate(ctx.payload, self._settings.token_bytes_per_token)
+        reserving = tp.reservation(
+            counted,
+            ctx.payload,
+            self._cfg.token_mode,
+            self._settings.default_max_output_tokens,
+            likely_output=m.output.value,
+            cap=self._token_cap(m, ctx.priority),
+        )
+        if self._count_tokens is not None:
+            self._estimates[id(ctx)] = (ctx, reserving)  # holding ctx keeps its id unique
+            while len(self._estimates) > _ESTIMATE_MEMO:
+                self._estimates.popitem(last=False)
+        return reserving
+
+    def _token_cap(self, m: _Model, priority: Priority) -> int:
+        """The most one call may reserve and still be admissible: the smallest token window
+        at the call's priority (this daemon's share of it while the store is down)."""
+        share = self._cfg.share(priority)
+        replicas = self._windows.local.replicas if self.degraded else 1
+        return min(
+            capacity(local_limit(w.limit, replicas), share) for w in m.windows if w.name in qp.TOKEN_WINDOWS
+        )
+
+    async def _pump(self, m: _Model) -> None:
+        """Serve the model's queue head first, sleeping until capacity can have freed."""
+        try:
+            while (waiter := m.queue.head()) is not None:
+                m.wake.clear()  # cleared before trying, so a wake-up during the try is kept
+                now = time.time()
+                if m.hold_until > now:
+                    await self._sleep(m, m.hold_until - now)
+                    continue
+                try:
+                    result = await self._acquire(m, waiter.priority, waiter.tokens)
+                except Exception as exc:  # a bug or a broken store: fail this waiter, not all
+                    if not waiter.gone:
+                        waiter.future.set_exception(exc)
+                    m.queue.remove(waiter)
+                    continue
+                if waiter.gone:  # gave up while we asked: hand the capacity back
+                    if isinstance(result, Ticket):
+                        await self._release(m, result)
+                    continue
+                if isinstance(result, Ticket):
+                    m.queue.remove(waiter)
+                    waiter.future.set_result(result)
+                elif qp.never_fits(result):
+                    m.queue.remove(waiter)
+                    waiter.future.set_exception(
+                        CallRefused(429, f"The request exceeds the {m.name} quota available to its priority.")
+                    )
+                else:
+                    m.free_at = now + result
+                    await self._sleep(m, result)
+        finally:
+            m.pump = None  # the next waiter starts a new pump
+
+    @staticmethod
+    async def _sleep(m: _Model, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(m.wake.wait(), max(delay, 0.001))
+
+    async def _adjust(
+        self, m: _Model, ticket: Ticket, amounts: tuple[int, ...], announce: Announcement | None = None
+    ) -> bool:
+        where = str(ticket.data.get("where", "shared"))
+        return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, where, announce)
+
+    async def _release(self, m: _Model, ticket: Ticket) -> None:
+        """Give back an admission nobody will use: amounts 0 free it in every window."""
+        await self.settle(ticket, None)
+        if not await self._adjust(m, ticket, (0,) * len(m.windows), self._bus.freed(m.name)):
+            return
+        m.wake.set()
+
+    def _refuse(self, m: _Model, message: str, retry_after: float | None) -> NoReturn:
+        self._count(m, "refused")
+        raise CallRefused(429, message, retry_after=None if retry_after is None else max(0.0, retry_after))
+
+    def _count(self, m: _Model, decision: str) -> None:
+        m.counts[decision] += 1
+        metrics.QUOTA_DECISIONS_BY(self._label(m), decision).inc()
+
+    # --- model state, holds and notifications ---------------------------------------------------
+    async def _model(self, name: str) -> _Model:
+        m = self._models.get(name) or self._new_model(name)
+        if not m.hold_checked:
+            m.hold_checked = True  # once per model and daemon: later holds arrive by pub/sub
+            await self._load_hold(m)
+        return m
+
+    def _new_model(self, name: str) -> _Model:
+        windows = self._cfg.windows(name)
+        m = _Model(
+            name, keys.quota_scope(name), windows, qp.has_token_window(windows), WaitQueue(self._places)
+        )
+        m.inflight = {w.name: 0 for w in windows}
+        self._label(m)
+        self._models[name] = m
+        return m
+
+    @staticmethod
+    def _label(m: _Model) -> str:
+        """The model's metrics label (``other`` until the provider has known the name), its
+        limits exported under it whenever it changes."""
+        label = metrics.MODELS(m.name)
+        if label != m.label:
+            m.label = label
+            for w in m.windows:
+                metrics.QUOTA_LIMIT.labels(label, w.name).set(w.limit)
+        return label
+
+    async def _load_hold(self, m: _Model) -> None:
+        until = await self._bus.load_hold(m.name)
+        if until is not None:
+            self._hold(m, until)
+
+    def _hold(self, m: _Model, until: float) -> None:
+        if until > m.hold_until:
+            m.hold_until = until
+            m.wake.set()  # a sleeping pump must now wait for the hold instead
+
+    def _on_freed(self, model: str) -> None:
+        m = self._models.get(model)
+        if m is not None:  # a model never seen here has no waiters here
+            m.wake.set()
+
+    def _on_hold(self, model: str, until: float) -> None:
+        m = self._models.get(model)
+        if m is not None:
+            self._hold(m, until)
+
+    async def _on_subscribed(self) -> None:
+        for m in list(self._models.values()):
+            if m.windows:
+                await self._load_hold(m)
+                m.wake.set()
+
+    # --- stats ------------------------------------------------------------------------------------
+    async def stats(self, model: str | None = None) -> dict[str, Any]:
+        """What /api/quota/stats answers: per model and window, and for the whole daemon."""
+        names = [model] if model else sorted(set(self._models) | set(self._cfg.models))
+        now = time.time()
+        models: dict[str, Any] = {}
+        for name in names:
+            m = self._models.get(name) or self._new_model(name)
+            windows: dict[str, Any] = {}
+            if m.windows:
+                for w, u in zip(m.windows, await self._windows.usage(m.scope, m.windows), strict=True):
+                    metrics.QUOTA_USED_BY(self._label(m), w.name).set(u.used)
+                    windows[w.name] = qp.window_stats(
+                        w, u.used, max(0, m.inflight[w.name]), u.reset_after, now
+                    )
+            held = m.hold_until - now
+            models[name] = {
+                "limited": bool(m.windows),
+                "windows": windows,
+                "queue": {p.name: m.queue.depth(p) for p in Priority},
+                "counts": dict(m.counts),
+                "exhausted": {"remaining_s": round(held, 3), "until": qp.iso_utc(m.hold_until)}
+                if held > 0
+                else None,
+            }
+        return {
+            "degraded": self.degraded,
+            # After an outage: some windows still also count against this daemon's share.
+            "recovering": self._windows.local.recovering,
+            "max_replicas": self._windows.local.replicas,
+            "store": self._windows.shared.backend,
+            "tokens": self._cfg.token_mode,
+            "queue": {
+                "waiting": self._waiting,
+                "size": self._settings.queue_size,
+                "timeout_s": self._settings.queue_timeout,
+            },
+            "models": models,
+        }

@@ -1,0 +1,1 @@
+"""The topic API (``GET /topics/{topic}``) and its optional CDN purge hook."""

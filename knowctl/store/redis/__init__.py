@@ -1,0 +1,1 @@
+"""Redis backends (single, Cluster, Sentinel) over one pipelined connection per server."""

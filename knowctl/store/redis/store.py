@@ -1,0 +1,551 @@
+"""Redis backends: state shared by every daemon, via redis.asyncio.
+
+One class for every deployment shape: the client (one server, Sentinel-managed master, or
+Cluster) is built per URL scheme in :mod:`knowctl.store.redis.clients`; the scripts, the
+timeouts and the error mapping live here once. Cluster-only key handling (scans over every
+primary, unlinks grouped by slot, subscriptions on a chosen node) is in
+:mod:`knowctl.store.redis.cluster`; following a Sentinel failover, in
+:mod:`knowctl.store.redis.sentinel`.
+
+Every check-and-update is one Lua script (``knowctl/store/lua``), so it is atomic however
+many daemons share the server, and it reads the server's clock (TIME), so pods with skewed
+clocks still agree on every window. Every call is bounded by ``timeout`` seconds and
+raises :class:`StoreUnavailable` instead of hanging.
+
+A call that times out after Redis ran its script may leave a reservation recorded that
+the caller never uses: that can only under-admit, never over-admit.
+
+Operational note: run Redis with ``maxmemory-policy noeviction`` (or no maxmemory) for
+quota state; an evicted window log would forget usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any, TypeVar
+
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
+from knowctl.net.resp import Arg, Multiplexer
+from knowctl.policy.windows import Window, capacity, day_boundaries
+from knowctl.store import keys
+from knowctl.store.base import (
+    Admission,
+    Announcement,
+    Claim,
+    LeaseRead,
+    Store,
+    StoreUnavailable,
+    Subscription,
+    WindowUsage,
+    check_match,
+    check_ttl,
+    check_window_call,
+    redact_url,
+)
+
+# Keys per DEL/UNLINK command: big enough to amortise round trips, small enough not to stall Redis.
+KEY_BATCH = 1000
+T = TypeVar("T")
+
+# How long one pub/sub read waits before looking again; bounds how late close() is noticed.
+_POLL_S = 1.0
+# Server errors that mean "not now" (failover, loading, out of memory), not "bad call".
+# redis-py strips the code from the messages of the errors it has a class for, so match
+# those by class and the rest (BUSY: a script runs too long) by prefix.
+_TRANSIENT = ("OOM", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "READONLY", "NOREPLICAS")
+_TRANSIENT_ERRORS = (
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,
+    rexc.ClusterDownError,  # includes MasterDownError
+    rexc.TryAgainError,
+    rexc.ClusterError,  # redirections exhausted ("TTL exhausted") during a resharding
+)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a redis-py error means the store cannot answer now (degrade), not a bug."""
+    if isinstance(exc, rexc.ResponseError):
+        return isinstance(exc, _TRANSIENT_ERRORS) or str(exc).startswith(_TRANSIENT)
+    if isinstance(exc, rexc.RedisClusterException):
+        # Raised client-side when no node is reachable, slots are uncovered or the topology
+        # cannot be read; but keys of one command on different slots is our bug: raise it.
+        return "same key slot" not in str(exc) and not isinstance(
+            exc, rexc.CrossSlotTransactionError | rexc.InvalidPipelineStack
+        )
+    return isinstance(exc, rexc.ClusterError)
+
+
+def load_script(name: str, *, lib: bool = True) -> str:
+    """A script from knowctl/store/lua, with the shared _lib.lua (the window helpers) in
+    front of it unless ``lib`` is false."""
+    lua = files("knowctl.store") / "lua"
+    text = (lua / f"{name}.lua").read_text(encoding="utf-8")
+    return (lua / "_lib.lua").read_text(encoding="utf-8") + "\n" + text if lib else text
+
+
+@lru_cache(maxsize=128)
+def _midnights(tz: str, hour: int) -> tuple[int, ...]:
+    # The midnights sent span two days either side, so computing them once an hour is plenty.
+    return tuple(_us(b) for b in day_boundaries(tz, hour * 3600.0))
+
+
+def _admission(raw: list[int], windows: Sequence[Window]) -> Admission:
+    """acquire.lua's reply: admitted, retry_after_us, then per window usage, reset_after_us,
+    blocked, then the claims if asked for (one pass: this runs on every limit check and
+    quota admission)."""
+    usage: list[int] = []
+    reset_after: list[float] = []
+    blocked: list[str] = []
+    for i, w in enumerate(windows):
+        at = 2 + 3 * i
+        usage.append(int(raw[at]))
+        reset_after.append(raw[at + 1] / 1e6)
+        if raw[at + 2] == 1:
+            blocked.append(w.name)
+    return Admission(
+        admitted=raw[0] == 1,
+        retry_after=float("inf") if raw[1] < 0 else raw[1] / 1e6,
+        usage=tuple(usage),
+        limits=tuple(w.limit for w in windows),
+        reset_after=tuple(reset_after),
+        blocked=tuple(blocked),
+        claimed=tuple(int(v) for v in raw[2 + 3 * len(windows) :]),
+    )
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+# A cap no window reaches: exact in Lua doubles and in ZSET scores (2^53).
+UNBOUNDED_CAP = 2**53
+
+
+class RedisStore(Store):
+    backend = "redis"
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        url: str,
+        timeout: float,
+        closers: Sequence[Callable[[], Awaitable[Any]]] = (),
+        mux: Multiplexer | None = None,
+    ) -> None:
+        """``client`` comes from knowctl.store.redis.clients (timeouts, no retries) and is
+        owned by the store from now on; ``closers`` are closed with it; ``url`` is only
+        described (redacted), never connected to here. ``mux``, for one server, carries the
+        single commands (knowctl.net.resp); the client the rest (pipelines, SCAN, pub/sub)."""
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self._url = url
+        self._timeout = timeout
+        self._client = client
+        self._closers = list(closers)
+        self._mux = mux
+        # register_script only hashes the text; the first EVALSHA that meets NOSCRIPT (first
+        # use, server restart, SCRIPT FLUSH) loads the script and runs it again.
+        self._acquire = self._client.register_script(load_script("acquire"))
+        self._adjust = self._client.register_script(load_script("adjust"))
+        self._usage = self._client.register_script(load_script("usage"))
+        # Keys and values travel as KEYS/ARGV: data, never script text.
+        self._delete_if_equal = self._client.register_script(load_script("delete_if_equal", lib=False))
+        self._read_or_lease = self._client.register_script(load_script("read_or_lease", lib=False))
+        self._finish_lease = self._client.register_script(load_script("finish_lease", lib=False))
+        self._subscriptions: set[_RedisSubscription] = set()
+
+    def describe(self) -> str:
+        return redact_url(self._url)
+
+    async def _call(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation through redis-py within the timeout, mapping outages to
+        StoreUnavailable."""
+        return await self._mapped(op, self._bounded(make))
+
+    async def _bounded(self, make: Callable[[], Awaitable[T]]) -> T:
+        async with asyncio.timeout(self._timeout):
+            return await make()
+
+    async def _run(self, op: str, *args: Arg) -> Any:
+        """One command that answers at once: on the multiplexed connection when there is one
+        (it bounds the wait itself), else through redis-py."""
+        mux = self._mux
+        if mux is None:
+            return await self._call(op, lambda: self._client.execute_command(*args))
+        return await self._mapped(op, mux.execute(*args))
+
+    async def _eval(self, op: str, script: AsyncScript, script_keys: list[str], args: list[Any]) -> Any:
+        """Run a registered Lua script (loading it on the server on first use)."""
+        mux = self._mux
+        if mux is None:
+            return await self._call(op, lambda: script(keys=script_keys, args=args))
+        return await self._mapped(op, mux.evalsha(str(script.sha), str(script.script), script_keys, args))
+
+    async def _mapped(self, op: str, pending: Awaitable[T]) -> T:
+        """Await one operation, raising StoreUnavailable for an outage (see _outage)."""
+        try:
+            return await pending
+        except Exception as exc:
+            mapped = self._outage(op, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def _outage(self, op: str, exc: Exception) -> StoreUnavailable | None:
+        """The StoreUnavailable that ``exc`` means, or None when it is a bug to raise as is."""
+        if isinstance(exc, TimeoutError | rexc.TimeoutError):
+            return StoreUnavailable(f"{self.describe()}: {op} timed out after {self._timeout:g}s")
+        if isinstance(exc, rexc.ConnectionError | OSError):
+            return StoreUnavailable(f"{self.describe()}: {op} failed: {exc}")
+        if isinstance(exc, rexc.RedisError | rexc.RedisClusterException) and _unavailable(exc):
+            return StoreUnavailable(f"{self.describe()}: {op} failed: {exc!r}")
+        return None
+
+    async def ping(self) -> float:
+        started = time.perf_counter()
+        await self._run("PING", "PING")
+        return time.perf_counter() - started
+
+    async def close(self) -> None:
+        for sub in list(self._subscriptions):
+            await sub.aclose()
+        if self._mux is not None:
+            await self._mux.close()
+        for close in [self._client.aclose, *self._closers]:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await close()
+            except (TimeoutError, rexc.RedisError, OSError):
+                pass  # closing is best effort: the sockets are gone either way
+
+    # --- plain keys -------------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        keys.check(key)
+        value: Any = await self._run("GET", "GET", key)
+        return None if value is None else bytes(value)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        keys.check(key)
+        check_ttl(ttl)
+        ms = max(1, round(ttl * 1000))
+        await self._run("SET", "SET", key, value, "PX", ms)
+
+    async def delete(self, *names: str) -> int:
+        return await self._remove("DEL", names)
+
+    # --- sliding windows -------------------------------------------------------------------
+    def _script_input(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        reservation_id: str,
+        caps: Sequence[int],
+        amounts: Sequence[int],
+    ) -> tuple[list[str], list[Arg]]:
+        script_keys: list[str] = []
+        args: list[Arg] = [reservation_id, len(windows)]
+        around = time.time()  # only picks which midnights to send; the script uses TIME
+        for w, cap, amount in zip(windows, caps, amounts, strict=True):
+            script_keys += keys.window_keys(scope, w.name).as_list()
+            days = _midnights(w.calendar_tz, int(around // 3600)) if w.calendar_tz else ()
+            args += [_us(w.length_s), cap, amount, len(days), *days]
+        return script_keys, args
+
+    async def acquire(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        amounts: Sequence[int],
+        *,
+        share: float = 1.0,
+        reservation_id: str,
+        claim: Claim | None = None,
+    ) -> Admission:
+        check_window_call(scope, windows, amounts, reservation_id)
+        caps = [capacity(w.limit, share) for w in windows]
+        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        if claim is not None:
+            args += [claim.claimant, claim.divisor, _us(claim.ttl_s), *(w.limit for w in windows)]
+        raw: list[int] = await self._eval("acquire", self._acquire, script_keys, args)
+        return _admission(raw, windows)
+
+    async def record(
+        self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
+    ) -> None:
+        check_window_call(scope, windows, amounts, reservation_id)
+        caps = [UNBOUNDED_CAP] * len(windows)  # acquire.lua then admits whatever is recorded
+        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        await self._eval("acquire", self._acquire, script_keys, args)
+
+    async def adjust(
+        self,
+        scope: str,
+        windows: Sequence[Window],
+        reservation_id: str,
+        amounts: Sequence[int],
+        *,
+        announce: Announcement | None = None,
+    ) -> None:
+        check_window_call(scope, windows, amounts, reservation_id)
+        caps = [w.limit for w in windows]  # unused by adjust.lua
+        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
+        if announce is not None:
+            keys.check(announce.flag)
+            keys.check(announce.channel)
+            script_keys.append(announce.flag)
+            args += [announce.channel, announce.message]
+        await self._eval("adjust", self._adjust, script_keys, args)
+
+    async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:
+        check_window_call(scope, windows, None, None)
+        zeros = [0] * len(windows)
+        script_keys, args = self._script_input(scope, windows, "-", zeros, zeros)
+        raw: list[int] = await self._eval("usage", self._usage, script_keys, args)
+        return [
+            WindowUsage(w.name, int(raw[3 * i]), w.limit, int(raw[3 * i + 1]), raw[3 * i + 2] / 1e6)
+            for i, w in enumerate(windows)
+        ]
+
+    # --- notifications ----------------------------------------------------------------------
+    async def publish(self, channel: str, message: bytes) -> None:
+        keys.check(channel)
+        await self._run("PUBLISH", "PUBLISH", channel, message)
+
+    def subscribe(self, channel: str) -> Subscription:
+        keys.check(channel)
+        return _RedisSubscription(self, channel)
+
+    async def _pubsub_candidates(self, channel: str) -> list[Callable[[], PubSub]]:
+        """Ways to open a subscription connection, tried in order until one subscribes."""
+        client = self._client
+        assert isinstance(client, Redis)  # RedisClusterStore picks nodes itself
+        return [client.pubsub]
+
+    # --- records (owner: callers) -------------------------------------------------------------
+    async def hash_set(self, key: str, field: str, value: bytes) -> None:
+        keys.check(key)
+        await self._run("HSET", "HSET", key, field, value)
+
+    async def hash_get(self, key: str, field: str) -> bytes | None:
+        keys.check(key)
+        value: Any = await self._run("HGET", "HGET", key, field)
+        return None if value is None else bytes(value)
+
+    async def hash_get_all(self, key: str) -> dict[str, bytes]:
+        keys.check(key)
+        raw: Any = await self._call("HGETALL", lambda: self._client.hgetall(key))
+        return {(f.decode() if isinstance(f, bytes) else str(f)): bytes(v) for f, v in raw.items()}
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        keys.check(key)
+        if not fields:
+            return 0
+        removed: Any = await self._run("HDEL", "HDEL", key, *fields)
+        return int(removed)
+
+    # --- cache (owner: cache) -----------------------------------------------------------------
+    async def read_or_lease(
+        self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
+    ) -> LeaseRead:
+        for name in (entry, lease, watch):
+            keys.check(name)
+        check_ttl(lease_ttl)
+        script = self._read_or_lease
+        args = [token, max(1, round(lease_ttl * 1000)), -1 if stale_ttl is None else round(stale_ttl * 1000)]
+        raw: Any = await self._eval("read_or_lease", script, [entry, lease, watch], args)
+        value, fresh, leased = raw
+        return LeaseRead(None if value is None else bytes(value), fresh == 1, leased == 1)
+
+    async def finish_lease(
+        self,
+        lease: str,
+        watch: str,
+        token: bytes,
+        channel: str,
+        message: bytes,
+        *,
+        entry: str | None = None,
+        value: bytes = b"",
+        ttl: float = 0.0,
+    ) -> bool:
+        names = [lease, watch]
+        args: list[Any] = [token, channel, message]
+        if entry is not None:
+            check_ttl(ttl)
+            names.append(entry)
+            args += [value, max(1, round(ttl * 1000))]
+        for name in (*names, channel):
+            keys.check(name)
+        script = self._finish_lease
+        mine: Any = await self._eval("finish_lease", script, names, args)
+        return int(mine) == 1
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        keys.check(key)
+        check_ttl(ttl)
+        ms = max(1, round(ttl * 1000))
+        stored: Any = await self._run("SET NX", "SET", key, value, "PX", ms, "NX")
+        return bool(stored)
+
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        keys.check(key)
+        script = self._delete_if_equal
+        removed: Any = await self._eval("delete_if_equal", script, [key], [value])
+        return int(removed) == 1
+
+    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        keys.check(match)
+        check_match(match)
+        next_cursor, found = await self._call("SCAN", lambda: self._scan(match, cursor, max(1, count)))
+        return next_cursor, [k.decode() if isinstance(k, bytes) else str(k) for k in found]
+
+    async def _scan(self, match: str, cursor: int, count: int) -> tuple[int, list[Any]]:
+        assert isinstance(self._client, Redis)  # RedisClusterStore scans node by node
+        next_cursor, found = await self._client.scan(cursor=cursor, match=match, count=count)
+        return int(next_cursor), list(found)
+
+    def _key_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
+        """Keys for one multi-key command each (RedisClusterStore: one slot per batch)."""
+        return [names[start : start + KEY_BATCH] for start in range(0, len(names), KEY_BATCH)]
+
+    async def unlink(self, *names: str) -> int:
+        return await self._remove("UNLINK", names)
+
+    async def _remove(self, command: str, names: Sequence[str]) -> int:
+        """DEL or UNLINK ``names``: multi-key commands of up to KEY_BATCH keys, pipelined (one
+        command per batch is about ten times cheaper than one per key). execute_command, not
+        pipe.delete/unlink: the Cluster pipeline's take one key, though one slot's keys may
+        go together."""
+        for key in names:
+            keys.check(key)
+        if not names:
+            return 0
+
+        async def run() -> int:
+            pipe = self._client.pipeline(transaction=False)
+            for batch in self._key_batches(names):
+                pipe.execute_command(command, *batch)
+            return sum(int(n) for n in await pipe.execute())
+
+        return await self._call(command, run)
+
+    async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        keys.check(key)
+        check_ttl(ttl)
+        if not counts:
+            return
+        ms = max(1, round(ttl * 1000))
+
+        async def run() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for member, n in counts.items():
+                pipe.zincrby(key, int(n), member)
+            pipe.pexpire(key, ms)
+            await pipe.execute()
+
+        await self._call("ZINCRBY", run)
+
+    async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
+        keys.check(key)
+        if limit <= 0:
+            return []
+        raw: Any = await self._call(
+            "ZREVRANGE", lambda: self._client.zrevrange(key, 0, limit - 1, withscores=True)
+        )
+        return [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in raw]
+
+
+class _RedisSubscription(Subscription):
+    """One channel on its own pooled connection. A lost connection ends iteration with
+    StoreUnavailable; the caller subscribes again (messages published meanwhile are lost,
+    as with any Redis pub/sub, so treat them as hints and re-check state after a gap)."""
+
+    def __init__(self, store: RedisStore, channel: str) -> None:
+        self._store = store
+        self._channel = channel
+        self._pubsub: PubSub | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._pubsub is not None:
+            return
+        if self._closed:
+            raise StoreUnavailable("subscription is closed")
+        self._store._subscriptions.add(self)
+        try:
+            await self._store._call("SUBSCRIBE", self._connect)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _connect(self) -> None:
+        last: Exception | None = None
+        for make in await self._store._pubsub_candidates(self._channel):
+            pubsub = make()
+            self._pubsub = pubsub
+            try:
+                await self._subscribe(pubsub)
+                return
+            except (rexc.ConnectionError, OSError) as exc:
+                # Cluster: that node is down; any other one delivers the channel too.
+                last = exc
+                self._pubsub = None
+                await _close_quietly(pubsub)
+        raise StoreUnavailable(f"{self._store.describe()}: SUBSCRIBE failed: {last!r}") from last
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        await self.start()
+        while not self._closed:
+            pubsub = self._pubsub
+            assert pubsub is not None
+            message = await self._read(pubsub)
+            if message is not None and message.get("type") == "message":
+                return bytes(message["data"])
+        raise StopAsyncIteration
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        # SUBSCRIBE only sends the command; wait for the server's confirmation so that a
+        # message published (on another connection) after start() returns is never missed.
+        await pubsub.subscribe(self._channel)
+        while True:
+            message: Any = await pubsub.get_message(timeout=self._store._timeout)
+            if message is not None and message.get("type") == "subscribe":
+                return
+
+    async def _read(self, pubsub: PubSub) -> Any:
+        # get_message with a timeout returns None after that long without a message; it
+        # does not fall back to the socket timeout, which would fire on a quiet channel.
+        try:
+            return await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            await self.aclose()
+            raise StoreUnavailable(f"{self._store.describe()}: subscription lost: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._store._subscriptions.discard(self)
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                async with asyncio.timeout(self._store._timeout):
+                    await _close_quietly(pubsub)
+            except TimeoutError:
+                pass
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    with contextlib.suppress(TimeoutError, rexc.RedisError, OSError):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
