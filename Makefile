@@ -1,5 +1,5 @@
-# The everyday commands: `make run` (the gateway with its simulator), `make test`, `make lint`,
-# `make bench`. Each installs what it needs into .venv first.
+# The everyday commands: `make run` (the gateway with its simulator), `make test` (every tier),
+# `make test-unit` (the pure tier), `make lint`, `make bench`. Each installs what it needs into .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
@@ -7,7 +7,7 @@ DEV := $(VENV)/.installed-dev
 TOOLS := $(VENV)/.installed-tools
 BENCH := $(VENV)/.installed-bench
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-unit lint format bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ run: $(BASE)
 
 test: $(DEV) $(TOOLS)
 	$(PY) -m pytest
+
+# The pure tier alone (no Redis, no servers): seconds, for the edit-test loop.
+test-unit: $(DEV)
+	$(PY) -m pytest tests/unit
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check knowctl tests bench

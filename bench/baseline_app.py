@@ -10,7 +10,7 @@
 Both run on uvicorn with the gateway's settings (uvloop, httptools, no access log) and the
 gateway's own clients: knowctl's pipelined Redis connection and its HTTP/1.1 pool. With
 ``--client redis-py`` the GET goes through redis-py's connection pool instead, the standard
-client (and the one the store used when issue 8 set its targets).
+client (and the one the store used before knowctl's own).
 
     python bench/baseline_app.py --port 9000 --redis redis://127.0.0.1:6379/0 [--client redis-py]
     python bench/baseline_app.py --port 9001 --redis ... --upstream http://127.0.0.1:8000 --round-trips 1

@@ -1,4 +1,8 @@
-"""Shared test fixtures."""
+"""Fixtures shared by the tiers: the real Redis servers (one plain server, one 3-master
+Cluster per session) and the store over each backend, used by the store, gateway, cli, soak
+and deploy tiers alike; the gateway and simulator processes (tests.support.fixtures). A
+tier's own fixtures live in its conftest.py. Nothing here starts until a test asks for it,
+so ``make test-unit`` runs with no Redis on the machine."""
 
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 
 
 # ---------------------------------------------------------------------------------------
-# Distributed Redis fixtures (owner: knowctl/store; issue 7). A real 3-master Redis Cluster
+# Distributed Redis fixtures (owner: knowctl/store). A real 3-master Redis Cluster
 # on loopback, started once per session (about 2 s) and shared like the plain server; a
 # Sentinel group (master, replica, Sentinel) per test that wants one, as failover tests
 # change which server is master.

@@ -37,7 +37,18 @@ CONFIG_DIR = "/etc/knowctl"
 SECRETS_DIR = "/run/secrets"
 # What a browser script may read of the gateway's answers, beyond the CORS-safelisted
 # headers: every header the gateway sends for its callers (CDN-only fields are left out).
-CORS_EXPOSE_HEADERS = ("Age", "ETag", "RateLimit", "RateLimit-Policy", "Retry-After", "X-Knowctl-Cache")
+# X-Request-Id comes with a failed provider call's answer: the operator's log keeps the
+# provider's original answer under it. tests/deploy/test_compose_stack.py checks the list
+# against what running gateways send.
+CORS_EXPOSE_HEADERS = (
+    "Age",
+    "ETag",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+    "X-Knowctl-Cache",
+    "X-Request-Id",
+)
 # nginx's own default for idle upstream connections; never at or above the daemon's.
 NGINX_UPSTREAM_KEEPALIVE_S = 60
 

@@ -2,7 +2,7 @@
 
 The gateway is a plain ASGI callable rather than a framework app: its routing is a parse of
 the path (``knowctl.policy.paths``) and the framework's router and request objects would
-cost about a fifth of the throughput on the hot path (DESIGN.md, measured choices).
+cost about a fifth of the throughput on the hot path (docs/architecture.md, measured choices).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one interface every state backend implements, and the values it returns.
 
 Backends differ only in where state lives; the semantics (see knowctl.policy.windows) are
-the same, and tests/test_store.py runs every test against each backend.
+the same, and tests/store/test_store.py runs every test against each backend.
 
 Room to grow: cache-index and lease operations (e.g. ``index_add``/``index_members`` for
 topic refresh, ``lease(name, ttl)``/``release(lease)`` for single-flight refresh) are to be

@@ -1,0 +1,1 @@
+"""Pure tests: no servers, no Redis; `make test-unit` runs them alone."""

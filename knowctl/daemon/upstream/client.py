@@ -1,8 +1,8 @@
 """The one long-lived upstream client: where a call goes, with which headers.
 
 The HTTP itself is knowctl.net.http1 (pooled keep-alive HTTP/1.1 on httptools): httpx's
-pool serialises on its locks (about 450 requests/s, DESIGN.md), and aiohttp spent 91 µs of
-CPU per call at 32 in flight where http1 spends 24 (measured against the simulator).
+pool serialises on its locks and aiohttp and pyreqwest cost
+clearly more CPU per call (figures: docs/architecture.md, measured choices; bench/libraries.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The daemon's rooms and the whole gateway: real daemons, the simulator and Redis on loopback."""

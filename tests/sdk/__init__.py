@@ -1,0 +1,1 @@
+"""The official SDKs (google-genai, the legacy vertexai SDK) against a real gateway."""

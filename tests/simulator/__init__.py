@@ -1,0 +1,1 @@
+"""The Gemini-compatible simulator, on its own and through the official SDK."""

@@ -1,0 +1,1 @@
+"""Load and store stalls through real daemons (wrk, CLIENT PAUSE)."""

@@ -1,0 +1,1 @@
+"""The state backends against memory://, a real Redis, a real Redis Cluster and Sentinel."""
