@@ -42,12 +42,12 @@ test-unit: $(DEV)
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check knowctl tests bench
-	$(VENV)/bin/ruff format --check knowctl
+	$(VENV)/bin/ruff format --check knowctl tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 format: $(DEV)
-	$(VENV)/bin/ruff format knowctl
+	$(VENV)/bin/ruff format knowctl tests bench
 	$(VENV)/bin/ruff check --fix knowctl tests bench
 
 # The libraries bench/libraries.py measures knowctl's own clients against.

@@ -57,7 +57,11 @@ class Baseline:
         if scope["path"] == "/health":
             await answer(send, b"ok")
         elif self.origin is None:
-            get = self.pooled.get(ANSWER_KEY) if self.pooled is not None else self.redis.execute("GET", ANSWER_KEY)
+            get = (
+                self.pooled.get(ANSWER_KEY)
+                if self.pooled is not None
+                else self.redis.execute("GET", ANSWER_KEY)
+            )
             await answer(send, await get or b"{}")
         else:
             await self.relay(scope, body, send)
@@ -73,8 +77,11 @@ class Baseline:
         headers = {"content-type": "application/json"}
         async with self.pool.request("POST", self.origin, target, headers, body) as response:
             content_type = response.header(b"content-type") or b"application/json"
-            start = {"type": "http.response.start", "status": response.status,
-                     "headers": [(b"content-type", content_type)]}
+            start = {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(b"content-type", content_type)],
+            }
             await send(start)
             async for piece in response.chunks():
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
@@ -82,9 +89,13 @@ class Baseline:
 
 
 async def answer(send: Any, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -97,8 +108,17 @@ def main() -> None:
     parser.add_argument("--client", choices=("pipelined", "redis-py"), default="pipelined")
     args = parser.parse_args()
     app = Baseline(args.redis, args.upstream, args.round_trips, args.client)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools",
-                lifespan="off", access_log=False, log_level="warning", server_header=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+    )
 
 
 if __name__ == "__main__":

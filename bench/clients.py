@@ -42,8 +42,10 @@ class Connection:
 
     def _send(self, method: str, path: str, body: bytes) -> None:
         assert self.writer is not None
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         self.writer.write(head.encode() + body)
 
     async def _head(self) -> tuple[int, dict[str, str]]:
@@ -119,7 +121,12 @@ async def ttfb(url: str, path: str, streams: int, concurrency: int) -> Times:
 
 
 async def ttfb_pair(
-    first_url: str, second_url: str | None, path: str, streams: int, concurrency: int, per_connection: int = 50
+    first_url: str,
+    second_url: str | None,
+    path: str,
+    streams: int,
+    concurrency: int,
+    per_connection: int = 50,
 ) -> tuple[Times, Times]:
     """``ttfb`` of both URLs in alternating batches (``per_connection`` streams on each of
     ``concurrency`` connections, kept open throughout), so that a drift of the machine's

@@ -105,9 +105,21 @@ def redis_server() -> Iterator[str]:
         sys.exit("bench needs redis-server (or valkey-server) on PATH")
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--protected-mode", "yes"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10
@@ -154,8 +166,18 @@ def configure_simulator(sim: Service, **changes: float) -> None:
 def gateway(upstream: str, store_url: str, **extra_env: str) -> contextlib.AbstractContextManager[Service]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "knowctl", "serve", "--port", str(port), "--upstream", upstream,
-            "--store", store_url]
+    argv = [
+        sys.executable,
+        "-m",
+        "knowctl",
+        "serve",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream,
+        "--store",
+        store_url,
+    ]
     return service("gateway", argv, f"{url}/api/health", url, env={**GATEWAY_ENV, **extra_env})
 
 
@@ -167,18 +189,37 @@ def baseline_app(
     each relayed call."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, str(HERE / "baseline_app.py"), "--port", str(port), "--redis", store_url,
-            "--client", client]
+    argv = [
+        sys.executable,
+        str(HERE / "baseline_app.py"),
+        "--port",
+        str(port),
+        "--redis",
+        store_url,
+        "--client",
+        client,
+    ]
     if upstream is not None:
         argv += ["--upstream", upstream, "--round-trips", str(round_trips)]
     return service("baseline", argv, f"{url}/health", url)
 
 
-def _wrk_command(url: str, concurrency: int, seconds: int, same_prompt: bool) -> tuple[list[str], dict[str, str]]:
+def _wrk_command(
+    url: str, concurrency: int, seconds: int, same_prompt: bool
+) -> tuple[list[str], dict[str, str]]:
     """wrk's argv (a thread per 8 connections, at most 2) and environment for post.lua."""
     threads = 1 if concurrency < 8 else 2
-    argv = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
-            "-s", str(HERE / "post.lua"), url]
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "post.lua"),
+        url,
+    ]
     return argv, {**os.environ, "BENCH_SAME_PROMPT": "1" if same_prompt else ""}
 
 
@@ -190,9 +231,11 @@ def wrk(
     cpu_before = cpu_seconds(pid) if pid else 0.0
     seconds = max(1, round(duration))
     argv, env = _wrk_command(url, concurrency, seconds, same_prompt)
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env, timeout=seconds + 30).stdout
+    out = subprocess.run(
+        argv, capture_output=True, text=True, check=True, env=env, timeout=seconds + 30
+    ).stdout
     line = next(li for li in out.splitlines() if li.startswith("RESULT "))
-    result: dict[str, float] = json.loads(line[len("RESULT "):])
+    result: dict[str, float] = json.loads(line[len("RESULT ") :])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["errors"] = result["non_2xx"] + result["socket_errors"]
     if pid:

@@ -60,7 +60,7 @@ VALUE_KEY = "bench:lib:value"
 COUNTER_KEY = "bench:lib:counter"
 SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
-VALUE = (b"v" * 2048)
+VALUE = b"v" * 2048
 
 
 # --- the payloads --------------------------------------------------------------------------------
@@ -71,19 +71,25 @@ def _padded(make: Callable[[str], dict[str, Any]], size: int) -> bytes:
 
 
 def request_body() -> bytes:
-    return _padded(lambda text: {
-        "contents": [{"role": "user", "parts": [{"text": f"bench about the tides and the moon {text}"}]}],
-        "generationConfig": {"temperature": 0.2, "maxOutputTokens": 256},
-    }, 1024)
+    return _padded(
+        lambda text: {
+            "contents": [{"role": "user", "parts": [{"text": f"bench about the tides and the moon {text}"}]}],
+            "generationConfig": {"temperature": 0.2, "maxOutputTokens": 256},
+        },
+        1024,
+    )
 
 
 def _answer(text: str, last: bool) -> dict[str, Any]:
     candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
     if last:
         candidate["finishReason"] = "STOP"
-    return {"candidates": [candidate],
-            "usageMetadata": {"promptTokenCount": 256, "candidatesTokenCount": 512, "totalTokenCount": 768},
-            "modelVersion": "gemini-2.5-flash", "responseId": "bench-response-id"}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": {"promptTokenCount": 256, "candidatesTokenCount": 512, "totalTokenCount": 768},
+        "modelVersion": "gemini-2.5-flash",
+        "responseId": "bench-response-id",
+    }
 
 
 ANSWER = _padded(lambda text: _answer(text, True), 2048)
@@ -96,9 +102,16 @@ def serve_upstream(port: int, gap_ms: float) -> None:
     import uvicorn
 
     gap = gap_ms / 1000
-    answer_head = {"type": "http.response.start", "status": 200,
-                   "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]}
-    stream_head = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+    answer_head = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())],
+    }
+    stream_head = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/event-stream")],
+    }
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -120,8 +133,16 @@ def serve_upstream(port: int, gap_ms: float) -> None:
             await send(answer_head)
             await send({"type": "http.response.body", "body": ANSWER})
 
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="off",
-                access_log=False, log_level="warning")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 # --- the clients -----------------------------------------------------------------------------------
@@ -133,8 +154,11 @@ class HttpClient:
 
     async def open(self, base: str) -> None: ...
     async def close(self) -> None: ...
-    async def post(self) -> int: raise NotImplementedError
-    async def stream(self) -> int: raise NotImplementedError
+    async def post(self) -> int:
+        raise NotImplementedError
+
+    async def stream(self) -> int:
+        raise NotImplementedError
 
 
 def _check(status: int, size: int, expected: int) -> None:
@@ -181,8 +205,12 @@ class Aiohttp(HttpClient):
 
         connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30)
         self.session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=60, connect=5), trust_env=False)
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=60, connect=5),
+            trust_env=False,
+        )
         # URLs parsed once: the library's best case (a proxy builds one per call).
         self.post_url, self.stream_url = yarl.URL(base + GENERATE), yarl.URL(base + STREAM)
         self.body = request_body()
@@ -213,10 +241,20 @@ class Pyreqwest(HttpClient):
         from pyreqwest.client import ClientBuilder
         from pyreqwest.http import Url
 
-        self.client = (ClientBuilder().gzip(False).brotli(False).zstd(False).deflate(False)
-                       .follow_redirects(False).referer(False).max_connections(None)
-                       .pool_max_idle_per_host(1024).timeout(dt.timedelta(seconds=60))
-                       .connect_timeout(dt.timedelta(seconds=5)).build())
+        self.client = (
+            ClientBuilder()
+            .gzip(False)
+            .brotli(False)
+            .zstd(False)
+            .deflate(False)
+            .follow_redirects(False)
+            .referer(False)
+            .max_connections(None)
+            .pool_max_idle_per_host(1024)
+            .timeout(dt.timedelta(seconds=60))
+            .connect_timeout(dt.timedelta(seconds=5))
+            .build()
+        )
         self.post_url, self.stream_url = Url(base + GENERATE), Url(base + STREAM)
         self.body = request_body()
 
@@ -246,8 +284,11 @@ class RedisClient:
 
     async def open(self, host: str, port: int) -> None: ...
     async def close(self) -> None: ...
-    async def get(self) -> int: raise NotImplementedError
-    async def evalsha(self) -> int: raise NotImplementedError
+    async def get(self) -> int:
+        raise NotImplementedError
+
+    async def evalsha(self) -> int:
+        raise NotImplementedError
 
 
 def _check_value(value: Any) -> int:
@@ -319,9 +360,16 @@ class Glide(RedisClient):
         return _check_count(await self.client.invoke_script(self.script, keys=[COUNTER_KEY], args=["1"]))
 
 
-HTTP_CLIENTS: list[tuple[type[HttpClient], str | None]] = [(Http1, None), (Aiohttp, "aiohttp"), (Pyreqwest, "pyreqwest")]
+HTTP_CLIENTS: list[tuple[type[HttpClient], str | None]] = [
+    (Http1, None),
+    (Aiohttp, "aiohttp"),
+    (Pyreqwest, "pyreqwest"),
+]
 REDIS_CLIENTS: list[tuple[type[RedisClient], str | None]] = [
-    (Multiplexer, None), (RedisPy, "redis"), (Glide, "valkey-glide")]
+    (Multiplexer, None),
+    (RedisPy, "redis"),
+    (Glide, "valkey-glide"),
+]
 
 
 def available(clients: list[tuple[type[T], str | None]], missing: list[str]) -> list[type[T]]:
@@ -395,11 +443,16 @@ async def run_case(case: Case, calls: dict[str, Call], rounds: int) -> None:
         for name, call in calls.items():
             case.samples[name].append(await block(call, case.calls, case.inflight))
     case.load_after = loadavg()
-    print(f"[{case.piece} {case.name}, {case.inflight} in flight] load {case.load_before} -> {case.load_after}")
+    print(
+        f"[{case.piece} {case.name}, {case.inflight} in flight] load {case.load_before} -> {case.load_after}"
+    )
     for name, samples in case.samples.items():
         cpu = [s.cpu_us for s in samples]
-        print(f"  {name:14} {statistics.median(cpu):7.1f} µs CPU/call ({min(cpu):.1f}-{max(cpu):.1f}), "
-              f"{statistics.median(s.rps for s in samples):8.0f} calls/s", flush=True)
+        print(
+            f"  {name:14} {statistics.median(cpu):7.1f} µs CPU/call ({min(cpu):.1f}-{max(cpu):.1f}), "
+            f"{statistics.median(s.rps for s in samples):8.0f} calls/s",
+            flush=True,
+        )
 
 
 async def idle_cpu_ms_per_s(seconds: float = 1.0) -> float:
@@ -412,22 +465,30 @@ async def idle_cpu_ms_per_s(seconds: float = 1.0) -> float:
 
 async def harness_floor() -> dict[int, float]:
     """What ``block`` itself costs per call (a call that does nothing), at each load."""
+
     async def nothing() -> int:
         return 1
 
-    return {n: statistics.median([(await block(nothing, 20000, n)).cpu_us for _ in range(3)]) for n in (1, 32)}
+    return {
+        n: statistics.median([(await block(nothing, 20000, n)).cpu_us for _ in range(3)]) for n in (1, 32)
+    }
 
 
-async def http_piece(base: str, classes: list[type[HttpClient]], args: argparse.Namespace) -> tuple[list[Case], float]:
+async def http_piece(
+    base: str, classes: list[type[HttpClient]], args: argparse.Namespace
+) -> tuple[list[Case], float]:
     clients = [cls() for cls in classes]
     for client in clients:
         await client.open(base)
     try:
         idle = await idle_cpu_ms_per_s()
         cases = []
-        for what, inflight, calls in (("POST, 2 KB JSON answer", 1, 2000), ("POST, 2 KB JSON answer", 32, 4000),
-                                      ("POST, SSE answer (4 events)", 1, 400),
-                                      ("POST, SSE answer (4 events)", 32, 2000)):
+        for what, inflight, calls in (
+            ("POST, 2 KB JSON answer", 1, 2000),
+            ("POST, 2 KB JSON answer", 32, 4000),
+            ("POST, SSE answer (4 events)", 1, 400),
+            ("POST, SSE answer (4 events)", 32, 2000),
+        ):
             case = Case("http1", what, inflight, max(inflight, int(calls * args.scale)))
             method = "stream" if "SSE" in what else "post"
             await run_case(case, {c.name: getattr(c, method) for c in clients}, args.rounds)
@@ -438,7 +499,9 @@ async def http_piece(base: str, classes: list[type[HttpClient]], args: argparse.
             await client.close()
 
 
-async def redis_piece(url: str, classes: list[type[RedisClient]], args: argparse.Namespace) -> tuple[list[Case], float]:
+async def redis_piece(
+    url: str, classes: list[type[RedisClient]], args: argparse.Namespace
+) -> tuple[list[Case], float]:
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     redis_command(url, "SET", VALUE_KEY, VALUE)
     redis_command(url, "SCRIPT", "LOAD", SCRIPT)
@@ -448,8 +511,12 @@ async def redis_piece(url: str, classes: list[type[RedisClient]], args: argparse
     try:
         idle = await idle_cpu_ms_per_s()
         cases = []
-        for what, inflight, calls in (("GET 2 KB", 1, 5000), ("GET 2 KB", 32, 20000),
-                                      ("EVALSHA", 1, 5000), ("EVALSHA", 32, 20000)):
+        for what, inflight, calls in (
+            ("GET 2 KB", 1, 5000),
+            ("GET 2 KB", 32, 20000),
+            ("EVALSHA", 1, 5000),
+            ("EVALSHA", 32, 20000),
+        ):
             case = Case("resp", what, inflight, max(inflight, int(calls * args.scale)))
             method = "get" if what.startswith("GET") else "evalsha"
             await run_case(case, {c.name: getattr(c, method) for c in clients}, args.rounds)
@@ -467,9 +534,11 @@ def spread(values: list[float], digits: int = 1) -> str:
 
 def table(cases: list[Case]) -> tuple[list[str], list[str]]:
     """The markdown table, and one verdict line per case."""
-    lines = ["| piece | case | in flight | client | CPU µs/call, median (min-max) | x knowctl (paired, min-max) "
-             "| loop thread µs/call | calls/s, median (min-max) | pieces/call | within 1.5x | load before -> after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| piece | case | in flight | client | CPU µs/call, median (min-max) | x knowctl (paired, min-max) "
+        "| loop thread µs/call | calls/s, median (min-max) | pieces/call | within 1.5x | load before -> after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     verdicts = []
     for case in cases:
         names = list(case.samples)
@@ -486,19 +555,35 @@ def table(cases: list[Case]) -> tuple[list[str], list[str]]:
                 within.append(f"{name} {ratio:.2f}x ({'within' if ok else 'not within'})")
             lines.append(
                 f"| {case.piece} | {case.name} | {case.inflight} | {name} | {spread(cpu)} | "
-                + ("1.00x (ours)" if name == names[0] else f"{ratio:.2f}x ({min(paired):.2f}-{max(paired):.2f})")
+                + (
+                    "1.00x (ours)"
+                    if name == names[0]
+                    else f"{ratio:.2f}x ({min(paired):.2f}-{max(paired):.2f})"
+                )
                 + f" | {statistics.median(s.loop_cpu_us for s in samples):.1f} | {spread([s.rps for s in samples], 0)} | "
                 f"{statistics.median(s.pieces for s in samples):.2f} | "
                 + ("-" if name == names[0] else ("yes" if ok else "no"))
-                + f" | {case.load_before} -> {case.load_after} |")
-        verdicts.append(f"- {case.piece}, {case.name}, {case.inflight} in flight: knowctl {own_cpu:.1f} µs; "
-                        + "; ".join(within))
+                + f" | {case.load_before} -> {case.load_after} |"
+            )
+        verdicts.append(
+            f"- {case.piece}, {case.name}, {case.inflight} in flight: knowctl {own_cpu:.1f} µs; "
+            + "; ".join(within)
+        )
     return lines, verdicts
 
 
 def versions() -> str:
     out = []
-    for dist in ("aiohttp", "pyreqwest", "redis", "hiredis", "valkey-glide", "httptools", "uvloop", "uvicorn"):
+    for dist in (
+        "aiohttp",
+        "pyreqwest",
+        "redis",
+        "hiredis",
+        "valkey-glide",
+        "httptools",
+        "uvloop",
+        "uvicorn",
+    ):
         try:
             out.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
@@ -507,11 +592,15 @@ def versions() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=7, help="rounds of every client per case")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the calls per round")
     parser.add_argument("--pieces", nargs="+", choices=("http", "redis"), default=["http", "redis"])
-    parser.add_argument("--event-gap-ms", type=float, default=1.0, help="pause between the upstream's SSE events")
+    parser.add_argument(
+        "--event-gap-ms", type=float, default=1.0, help="pause between the upstream's SSE events"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -530,8 +619,14 @@ def main() -> None:
     if "http" in args.pieces:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port),
-                "--event-gap-ms", str(args.event_gap_ms)]
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve-upstream",
+            str(port),
+            "--event-gap-ms",
+            str(args.event_gap_ms),
+        ]
         with service("upstream", argv, f"{url}/health", url):
             found, idle["http"] = uvloop.run(http_piece(url, http_classes, args))
             cases += found
@@ -545,21 +640,32 @@ def main() -> None:
     lines, verdicts = table(cases)
     command = "python bench/libraries.py " + shlex.join(sys.argv[1:])
     report = [
-        f"# knowctl's clients beside libraries, {stamp}", "",
-        f"`{command.strip()}`", "",
+        f"# knowctl's clients beside libraries, {stamp}",
+        "",
+        f"`{command.strip()}`",
+        "",
         f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, uvloop; "
         f"{args.rounds} rounds per case, clients alternating; load average {started} at the start, "
-        f"{loadavg()} at the end.", "",
-        f"Versions: {versions()}.", "",
+        f"{loadavg()} at the end.",
+        "",
+        f"Versions: {versions()}.",
+        "",
         "CPU is the whole client process (all threads) per call; the loop thread column is the "
         "event loop's thread alone (the rest ran on the libraries' own threads). The ratio is of "
         "medians; in brackets, the range of the per-round ratios (each round ran all clients back "
-        "to back). Within 1.5x: the library's median CPU per call is at most 1.5 times knowctl's.", "",
-        *lines, "", "Verdicts:", "", *verdicts, "",
+        "to back). Within 1.5x: the library's median CPU per call is at most 1.5 times knowctl's.",
+        "",
+        *lines,
+        "",
+        "Verdicts:",
+        "",
+        *verdicts,
+        "",
         "Idle CPU of the process with every client open: "
         + ", ".join(f"{k} {v:.2f} ms/s" for k, v in idle.items())
         + "; the harness's own CPU per call (a call that does nothing): "
-        + ", ".join(f"{v:.2f} µs at {n} in flight" for n, v in floor.items()) + ".",
+        + ", ".join(f"{v:.2f} µs at {n} in flight" for n, v in floor.items())
+        + ".",
     ]
     if missing:
         report += ["", "Left out (not installed or not importable): " + "; ".join(missing) + "."]

@@ -49,7 +49,9 @@ def summarize(raw: Path, top: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", choices=("hit", "miss"))
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -68,8 +70,26 @@ def main() -> None:
         wrk(gw.url + GENERATE, args.concurrency, 1, same_prompt=same)  # warm up
         load = wrk_background(gw.url + GENERATE, args.concurrency, args.duration + 2, same_prompt=same)
         time.sleep(1)
-        subprocess.run([pyspy, "record", "-f", "raw", "-r", "250", "-d", str(args.duration), "-p", str(gw.pid),
-                        "-o", str(raw), "--nonblocking"], check=True, capture_output=True, timeout=args.duration + 60)
+        subprocess.run(
+            [
+                pyspy,
+                "record",
+                "-f",
+                "raw",
+                "-r",
+                "250",
+                "-d",
+                str(args.duration),
+                "-p",
+                str(gw.pid),
+                "-o",
+                str(raw),
+                "--nonblocking",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=args.duration + 60,
+        )
         out, _ = load.communicate(timeout=args.duration + 30)
         print(next((li for li in out.splitlines() if li.startswith("RESULT ")), "no wrk result"))
     summarize(raw, args.top)

@@ -116,11 +116,22 @@ class Bench:
         s = machine_state()
         self.states[case] = s
         warn = "  WARNING: the machine is busy, figures will be low" if s["cpu_busy"] > BUSY_WARNING else ""
-        print(f"[{case}] load {s['load1']:.2f} {s['load5']:.2f} {s['load15']:.2f}, "
-              f"cpu busy {s['cpu_busy']:.0%} before the case{warn}", flush=True)
+        print(
+            f"[{case}] load {s['load1']:.2f} {s['load5']:.2f} {s['load15']:.2f}, "
+            f"cpu busy {s['cpu_busy']:.0%} before the case{warn}",
+            flush=True,
+        )
 
-    def pair_wrk(self, label: str, base: Service, gw: Service, conc: int, *, same: bool = False,
-                 duration: float | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    def pair_wrk(
+        self,
+        label: str,
+        base: Service,
+        gw: Service,
+        conc: int,
+        *,
+        same: bool = False,
+        duration: float | None = None,
+    ) -> tuple[dict[str, float], dict[str, float]]:
         """Baseline and gateway under the same wrk load, each warmed up first."""
         seconds = duration or self.duration
         wrk(base.url + GENERATE, conc, 1, same_prompt=same)
@@ -128,17 +139,25 @@ class Bench:
         b = wrk(base.url + GENERATE, conc, seconds, same_prompt=same, pid=base.pid)
         g = wrk(gw.url + GENERATE, conc, seconds, same_prompt=same, pid=gw.pid)
         for name, r in (("baseline", b), ("gateway", g)):
-            print(f"  {label} {name}: {r['rps']:.0f} req/s, p50 {ms(r['p50_us'])} ms, "
-                  f"p99 {ms(r['p99_us'])} ms, errors {r['errors']:.0f}, "
-                  f"{r['cpu_us_per_request']:.0f} µs CPU/request", flush=True)
+            print(
+                f"  {label} {name}: {r['rps']:.0f} req/s, p50 {ms(r['p50_us'])} ms, "
+                f"p99 {ms(r['p99_us'])} ms, errors {r['errors']:.0f}, "
+                f"{r['cpu_us_per_request']:.0f} µs CPU/request",
+                flush=True,
+            )
         return b, g
 
     def throughput_row(self, case: str, base: dict[str, float], gw: dict[str, float], target: float) -> Row:
-        row = Row(case, "req/s", base["rps"], gw["rps"],
-                  p50=pair(base["p50_us"] / 1000, gw["p50_us"] / 1000),
-                  p99=pair(base["p99_us"] / 1000, gw["p99_us"] / 1000),
-                  target=f">= {target:.0%}", extra={"baseline": base, "gateway": gw,
-                                                      "gateway_cpu_us_per_request": gw["cpu_us_per_request"]})
+        row = Row(
+            case,
+            "req/s",
+            base["rps"],
+            gw["rps"],
+            p50=pair(base["p50_us"] / 1000, gw["p50_us"] / 1000),
+            p99=pair(base["p99_us"] / 1000, gw["p99_us"] / 1000),
+            target=f">= {target:.0%}",
+            extra={"baseline": base, "gateway": gw, "gateway_cpu_us_per_request": gw["cpu_us_per_request"]},
+        )
         row.cpu_us = gw["cpu_us_per_request"]
         row.met = row.ratio is not None and row.ratio >= target and gw["errors"] == 0
         return row
@@ -147,8 +166,11 @@ class Bench:
     def hit(self, sim_url: str, store: str) -> None:
         # Two bare baselines: the GET through redis-py's pool (the standard client, what the
         # issue's figures were set against) and through knowctl's own pipelined connection.
-        with (gateway(sim_url, store) as gw, baseline_app(store, client="redis-py") as pooled,
-              baseline_app(store) as pipelined):
+        with (
+            gateway(sim_url, store) as gw,
+            baseline_app(store, client="redis-py") as pooled,
+            baseline_app(store) as pipelined,
+        ):
             # The gateway caches the answer; the baselines answer those very bytes from Redis.
             answer = httpx.post(gw.url + GENERATE, content=generate_body(SAME_PROMPT), timeout=10)
             answer.raise_for_status()
@@ -156,8 +178,9 @@ class Bench:
             self.state("hit")
             for base, client in ((pooled, "redis-py pool"), (pipelined, "pipelined")):
                 b, g = self.pair_wrk(f"hit c32, baseline {client}", base, gw, 32, same=True)
-                self.rows.append(self.throughput_row(
-                    f"hit L1 c32 (vs bare ASGI + 1 Redis GET, {client})", b, g, 0.5))
+                self.rows.append(
+                    self.throughput_row(f"hit L1 c32 (vs bare ASGI + 1 Redis GET, {client})", b, g, 0.5)
+                )
 
     def miss(self, sim: Service, store: str) -> None:
         with gateway(sim.url, store) as gw:
@@ -168,9 +191,18 @@ class Bench:
             self.rows.append(self.throughput_row("miss c1 (vs simulator direct)", b, g, 0.0))
             added50 = (g["p50_us"] - b["p50_us"]) / 1000
             added99 = (g["p99_us"] - b["p99_us"]) / 1000
-            self.rows.append(Row("miss c1 added latency p50 / p99 (ms)", "ms", None, added50,
-                                 p50=f"+{added50:.2f}", p99=f"+{added99:.2f}", target="< 1 / < 3 ms",
-                                 met=added50 < 1 and added99 < 3))
+            self.rows.append(
+                Row(
+                    "miss c1 added latency p50 / p99 (ms)",
+                    "ms",
+                    None,
+                    added50,
+                    p50=f"+{added50:.2f}",
+                    p99=f"+{added99:.2f}",
+                    target="< 1 / < 3 ms",
+                    met=added50 < 1 and added99 < 3,
+                )
+            )
 
     def slow(self, sim: Service, store: str) -> None:
         configure_simulator(sim, latency_ms=200)
@@ -193,30 +225,48 @@ class Bench:
                 for conc in (1, 16):
                     d, g = self.pair_ttfb(f"c{conc}", sim_url, gw.url, streams, conc)
                     errors = d["errors"][0] + g["errors"][0]
-                    self.rows.append(ttfb_row(
-                        f"stream TTFB, first SSE event, c{conc} ({streams} streams)", d, g,
-                        target="+ < 1 ms" if conc == 1 else "",
-                        met=(_p50(g) - _p50(d) < 1 and errors == 0) if conc == 1 else None,
-                        extra={"direct_head_p50_ms": percentile(d["head"], 50) * 1000,
-                               "gateway_head_p50_ms": percentile(g["head"], 50) * 1000, "errors": errors}))
+                    self.rows.append(
+                        ttfb_row(
+                            f"stream TTFB, first SSE event, c{conc} ({streams} streams)",
+                            d,
+                            g,
+                            target="+ < 1 ms" if conc == 1 else "",
+                            met=(_p50(g) - _p50(d) < 1 and errors == 0) if conc == 1 else None,
+                            extra={
+                                "direct_head_p50_ms": percentile(d["head"], 50) * 1000,
+                                "gateway_head_p50_ms": percentile(g["head"], 50) * 1000,
+                                "errors": errors,
+                            },
+                        )
+                    )
             # The floor under that target on this machine: a bare pass-through proxy on the same
             # server and clients, with no store round trip and with the one the gateway makes.
             for trips in (0, 1):
                 with baseline_app(store, upstream=sim_url, round_trips=trips) as floor:
                     asyncio.run(ttfb(floor.url, STREAM, 50, 4))
                     d, f = self.pair_ttfb(f"floor, {trips} round trips", sim_url, floor.url, streams, 1)
-                    self.rows.append(ttfb_row(
-                        f"stream floor: bare pass-through proxy, {trips} Redis round trips, c1", d, f,
-                        target="reported"))
+                    self.rows.append(
+                        ttfb_row(
+                            f"stream floor: bare pass-through proxy, {trips} Redis round trips, c1",
+                            d,
+                            f,
+                            target="reported",
+                        )
+                    )
             # The same with no pause between a stream's events, so none between streams
             # either: what the gateway adds when the machine does not idle between calls.
             configure_simulator(sim, chunk_delay_ms=0)
             with gateway(sim_url, store) as gw:
                 asyncio.run(ttfb(gw.url, STREAM, 50, 4))
                 d, g = self.pair_ttfb("back to back", sim_url, gw.url, streams, 1)
-                self.rows.append(ttfb_row(
-                    f"stream TTFB, back to back (no pause between events), c1 ({streams} streams)", d, g,
-                    target="reported"))
+                self.rows.append(
+                    ttfb_row(
+                        f"stream TTFB, back to back (no pause between events), c1 ({streams} streams)",
+                        d,
+                        g,
+                        target="reported",
+                    )
+                )
         finally:
             configure_simulator(sim, chunk_delay_ms=0)
 
@@ -228,8 +278,11 @@ class Bench:
         (so that a drift of the machine's state touches both alike): the times of each
         stream's head and first event."""
         d, g = asyncio.run(ttfb_pair(direct_url, via_url, STREAM, streams, conc))
-        print(f"  stream {label}: first event direct p50 {_p50(d):.2f} ms p99 {_p99(d):.2f}, "
-              f"through p50 {_p50(g):.2f} ms p99 {_p99(g):.2f}", flush=True)
+        print(
+            f"  stream {label}: first event direct p50 {_p50(d):.2f} ms p99 {_p99(d):.2f}, "
+            f"through p50 {_p50(g):.2f} ms p99 {_p99(g):.2f}",
+            flush=True,
+        )
         return d, g
 
     def ops(self, sim_url: str, store: str) -> None:
@@ -246,55 +299,109 @@ class Bench:
             finally:
                 out, _ = load.communicate(timeout=seconds + 30)
             line = next((li for li in out.splitlines() if li.startswith("RESULT ")), None)
-            background = json.loads(line[len("RESULT "):]) if line else {}
+            background = json.loads(line[len("RESULT ") :]) if line else {}
             rps = background.get("requests", 0) / max(1, background.get("duration_us", 1)) * 1e6
             print(f"  ops: background load {rps:.0f} req/s (miss path, c32)", flush=True)
             for path in OPS:
                 i50, i99 = percentile(idle[path], 50) * 1000, percentile(idle[path], 99) * 1000
                 b50, b99 = percentile(busy[path], 50) * 1000, percentile(busy[path], 99) * 1000
                 limit = OPS_TARGET_MS.get(path, 20)
-                self.rows.append(Row(f"{path} under load (idle -> loaded)", "ms", i50, b50,
-                                     p50=pair(i50, b50), p99=pair(i99, b99), target=f"< {limit} ms",
-                                     met=b99 < limit, extra={"samples": len(busy[path]), "load_rps": rps}))
+                self.rows.append(
+                    Row(
+                        f"{path} under load (idle -> loaded)",
+                        "ms",
+                        i50,
+                        b50,
+                        p50=pair(i50, b50),
+                        p99=pair(i99, b99),
+                        target=f"< {limit} ms",
+                        met=b99 < limit,
+                        extra={"samples": len(busy[path]), "load_rps": rps},
+                    )
+                )
 
     def memory(self, sim_url: str, store: str) -> None:
         with gateway(sim_url, store) as gw, baseline_app(store) as base:
             self.state("memory")
             time.sleep(1.0)
             idle, base_idle = rss_mb(gw.pid), rss_mb(base.pid)
-            self.rows.append(Row("idle RSS (MB; baseline: bare ASGI app)", "MB", base_idle, idle,
-                                 target="< 80 MB", met=idle < 80))
+            self.rows.append(
+                Row(
+                    "idle RSS (MB; baseline: bare ASGI app)",
+                    "MB",
+                    base_idle,
+                    idle,
+                    target="< 80 MB",
+                    met=idle < 80,
+                )
+            )
             answered = asyncio.run(fill(gw.url, GENERATE, 10_000))
             entries = httpx.get(gw.url + "/api/cache/stats", timeout=10).json()["layers"]["l1"]["entries"]
             full = rss_mb(gw.pid)
-            print(f"  memory: {answered} answers, {entries} L1 entries, RSS {idle:.1f} -> {full:.1f} MB",
-                  flush=True)
-            self.rows.append(Row(f"RSS with {entries} L1 entries (MB; baseline: idle)", "MB", idle, full,
-                                 target="reported", extra={"l1_entries": entries}))
+            print(
+                f"  memory: {answered} answers, {entries} L1 entries, RSS {idle:.1f} -> {full:.1f} MB",
+                flush=True,
+            )
+            self.rows.append(
+                Row(
+                    f"RSS with {entries} L1 entries (MB; baseline: idle)",
+                    "MB",
+                    idle,
+                    full,
+                    target="reported",
+                    extra={"l1_entries": entries},
+                )
+            )
 
     def cli(self) -> None:
         self.state("cli")
         knowctl = str(Path(sys.executable).with_name("knowctl"))
         base = self._wall([sys.executable, "-c", "pass"])
         gw = self._wall([knowctl, "--help"])
-        self.rows.append(Row("`knowctl --help` wall (ms; baseline: python -c pass)", "ms",
-                             base["median"], gw["median"], p50=pair(base["median"], gw["median"]),
-                             p99=pair(base["max"], gw["max"]), target="< 300 ms", met=gw["max"] < 300,
-                             extra={"baseline": base, "gateway": gw}))
+        self.rows.append(
+            Row(
+                "`knowctl --help` wall (ms; baseline: python -c pass)",
+                "ms",
+                base["median"],
+                gw["median"],
+                p50=pair(base["median"], gw["median"]),
+                p99=pair(base["max"], gw["max"]),
+                target="< 300 ms",
+                met=gw["max"] < 300,
+                extra={"baseline": base, "gateway": gw},
+            )
+        )
 
     @staticmethod
     def _wall(argv: list[str], runs: int = 15) -> dict[str, Any]:
         if shutil.which("hyperfine"):
-            out = subprocess.run(["hyperfine", "--warmup", "2", "--runs", str(runs), "--export-json", "/dev/stdout",
-                                  "--style", "none", " ".join(argv)], capture_output=True, text=True,
-                                 check=True, timeout=120).stdout
-            times = [t * 1000 for t in json.loads(out[out.index("{"):])["results"][0]["times"]]
+            out = subprocess.run(
+                [
+                    "hyperfine",
+                    "--warmup",
+                    "2",
+                    "--runs",
+                    str(runs),
+                    "--export-json",
+                    "/dev/stdout",
+                    "--style",
+                    "none",
+                    " ".join(argv),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            ).stdout
+            times = [t * 1000 for t in json.loads(out[out.index("{") :])["results"][0]["times"]]
             tool = "hyperfine"
         else:
             times = []
             for i in range(runs + 2):
                 started = time.perf_counter()
-                subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=30)
+                subprocess.run(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=30
+                )
                 if i >= 2:  # the first runs warm the page cache
                     times.append((time.perf_counter() - started) * 1000)
             tool = "subprocess"
@@ -309,21 +416,52 @@ def fmt(value: float | None, unit: str) -> str:
 
 
 def table(rows: list[Row]) -> list[list[str]]:
-    out = [["case", "unit", "baseline", "gateway", "ratio", "p50 ms (base / gw)", "p99 ms (base / gw)",
-            "target", "met", "gw CPU µs/req"]]
+    out = [
+        [
+            "case",
+            "unit",
+            "baseline",
+            "gateway",
+            "ratio",
+            "p50 ms (base / gw)",
+            "p99 ms (base / gw)",
+            "target",
+            "met",
+            "gw CPU µs/req",
+        ]
+    ]
     for r in rows:
-        ratio = f"{r.ratio:.1%}" if r.ratio is not None and r.unit == "req/s" else (
-            f"{r.ratio:.2f}x" if r.ratio is not None else "-")
+        ratio = (
+            f"{r.ratio:.1%}"
+            if r.ratio is not None and r.unit == "req/s"
+            else (f"{r.ratio:.2f}x" if r.ratio is not None else "-")
+        )
         met = "-" if r.met is None else ("yes" if r.met else "NO")
-        out.append([r.case, r.unit, fmt(r.baseline, r.unit), fmt(r.gateway, r.unit), ratio, r.p50 or "-",
-                    r.p99 or "-", r.target or "-", met, "-" if r.cpu_us is None else f"{r.cpu_us:.0f}"])
+        out.append(
+            [
+                r.case,
+                r.unit,
+                fmt(r.baseline, r.unit),
+                fmt(r.gateway, r.unit),
+                ratio,
+                r.p50 or "-",
+                r.p99 or "-",
+                r.target or "-",
+                met,
+                "-" if r.cpu_us is None else f"{r.cpu_us:.0f}",
+            ]
+        )
     return out
 
 
 def print_table(cells: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     for n, row in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if n == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -335,7 +473,9 @@ def markdown(cells: list[list[str]], header: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--streams", type=int, default=500, help="streams per TTFB measurement")
@@ -364,18 +504,27 @@ def main() -> None:
                 runs[case]()
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    header = (f"knowctl bench {stamp}: {os.cpu_count()} cores, {platform.platform()}, "
-              f"{args.duration:g} s per wrk run; load before: {started['load1']:.2f} "
-              f"(cpu busy {started['cpu_busy']:.0%}), after: {os.getloadavg()[0]:.2f}")
+    header = (
+        f"knowctl bench {stamp}: {os.cpu_count()} cores, {platform.platform()}, "
+        f"{args.duration:g} s per wrk run; load before: {started['load1']:.2f} "
+        f"(cpu busy {started['cpu_busy']:.0%}), after: {os.getloadavg()[0]:.2f}"
+    )
     cells = table(bench.rows)
     print("\n" + header)
     print_table(cells)
     if args.no_save:
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"when": stamp, "machine": platform.platform(), "cpus": os.cpu_count(), "python": sys.version,
-              "duration_s": args.duration, "machine_before": started, "machine_per_case": bench.states,
-              "rows": [{**asdict(r), "ratio": r.ratio} for r in bench.rows]}
+    record = {
+        "when": stamp,
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": sys.version,
+        "duration_s": args.duration,
+        "machine_before": started,
+        "machine_per_case": bench.states,
+        "rows": [{**asdict(r), "ratio": r.ratio} for r in bench.rows],
+    }
     (args.out / f"{stamp}.json").write_text(json.dumps(record, indent=2))
     (args.out / f"{stamp}.md").write_text(markdown(cells, header))
     print(f"saved bench/results/{stamp}.json and .md")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar
@@ -123,6 +123,19 @@ class Store(ABC):
     """
 
     backend: ClassVar[str]
+
+    # --- availability (a store without a circuit breaker is always available) -------------
+    @property
+    def available(self) -> bool:
+        """False while the store is known to be down (its breaker is open): callers then
+        degrade at once instead of asking it."""
+        return True
+
+    def on_availability(self, listener: Callable[[bool], None]) -> None:  # noqa: B027 (optional hook)
+        """Call ``listener(up)`` whenever the store goes down or comes back (never, here)."""
+
+    def on_state_lost(self, listener: Callable[[], None]) -> None:  # noqa: B027 (optional hook)
+        """Call ``listener()`` when the store is found to have lost its state (never, here)."""
 
     @abstractmethod
     def describe(self) -> str:

@@ -28,21 +28,15 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from knowctl.store import keys
 from knowctl.store.base import (
-    Admission,
-    Announcement,
-    Claim,
-    LeaseRead,
     Store,
     StoreUnavailable,
     Subscription,
-    Window,
-    WindowUsage,
 )
 
 log = logging.getLogger("knowctl.store")
@@ -58,6 +52,24 @@ Listener = Callable[[bool], None]  # called with True when the store is up again
 
 EPOCH_KEY = f"{keys.PREFIX}epoch"
 EPOCH_TTL_S = 10 * 365 * 86400.0  # "forever", but the store API wants a TTL
+
+
+P = ParamSpec("P")
+
+
+def _guarded(
+    method: Callable[Concatenate[Store, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[BreakerStore, P], Coroutine[Any, Any, T]]:
+    """``method`` of the wrapped store, called through the breaker."""
+    name = method.__name__
+
+    async def through_breaker(self: BreakerStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        call: Callable[P, Awaitable[T]] = getattr(self.inner, name)
+        return await self._guard(lambda: call(*args, **kwargs))
+
+    through_breaker.__name__ = through_breaker.__qualname__ = name
+    through_breaker.__doc__ = method.__doc__
+    return through_breaker
 
 
 class CircuitOpen(StoreUnavailable):
@@ -124,10 +136,14 @@ class BreakerStore(Store):
     def is_open(self) -> bool:
         return self.state.is_open
 
-    def add_listener(self, listener: Listener) -> None:
+    @property
+    def available(self) -> bool:
+        return not self.state.is_open
+
+    def on_availability(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def add_loss_listener(self, listener: Callable[[], None]) -> None:
+    def on_state_lost(self, listener: Callable[[], None]) -> None:
         self._loss_listeners.append(listener)
 
     def _succeeded(self) -> None:
@@ -227,124 +243,44 @@ class BreakerStore(Store):
                 await self._prober
         await self.inner.close()
 
-    async def get(self, key: str) -> bytes | None:
-        return await self._guard(lambda: self.inner.get(key))
-
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._guard(lambda: self.inner.set(key, value, ttl))
-
-    # Calls that do no I/O (nothing to delete, unlink or add) skip the breaker: their
-    # "success" says nothing about the store, and must not close an open breaker.
-    async def delete(self, *keys: str) -> int:
-        if not keys:
-            return 0
-        return await self._guard(lambda: self.inner.delete(*keys))
-
-    async def acquire(
-        self,
-        scope: str,
-        windows: Sequence[Window],
-        amounts: Sequence[int],
-        *,
-        share: float = 1.0,
-        reservation_id: str,
-        claim: Claim | None = None,
-    ) -> Admission:
-        return await self._guard(
-            lambda: self.inner.acquire(
-                scope, windows, amounts, share=share, reservation_id=reservation_id, claim=claim
-            )
-        )
-
-    async def record(
-        self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
-    ) -> None:
-        await self._guard(lambda: self.inner.record(scope, windows, amounts, reservation_id=reservation_id))
-
-    async def adjust(
-        self,
-        scope: str,
-        windows: Sequence[Window],
-        reservation_id: str,
-        amounts: Sequence[int],
-        *,
-        announce: Announcement | None = None,
-    ) -> None:
-        await self._guard(
-            lambda: self.inner.adjust(scope, windows, reservation_id, amounts, announce=announce)
-        )
-
-    async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]:
-        return await self._guard(lambda: self.inner.usage(scope, windows))
-
-    async def publish(self, channel: str, message: bytes) -> None:
-        await self._guard(lambda: self.inner.publish(channel, message))
+    # Every call with I/O goes through the breaker; the delegations are generated from the
+    # Store interface itself (the signatures stay the interface's).
+    get = _guarded(Store.get)
+    set = _guarded(Store.set)
+    acquire = _guarded(Store.acquire)
+    record = _guarded(Store.record)
+    adjust = _guarded(Store.adjust)
+    usage = _guarded(Store.usage)
+    publish = _guarded(Store.publish)
+    hash_set = _guarded(Store.hash_set)
+    hash_get = _guarded(Store.hash_get)
+    hash_get_all = _guarded(Store.hash_get_all)
+    set_if_absent = _guarded(Store.set_if_absent)
+    delete_if_equal = _guarded(Store.delete_if_equal)
+    read_or_lease = _guarded(Store.read_or_lease)
+    finish_lease = _guarded(Store.finish_lease)
+    scan_keys = _guarded(Store.scan_keys)
 
     def subscribe(self, channel: str) -> Subscription:
         return _GuardedSubscription(self, channel)
 
-    async def hash_set(self, key: str, field: str, value: bytes) -> None:
-        await self._guard(lambda: self.inner.hash_set(key, field, value))
-
-    async def hash_get(self, key: str, field: str) -> bytes | None:
-        return await self._guard(lambda: self.inner.hash_get(key, field))
-
-    async def hash_get_all(self, key: str) -> dict[str, bytes]:
-        return await self._guard(lambda: self.inner.hash_get_all(key))
-
-    async def hash_delete(self, key: str, *fields: str) -> int:
-        if not fields:
-            return 0
-        return await self._guard(lambda: self.inner.hash_delete(key, *fields))
-
-    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        return await self._guard(lambda: self.inner.set_if_absent(key, value, ttl))
-
-    async def delete_if_equal(self, key: str, value: bytes) -> bool:
-        return await self._guard(lambda: self.inner.delete_if_equal(key, value))
-
-    async def read_or_lease(
-        self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
-    ) -> LeaseRead:
-        return await self._guard(
-            lambda: self.inner.read_or_lease(entry, lease, watch, token, lease_ttl, stale_ttl)
-        )
-
-    async def finish_lease(
-        self,
-        lease: str,
-        watch: str,
-        token: bytes,
-        channel: str,
-        message: bytes,
-        *,
-        entry: str | None = None,
-        value: bytes = b"",
-        ttl: float = 0.0,
-    ) -> bool:
-        return await self._guard(
-            lambda: self.inner.finish_lease(
-                lease, watch, token, channel, message, entry=entry, value=value, ttl=ttl
-            )
-        )
-
-    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
-        return await self._guard(lambda: self.inner.scan_keys(match, cursor, count))
+    # Calls that do no I/O (nothing to delete, unlink or add) skip the breaker: their
+    # "success" says nothing about the store, and must not close an open breaker.
+    async def delete(self, *keys: str) -> int:
+        return await self._guard(lambda: self.inner.delete(*keys)) if keys else 0
 
     async def unlink(self, *keys: str) -> int:
-        if not keys:
-            return 0
-        return await self._guard(lambda: self.inner.unlink(*keys))
+        return await self._guard(lambda: self.inner.unlink(*keys)) if keys else 0
+
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        return await self._guard(lambda: self.inner.hash_delete(key, *fields)) if fields else 0
 
     async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
-        if not counts:
-            return
-        await self._guard(lambda: self.inner.tally_add(key, counts, ttl))
+        if counts:
+            await self._guard(lambda: self.inner.tally_add(key, counts, ttl))
 
     async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
-        if limit <= 0:
-            return []
-        return await self._guard(lambda: self.inner.tally_top(key, limit))
+        return await self._guard(lambda: self.inner.tally_top(key, limit)) if limit > 0 else []
 
 
 class _GuardedSubscription(Subscription):
@@ -367,21 +303,3 @@ class _GuardedSubscription(Subscription):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-def is_down(store: Store) -> bool:
-    """Whether ``store`` is behind an open breaker (never, for a store without one)."""
-    return isinstance(store, BreakerStore) and store.is_open
-
-
-def on_change(store: Store, listener: Listener) -> None:
-    """Call ``listener(up)`` whenever the breaker of ``store`` opens or closes (no-op without one)."""
-    if isinstance(store, BreakerStore):
-        store.add_listener(listener)
-
-
-def on_state_lost(store: Store, listener: Callable[[], None]) -> None:
-    """Call ``listener()`` when ``store`` is found to have lost its state (a new epoch: an
-    empty, restarted server), after any outage it is told as (no-op without a breaker)."""
-    if isinstance(store, BreakerStore):
-        store.add_loss_listener(listener)

@@ -26,7 +26,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 2.0
 
 
-
 class Clock:
     def __init__(self) -> None:
         self.now = time.time()

@@ -16,7 +16,9 @@ GEN = "/v1beta/models/gemini-2.5-flash:generateContent"
 
 def test_sigterm_under_load_loses_nothing(tmp_path: Path, simulator: Simulator) -> None:
     simulator.configure(latency_ms=800)
-    handle, process = start_gateway(tmp_path, "--upstream", simulator.url, env={"KNOWCTL_USER_LIMITS": "none"})
+    handle, process = start_gateway(
+        tmp_path, "--upstream", simulator.url, env={"KNOWCTL_USER_LIMITS": "none"}
+    )
     with process as proc:
 
         async def load() -> list[httpx.Response | BaseException]:

@@ -31,8 +31,6 @@ pytestmark = pytest.mark.anyio
 WAIT = 10.0  # generous bound on anything that should happen "soon"
 
 
-
-
 def model() -> str:
     return f"gate-{uuid.uuid4().hex[:10]}"
 

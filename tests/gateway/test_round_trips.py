@@ -29,7 +29,9 @@ def generate(url: str, text: str) -> httpx.Response:
 
 
 @contextlib.contextmanager
-def measured_gateway(redis_url: str, tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, Proxy, Recorder]]:
+def measured_gateway(
+    redis_url: str, tmp_path: Path, env: dict[str, str]
+) -> Iterator[tuple[str, Proxy, Recorder]]:
     """A gateway whose store traffic passes a recording proxy, warmed up (scripts loaded, the
     model's hold looked up): its URL, the proxy and the recording upstream."""
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")

@@ -42,7 +42,9 @@ def vertex(api_version: str) -> ClientFactory:
 
 
 def express(base_url: str) -> genai.Client:
-    return genai.Client(vertexai=True, api_key="express-key", http_options=types.HttpOptions(base_url=base_url))
+    return genai.Client(
+        vertexai=True, api_key="express-key", http_options=types.HttpOptions(base_url=base_url)
+    )
 
 
 MODES: dict[str, ClientFactory] = {
@@ -64,7 +66,9 @@ def usage(response: types.GenerateContentResponse) -> tuple[int | None, int | No
     return meta.prompt_token_count, meta.candidates_token_count, meta.total_token_count
 
 
-def test_generate_stream_and_count(make_client: ClientFactory, gateway: Gateway, simulator: Simulator) -> None:
+def test_generate_stream_and_count(
+    make_client: ClientFactory, gateway: Gateway, simulator: Simulator
+) -> None:
     direct, through = make_client(simulator.url), make_client(gateway.url)
 
     reference = direct.models.generate_content(model=MODEL, contents=PROMPT)
@@ -82,7 +86,9 @@ def test_generate_stream_and_count(make_client: ClientFactory, gateway: Gateway,
     assert counted.total_tokens == usage(reference)[0]
 
 
-def test_quota_error_reaches_the_sdk(make_client: ClientFactory, gateway: Gateway, simulator: Simulator) -> None:
+def test_quota_error_reaches_the_sdk(
+    make_client: ClientFactory, gateway: Gateway, simulator: Simulator
+) -> None:
     # A model and prompts of this test alone: the gateway remembers answers (cache) and the
     # provider's refusals (a hold on the model), which must not leak into other tests.
     model, run = f"quota-test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
@@ -116,7 +122,12 @@ def test_async_client(mode: str, gateway: Gateway, simulator: Simulator) -> None
 def test_environment_base_url_route(
     monkeypatch: pytest.MonkeyPatch, gateway: Gateway, simulator: Simulator
 ) -> None:
-    for name in ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION"):
+    for name in (
+        "GOOGLE_API_KEY",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_CLOUD_LOCATION",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GEMINI_API_KEY", "env-key")
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", gateway.url)

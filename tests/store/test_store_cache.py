@@ -15,8 +15,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 2.0
 
 
-
-
 def rid() -> str:
     return uuid.uuid4().hex
 

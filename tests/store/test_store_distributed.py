@@ -21,14 +21,13 @@ from knowctl.store.redis.cluster import RedisClusterStore, decode_cursor, encode
 from knowctl.store.redis.opening import open_redis_store
 from knowctl.store.redis.store import RedisStore
 from knowctl.store.urls import check_store_url, parse_multi_host
-from tests import test_store
+from tests.store import test_store
 from tests.support.net import LOOPBACK
 from tests.support.redis_cluster import RedisCluster, SentinelGroup, redis_cluster
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 2.0
-
 
 
 def backend(url: str, timeout: float = TIMEOUT) -> RedisStore:

@@ -65,9 +65,7 @@ def simulator(simulator_process: Simulator) -> Iterator[Simulator]:
     _pristine(simulator_process)
 
 
-def start_gateway(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> tuple[Gateway, Any]:
+def start_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[Gateway, Any]:
     """A context manager running ``knowctl serve ARGS`` on a free port."""
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"

@@ -10,21 +10,57 @@ from knowctl.policy.paths import Action, ApiCall, Family, allowed_methods, googl
 @pytest.mark.parametrize(
     ("path", "family", "version", "model", "action"),
     [
-        ("/v1/models/gemini-2.5-flash:generateContent", Family.GEMINI, "v1", "gemini-2.5-flash", "generateContent"),
-        ("/v1beta/models/gemini-2.5-flash:streamGenerateContent", Family.GEMINI, "v1beta", "gemini-2.5-flash",
-         "streamGenerateContent"),
-        ("/v1beta/models/gemini-2.0-flash-001:countTokens", Family.GEMINI, "v1beta", "gemini-2.0-flash-001",
-         "countTokens"),
-        ("/v1beta/models/text-embedding-004:embedContent", Family.GEMINI, "v1beta", "text-embedding-004",
-         "embedContent"),
+        (
+            "/v1/models/gemini-2.5-flash:generateContent",
+            Family.GEMINI,
+            "v1",
+            "gemini-2.5-flash",
+            "generateContent",
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            Family.GEMINI,
+            "v1beta",
+            "gemini-2.5-flash",
+            "streamGenerateContent",
+        ),
+        (
+            "/v1beta/models/gemini-2.0-flash-001:countTokens",
+            Family.GEMINI,
+            "v1beta",
+            "gemini-2.0-flash-001",
+            "countTokens",
+        ),
+        (
+            "/v1beta/models/text-embedding-004:embedContent",
+            Family.GEMINI,
+            "v1beta",
+            "text-embedding-004",
+            "embedContent",
+        ),
         ("/v1beta/models", Family.GEMINI, "v1beta", None, None),
         ("/v1beta/models/gemini-2.5-pro", Family.GEMINI, "v1beta", "gemini-2.5-pro", None),
-        ("/v1beta1/projects/p-1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent",
-         Family.VERTEX, "v1beta1", "gemini-2.5-flash", "generateContent"),
-        ("/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-flash:countTokens",
-         Family.VERTEX, "v1", "gemini-2.5-flash", "countTokens"),
-        ("/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent", Family.EXPRESS, "v1beta1",
-         "gemini-2.5-flash", "streamGenerateContent"),
+        (
+            "/v1beta1/projects/p-1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent",
+            Family.VERTEX,
+            "v1beta1",
+            "gemini-2.5-flash",
+            "generateContent",
+        ),
+        (
+            "/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-flash:countTokens",
+            Family.VERTEX,
+            "v1",
+            "gemini-2.5-flash",
+            "countTokens",
+        ),
+        (
+            "/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent",
+            Family.EXPRESS,
+            "v1beta1",
+            "gemini-2.5-flash",
+            "streamGenerateContent",
+        ),
         ("/v1/publishers/google/models", Family.EXPRESS, "v1", None, None),
     ],
 )
@@ -54,7 +90,9 @@ def test_other_paths_are_not_api_calls(path: str) -> None:
 
 
 def test_vertex_project_and_location() -> None:
-    call = parse_path("/v1/projects/my-proj/locations/europe-west4/publishers/google/models/m:generateContent")
+    call = parse_path(
+        "/v1/projects/my-proj/locations/europe-west4/publishers/google/models/m:generateContent"
+    )
     assert call is not None and (call.project, call.location) == ("my-proj", "europe-west4")
     assert call.known_action is Action.GENERATE and call.generates
 
@@ -72,9 +110,14 @@ def test_methods() -> None:
     ("call", "origin"),
     [
         (ApiCall(Family.GEMINI, "v1", "m", "generateContent"), "https://generativelanguage.googleapis.com"),
-        (ApiCall(Family.VERTEX, "v1", "m", "generateContent", "p", "us-central1"),
-         "https://us-central1-aiplatform.googleapis.com"),
-        (ApiCall(Family.VERTEX, "v1", "m", "generateContent", "p", "global"), "https://aiplatform.googleapis.com"),
+        (
+            ApiCall(Family.VERTEX, "v1", "m", "generateContent", "p", "us-central1"),
+            "https://us-central1-aiplatform.googleapis.com",
+        ),
+        (
+            ApiCall(Family.VERTEX, "v1", "m", "generateContent", "p", "global"),
+            "https://aiplatform.googleapis.com",
+        ),
         (ApiCall(Family.EXPRESS, "v1beta1", "m", "generateContent"), "https://aiplatform.googleapis.com"),
     ],
 )

@@ -73,8 +73,11 @@ def test_missing_secret_file_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 )
 def test_cli_reports_bad_values_with_exit_2(env: dict[str, str], needle: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "knowctl", "serve"], env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "knowctl", "serve"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert needle in result.stderr and "Traceback" not in result.stderr
@@ -82,7 +85,10 @@ def test_cli_reports_bad_values_with_exit_2(env: dict[str, str], needle: str) ->
 
 def test_workers_with_memory_store_is_refused() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "knowctl", "serve", "--workers", "2"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "knowctl", "serve", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2 and "shared store" in result.stderr
 
@@ -131,7 +137,9 @@ def test_reference_defaults_are_what_the_daemon_runs_with(tmp_path: Path) -> Non
 def test_config_show_hides_secrets(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "knowctl", "config", "show", "--json"],
-        env={"PATH": "/usr/bin:/bin", "KNOWCTL_ADMIN_TOKEN": "hunter2"}, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "KNOWCTL_ADMIN_TOKEN": "hunter2"},
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert result.returncode == 0, result.stderr

@@ -38,7 +38,6 @@ from knowctl.policy import cachekey
 from knowctl.policy.framing import is_complete_success
 from knowctl.settings import Settings
 from knowctl.store import Store, StoreUnavailable, keys
-from knowctl.store.breaker import is_down
 
 log = logging.getLogger("knowctl.cache")
 
@@ -379,7 +378,7 @@ class AnswerCache:
     @property
     def degraded(self) -> bool:
         """The store is unreachable: answers come from L1 only."""
-        return is_down(self._store)
+        return not self._store.available
 
     # --- inside --------------------------------------------------------------------------------
     def _count(self, layer: str, hit: bool) -> None:
@@ -423,7 +422,7 @@ class AnswerCache:
         return _Entry(decoded[1], decoded[0]) if decoded is not None else None
 
     def _store_usable(self) -> bool:
-        return not is_down(self._store)
+        return self._store.available
 
     def store_failed(self, exc: StoreUnavailable) -> None:
         log.debug("cache: store call failed: %s", exc)

@@ -44,7 +44,6 @@ from knowctl.policy.limits import parse_limits
 from knowctl.policy.priority import Priority
 from knowctl.settings import Settings
 from knowctl.store import Admission, Store, StoreUnavailable, Window, keys
-from knowctl.store.breaker import is_down
 
 if TYPE_CHECKING:
     pass
@@ -128,7 +127,7 @@ class CallerRegistry:
 
     # --- store health -------------------------------------------------------------------------
     def store_usable(self) -> bool:
-        return not is_down(self._store)
+        return self._store.available
 
     def store_failed(self, exc: StoreUnavailable) -> None:
         # The store's breaker logs the outage once; one line per failed call would flood.

@@ -1,13 +1,13 @@
 """The generation pipeline: cache, coalescing, provider quota, upstream, settle, save.
 
-Order (docs/architecture.md, one call): the caller's limits, the cache lookup and a reservation of provider quota
-(side by side: one store round trip) -> coalesce identical calls -> quota (the reservation
-if it admitted, else a stale answer, else the priority queue, else 429) -> upstream,
-streamed through as it arrives -> reconcile tokens with the real usage -> store the answer
-if it is a complete success. A hit gives its reservation back once answered. Writes after
-the answer (settle, save) happen once the caller has its last byte, side by side. A miss
-makes one store round trip before its upstream call and one after
-(tests/gateway/test_round_trips.py holds it to that).
+Order (docs/architecture.md, one call): the caller's limits, the cache lookup and a
+reservation of provider quota (side by side: one store round trip) -> coalesce identical
+calls -> quota (the reservation if it admitted, else a stale answer, else the priority
+queue, else 429) -> upstream, streamed through as it arrives -> reconcile tokens with the
+real usage -> store the answer if it is a complete success. A hit gives its reservation
+back once answered. Writes after the answer (settle, save) happen once the caller has its
+last byte, side by side. A miss makes one store round trip before its upstream call and
+one after (tests/gateway/test_round_trips.py holds it to that).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from knowctl.daemon.ids import unique_id
 from knowctl.daemon.windows.degraded import LocalShare, Mode, WriteBack
 from knowctl.policy.windows import Window
 from knowctl.store import Admission, Announcement, Claim, Store, StoreUnavailable, WindowUsage
-from knowctl.store.breaker import intervals, is_down, on_change, on_state_lost
+from knowctl.store.breaker import intervals
 
 log = logging.getLogger("knowctl.quota")
 
@@ -61,12 +61,12 @@ class QuotaStore:
             replicas, grace_s=2 * probe_every + timeout, start_full=start_full, claim_trust_s=trust
         )
         self._spawn = spawn  # runs background work (kept referenced by the caller)
-        on_change(store, self._store_changed)
-        on_state_lost(store, self.local.state_lost)
+        store.on_availability(self._store_changed)
+        store.on_state_lost(self.local.state_lost)
 
     @property
     def degraded(self) -> bool:
-        return is_down(self.shared)
+        return not self.shared.available
 
     def _store_changed(self, up: bool) -> None:
         if up:
