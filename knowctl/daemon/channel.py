@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from knowctl.store import Store, StoreUnavailable
+from knowctl.store import Notifications, StoreUnavailable
 
 log = logging.getLogger("knowctl.channel")
 
@@ -23,7 +23,7 @@ RESUBSCRIBE_S = 0.5
 class ChannelListener:
     def __init__(
         self,
-        store: Store,
+        store: Notifications,
         channel: str,
         on_message: Callable[[bytes], None],
         on_subscribed: Callable[[bool], Awaitable[None] | None],

@@ -1,34 +1,40 @@
-"""The one interface every state backend implements, and the values it returns.
+"""The store's feature protocols (what a component may ask of shared state), the Store every
+backend implements, and the values they return.
 
 Backends differ only in where state lives; the semantics (see knowctl.policy.windows) are
-the same, and tests/store/test_store.py runs every test against each backend.
-
-Room to grow: cache-index and lease operations (e.g. ``index_add``/``index_members`` for
-topic refresh, ``lease(name, ttl)``/``release(lease)`` for single-flight refresh) are to be
-added as further abstract methods next to the window operations, each backed by one Lua
-script on Redis whose keys come from :mod:`knowctl.store.keys`.
+the same, and tests/store/test_store.py runs every test against each backend. A new feature
+of the store is a new protocol here, one Lua script on Redis (knowctl/store/lua) whose keys
+come from :mod:`knowctl.store.keys`, and the same test run against both backends.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from knowctl.policy.windows import Window
 
 __all__ = [
     "Admission",
+    "Health",
+    "Keys",
     "LeaseRead",
+    "Leases",
+    "Notifications",
+    "Records",
     "Store",
     "StoreUnavailable",
     "Subscription",
+    "Tallies",
     "Window",
     "WindowUsage",
+    "Windows",
     "check_ttl",
     "check_window_call",
     "redact_url",
@@ -95,6 +101,15 @@ class WindowUsage:
     reset_after: float
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseRead:
+    """What :meth:`Store.read_or_lease` found and did."""
+
+    value: bytes | None  # the entry, fresh or not; None when absent
+    fresh: bool  # its remaining TTL exceeds the stale part (no lease was asked for)
+    leased: bool  # the lease is now the caller's
+
+
 class Subscription(AsyncIterator[bytes], ABC):
     """Messages of one channel. ``async with`` (or :meth:`start`) subscribes before returning,
     so a message published afterwards is never missed; plain iteration subscribes lazily."""
@@ -115,27 +130,29 @@ class Subscription(AsyncIterator[bytes], ABC):
         await self.aclose()
 
 
-class Store(ABC):
-    """Shared state: plain keys, sliding-window admission, and pub/sub notifications.
+# --- feature protocols: each component is typed against the few it uses -------------------
+# Every backend implements them all (class Store below); a component names only what it needs,
+# so a reader sees its reach in its signature and a new backend knows what each feature costs.
+# Every method is bounded by the store's timeout and raises StoreUnavailable when the backend
+# cannot answer; none of them hangs.
 
-    Every method is bounded by the store's timeout and raises :class:`StoreUnavailable`
-    when the backend cannot answer; none of them hangs.
-    """
 
-    backend: ClassVar[str]
+class Health(Protocol):
+    """Whether the store answers, and where it lives."""
 
-    # --- availability (a store without a circuit breaker is always available) -------------
+    backend: ClassVar[str]  # "memory" or "redis": a shared store is any but memory
+
     @property
     def available(self) -> bool:
         """False while the store is known to be down (its breaker is open): callers then
         degrade at once instead of asking it."""
-        return True
+        ...
 
-    def on_availability(self, listener: Callable[[bool], None]) -> None:  # noqa: B027 (optional hook)
-        """Call ``listener(up)`` whenever the store goes down or comes back (never, here)."""
+    def on_availability(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(up)`` whenever the store goes down or comes back."""
 
-    def on_state_lost(self, listener: Callable[[], None]) -> None:  # noqa: B027 (optional hook)
-        """Call ``listener()`` when the store is found to have lost its state (never, here)."""
+    def on_state_lost(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when the store is found to have lost its state."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -148,7 +165,10 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    # --- plain keys (names from knowctl.store.keys) -------------------------------------
+
+class Keys(Protocol):
+    """Plain keys with a TTL (names from knowctl.store.keys), scans and conditional writes."""
+
     @abstractmethod
     async def get(self, key: str) -> bytes | None: ...
 
@@ -160,7 +180,30 @@ class Store(ABC):
     async def delete(self, *keys: str) -> int:
         """Remove keys; return how many existed."""
 
-    # --- sliding windows ------------------------------------------------------------------
+    @abstractmethod
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store ``value`` for ``ttl`` seconds only if ``key`` does not exist; True if stored."""
+
+    @abstractmethod
+    async def delete_if_equal(self, key: str, value: bytes) -> bool:
+        """Remove ``key`` only while it still holds ``value`` (releasing one's own lease)."""
+
+    @abstractmethod
+    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
+        """One step of a key scan (never KEYS): (next cursor, keys matching the glob
+        ``match``); cursor 0 ends the scan. ``match`` is a glob whose only special characters
+        are ``*`` and ``?`` (see :func:`check_match`). A key may be returned more than once;
+        keys that exist for the whole scan are returned at least once. Long jobs are many
+        short calls."""
+
+    @abstractmethod
+    async def unlink(self, *keys: str) -> int:
+        """Remove keys without blocking the server on large values; return how many existed."""
+
+
+class Windows(Protocol):
+    """Sliding-window admission (semantics: knowctl.policy.windows)."""
+
     @abstractmethod
     async def acquire(
         self,
@@ -204,24 +247,11 @@ class Store(ABC):
     @abstractmethod
     async def usage(self, scope: str, windows: Sequence[Window]) -> list[WindowUsage]: ...
 
-    # --- notifications -----------------------------------------------------------------
-    @abstractmethod
-    async def publish(self, channel: str, message: bytes) -> None: ...
 
-    @abstractmethod
-    def subscribe(self, channel: str) -> Subscription: ...
+class Records(Protocol):
+    """Small admin datasets (gateway keys) kept as hashes without expiry. Not for the hot
+    path: readers cache what they read."""
 
-    async def __aenter__(self) -> Store:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    # --- records (owner: callers) -------------------------------------------------------------
-    # Small admin datasets (gateway keys) kept as hashes without expiry. Not for the hot path:
-    # readers cache what they read.
     @abstractmethod
     async def hash_set(self, key: str, field: str, value: bytes) -> None:
         """Set one field of the hash ``key`` (created on first use, never expires)."""
@@ -237,42 +267,13 @@ class Store(ABC):
     async def hash_delete(self, key: str, *fields: str) -> int:
         """Remove fields; return how many existed."""
 
-    # --- cache (owner: cache) -----------------------------------------------------------------
-    # Leases for coalescing and refresh, key scans for pattern invalidation (never KEYS),
-    # batched unlinks, and decaying tallies (topic request counts). Each call is bounded by
-    # the store timeout like every other method; long jobs are many short calls.
-    @abstractmethod
-    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        """Store ``value`` for ``ttl`` seconds only if ``key`` does not exist; True if stored."""
 
-    @abstractmethod
-    async def delete_if_equal(self, key: str, value: bytes) -> bool:
-        """Remove ``key`` only while it still holds ``value`` (releasing one's own lease)."""
+class Leases(Protocol):
+    """Cache entries and their coalescing leases: the hot path of a miss. One round trip reads
+    the entry and takes its lease, one stores the answer, releases the lease and tells
+    waiters. ``entry``, ``lease`` and ``watch`` share one hash tag (knowctl.store.keys), so on
+    Redis each is one Lua script."""
 
-    @abstractmethod
-    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
-        """One step of a key scan: (next cursor, keys matching the glob ``match``); cursor 0
-        ends the scan. ``match`` is a glob whose only special characters are ``*`` and ``?``
-        (see :func:`check_match`). A key may be returned more than once; keys that exist for
-        the whole scan are returned at least once."""
-
-    @abstractmethod
-    async def unlink(self, *keys: str) -> int:
-        """Remove keys without blocking the server on large values; return how many existed."""
-
-    @abstractmethod
-    async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
-        """Add ``counts`` to the members of the tally ``key``; the tally expires ``ttl`` seconds
-        after its last update."""
-
-    @abstractmethod
-    async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
-        """The ``limit`` largest members of the tally ``key``, largest first."""
-
-    # --- coalescing leases (owner: cache) -------------------------------------------------------
-    # The hot path of a cache miss: one round trip reads the entry and takes its lease, one
-    # stores the answer, releases the lease and tells waiters. ``entry``, ``lease`` and
-    # ``watch`` share one hash tag (knowctl.store.keys), so on Redis each is one Lua script.
     @abstractmethod
     async def read_or_lease(
         self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
@@ -299,6 +300,52 @@ class Store(ABC):
         is given), remove ``lease`` if it still holds ``token``, and publish ``message`` on
         ``channel`` only if ``watch`` exists (then removed): nobody waits, nothing is sent.
         True if the lease was still ours."""
+
+
+class Tallies(Protocol):
+    """Decaying counts per member (topic request counts)."""
+
+    @abstractmethod
+    async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
+        """Add ``counts`` to the members of the tally ``key``; the tally expires ``ttl`` seconds
+        after its last update."""
+
+    @abstractmethod
+    async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
+        """The ``limit`` largest members of the tally ``key``, largest first."""
+
+
+class Notifications(Protocol):
+    """Pub/sub between daemons: fire and forget, for hints (a lost message costs a poll)."""
+
+    @abstractmethod
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
+    @abstractmethod
+    def subscribe(self, channel: str) -> Subscription: ...
+
+
+class Store(Health, Keys, Windows, Records, Leases, Tallies, Notifications, ABC):
+    """Shared state: every feature protocol, as one backend implements it."""
+
+    # A store without a circuit breaker is always available and never reports.
+    @property
+    def available(self) -> bool:
+        return True
+
+    def on_availability(self, listener: Callable[[bool], None]) -> None:
+        pass
+
+    def on_state_lost(self, listener: Callable[[], None]) -> None:
+        pass
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
 
 
 def check_window_call(
@@ -350,20 +397,6 @@ def redact_url(url: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-# --- cache (owner: cache) ---------------------------------------------------------------------
-import re  # noqa: E402 (this section keeps its imports with it)
-from collections.abc import Mapping  # noqa: E402
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRead:
-    """What :meth:`Store.read_or_lease` found and did."""
-
-    value: bytes | None  # the entry, fresh or not; None when absent
-    fresh: bool  # its remaining TTL exceeds the stale part (no lease was asked for)
-    leased: bool  # the lease is now the caller's
 
 
 _MATCH_SPECIAL = frozenset("[]\\^")

@@ -118,7 +118,7 @@ class BreakerStore(Store):
 
     def __init__(self, inner: Store, *, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.inner = inner
-        self.backend = inner.backend  # type: ignore[misc]  # the instance reports its backend
+        self.backend = inner.backend  # the instance reports its backend
         open_after, self.probe_every = intervals(timeout)
         self.state = BreakerState(open_after)
         self._clock = clock

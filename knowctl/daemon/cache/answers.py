@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from knowctl.daemon import metrics
 from knowctl.daemon.cache import blobs
@@ -37,7 +37,7 @@ from knowctl.daemon.lru import LRU
 from knowctl.policy import cachekey
 from knowctl.policy.framing import is_complete_success
 from knowctl.settings import Settings
-from knowctl.store import Store, StoreUnavailable, keys
+from knowctl.store import Health, Keys, Leases, Notifications, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.cache")
 
@@ -50,6 +50,11 @@ INVALIDATE_PATTERN = b"I"  # I sender \n glob: drop matching L1 entries
 INVALIDATE_KEYS = b"K"  # K sender \n key \n key ...: drop these L1 entries
 
 InvalidationHook = Callable[[list[str]], Awaitable[None]]
+
+
+class CacheStore(Health, Keys, Leases, Notifications, Protocol):
+    """What the answer cache needs of the store: entries and leases, scans for
+    invalidation, and the channel that tells other daemons' L1s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,9 @@ def _rate(hits: int, misses: int) -> float | None:
 class AnswerCache:
     """The ResponseCache of knowctl.daemon.contracts."""
 
-    def __init__(self, settings: Settings, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, store: CacheStore, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.enabled = settings.cache_enabled
         self._store = store
         self._clock = clock

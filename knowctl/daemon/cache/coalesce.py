@@ -27,11 +27,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from knowctl.daemon.cache import blobs
 from knowctl.daemon.contracts import Answer, Flight
-from knowctl.store import Store, StoreUnavailable, keys
+from knowctl.store import Keys, Leases, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.cache")
 
@@ -48,6 +48,10 @@ NO_ANSWER = b"D"  # D key: the leader finished without an answer worth sharing
 
 # (a fresh answer or None, whether the lease is now ours); see AnswerCache.read_or_lease.
 LeaseReader = Callable[[str, bytes, bool], Awaitable[tuple[Answer | None, bool]]]
+
+
+class CoalescerStore(Keys, Leases, Protocol):
+    """What coalescing needs of the store: leases, and a look at one."""
 
 
 class _Known:
@@ -86,7 +90,7 @@ class _Leader:
 class Coalescer:
     def __init__(
         self,
-        store: Store,
+        store: CoalescerStore,
         *,
         shared: bool,
         timeout: float,

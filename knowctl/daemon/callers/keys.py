@@ -16,13 +16,14 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 import orjson
 
 from knowctl.daemon.channel import ChannelListener
 from knowctl.policy import callers as policy
 from knowctl.policy.callers import KeyRecord
-from knowctl.store import Store, StoreUnavailable, keys
+from knowctl.store import Notifications, Records, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.callers")
 
@@ -32,10 +33,14 @@ CACHE_MAX = 10_000
 KNOWN_MAX = 10_000  # last known records kept for store outages
 
 
+class KeyBookStore(Records, Notifications, Protocol):
+    """What the key book needs of the store: the key records, and news of changes."""
+
+
 class KeyBook:
     def __init__(
         self,
-        store: Store,
+        store: KeyBookStore,
         *,
         store_usable: Callable[[], bool],
         store_failed: Callable[[StoreUnavailable], None],

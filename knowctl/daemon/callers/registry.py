@@ -30,20 +30,20 @@ import asyncio
 import logging
 import math
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from knowctl.daemon.callers.keys import KeyBook
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import CallRefused
 from knowctl.daemon.ids import unique_id
 from knowctl.daemon.lru import LRU
-from knowctl.daemon.windows.store import QuotaStore
+from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import callers as policy
 from knowctl.policy.identity import Identity, IdentityKind
 from knowctl.policy.limits import parse_limits
 from knowctl.policy.priority import Priority
 from knowctl.settings import Settings
-from knowctl.store import Admission, Store, StoreUnavailable, Window, keys
+from knowctl.store import Admission, Health, Notifications, Records, StoreUnavailable, Window, Windows, keys
 
 if TYPE_CHECKING:
     pass
@@ -62,6 +62,10 @@ INTERNAL = "knowctl.internal"
 PUBLIC_TOPIC = "knowctl.topic"
 
 
+class CallersStore(Health, Windows, Records, Notifications, Protocol):
+    """What the callers need of the store: per-caller windows and the gateway keys."""
+
+
 class CallersConfigError(RuntimeError):
     """Settings that would make the gateway unsafe or useless; refused at start-up."""
 
@@ -69,7 +73,7 @@ class CallersConfigError(RuntimeError):
 class CallerRegistry:
     """Implements ``knowctl.daemon.contracts.Callers``; also owns the key admin routes."""
 
-    def __init__(self, settings: Settings, store: Store, holds_credentials: bool) -> None:
+    def __init__(self, settings: Settings, store: CallersStore, holds_credentials: bool) -> None:
         self.settings = settings
         self.mode = settings.resolved_auth_mode(holds_credentials)
         self._holds_credentials = holds_credentials
@@ -80,7 +84,7 @@ class CallerRegistry:
         # fair, they are no contract with Google, and starting them full would refuse every
         # user for a whole window (a day, with a daily limit) after any store blip. The cost
         # is bounded: at most one extra window's worth of a user's limit, once per outage.
-        self._windows = QuotaStore(
+        self._windows = FailoverWindows(
             store,
             self._spawn,
             replicas=settings.max_replicas,

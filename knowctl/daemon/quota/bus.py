@@ -11,20 +11,24 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from knowctl.daemon.channel import ChannelListener
-from knowctl.store import Announcement, Store, StoreUnavailable, keys
+from knowctl.store import Announcement, Keys, Notifications, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.quota")
+
+
+class BusStore(Keys, Notifications, Protocol):
+    """What the quota bus needs of the store: hold flags, and the channel."""
 
 
 class QuotaBus:
     def __init__(
         self,
-        store: Store,
+        store: BusStore,
         *,
         on_freed: Callable[[str], None],
         on_hold: Callable[[str, float], None],

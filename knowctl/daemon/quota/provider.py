@@ -10,7 +10,7 @@ queue per model, and holds after the provider's own 429s.
 - ``settle`` replaces the token estimate by the real usage (``store.adjust``).
 - Store failures are retried with the same reservation id; while the store's breaker is
   open (and while it recovers) admission follows this daemon's share of every window
-  (``quota_store.py``, ``degraded.py``).
+  (``windows/store.py``, ``degraded.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from knowctl.daemon import metrics
 from knowctl.daemon.config import quota_config
@@ -32,13 +32,13 @@ from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota.bus import QuotaBus
 from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
 from knowctl.daemon.windows.degraded import local_limit
-from knowctl.daemon.windows.store import QuotaStore
+from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp
 from knowctl.policy.priority import Priority
 from knowctl.policy.windows import Window, capacity
 from knowctl.settings import Settings
-from knowctl.store import Announcement, Store, keys
+from knowctl.store import Announcement, Health, Keys, Notifications, Windows, keys
 
 log = logging.getLogger("knowctl.quota")
 
@@ -47,6 +47,10 @@ _ESTIMATE_MEMO = 4096
 DECISIONS = ("admitted", "queued", "refused", "fallback")
 # When the store is overloaded (answers others, not us), try again after this long.
 STORE_BUSY_RETRY_S = 0.1
+
+
+class ProviderStore(Health, Windows, Keys, Notifications, Protocol):
+    """What the provider quota needs of the store: the windows, and the bus's flags and channel."""
 
 
 @dataclass(eq=False, slots=True)
@@ -77,13 +81,13 @@ class ProviderQuota:
 
     Degraded mode (store unreachable): each daemon admits what it had claimed in the shared
     windows, then ``1/max_replicas`` of each window, in its own memory, and writes it back
-    when the store returns: the fleet never over-admits (quota_store.py, degraded.py).
+    when the store returns: the fleet never over-admits (windows/store.py, windows/degraded.py).
     """
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: ProviderStore,
         count_tokens: Callable[[CallContext], Awaitable[int]] | None = None,
     ) -> None:
         self._settings = settings
@@ -97,7 +101,7 @@ class ProviderQuota:
         self._bus = QuotaBus(
             store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
         )
-        self._windows = QuotaStore(
+        self._windows = FailoverWindows(
             store,
             self._bus.spawn,
             replicas=settings.max_replicas,

@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from jinja2 import StrictUndefined, TemplateError
@@ -46,7 +46,7 @@ from knowctl.policy import cachekey
 from knowctl.policy import callers as policy_callers
 from knowctl.policy.paths import ApiCall, Family
 from knowctl.settings import Settings
-from knowctl.store import Store, StoreUnavailable, keys
+from knowctl.store import Keys, StoreUnavailable, Tallies, keys
 
 if TYPE_CHECKING:
     from knowctl.daemon.pipeline.handler import CapturedResponse
@@ -67,6 +67,10 @@ _FORWARD = frozenset(
 _PASS_BACK = frozenset({b"x-knowctl-cache", b"ratelimit", b"ratelimit-policy", b"retry-after"})
 
 Generate = Callable[[CallContext], Awaitable["CapturedResponse"]]
+
+
+class TopicsStore(Keys, Tallies, Protocol):
+    """What topics need of the store: request tallies, and the refresh lease."""
 
 
 class TopicsConfigError(RuntimeError):
@@ -106,7 +110,7 @@ class TopicService:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: TopicsStore,
         cache: AnswerCache,
         generate: Generate,
         *,

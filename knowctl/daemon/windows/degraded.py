@@ -24,7 +24,7 @@ it, recorded in both. Then the shared store alone decides again. Only a store th
 back without its history (an empty, restarted Redis) keeps scopes recovering until the
 phantom has left, since the shared windows then lack what was admitted before the outage.
 
-Pure state with the clock passed in; the callers (quota_store.py) do the store I/O.
+Pure state with the clock passed in; the callers (windows/store.py) do the store I/O.
 """
 
 from __future__ import annotations

@@ -21,13 +21,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from knowctl.daemon import metrics
 from knowctl.daemon.ids import unique_id
 from knowctl.daemon.windows.degraded import LocalShare, Mode, WriteBack
 from knowctl.policy.windows import Window
-from knowctl.store import Admission, Announcement, Claim, Store, StoreUnavailable, WindowUsage
+from knowctl.store import Admission, Announcement, Claim, Health, StoreUnavailable, Windows, WindowUsage
 from knowctl.store.breaker import intervals
 
 log = logging.getLogger("knowctl.quota")
@@ -39,10 +39,17 @@ STORE_RETRY_PAUSE_S = 0.05
 CLAIM_TRUST_MIN_S = 5.0
 
 
-class QuotaStore:
+class WindowsStore(Health, Windows, Protocol):
+    """What the windows need of the store: admission, and word when it is down."""
+
+
+class FailoverWindows:
+    """Sliding windows in the shared store, failing over to this daemon's share of them
+    while the store is down (see the module doc); used by the provider quota and the callers."""
+
     def __init__(
         self,
-        store: Store,
+        store: WindowsStore,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         *,
         replicas: int,
