@@ -1,11 +1,13 @@
-"""Redis backends: state shared by every daemon, via redis.asyncio.
+"""The Redis store: connection, timeouts and error mapping, plain keys, windows, pub/sub.
 
 One class for every deployment shape: the client (one server, Sentinel-managed master, or
 Cluster) is built per URL scheme in :mod:`knowctl.store.redis.clients`; the scripts, the
 timeouts and the error mapping live here once. Cluster-only key handling (scans over every
 primary, unlinks grouped by slot, subscriptions on a chosen node) is in
 :mod:`knowctl.store.redis.cluster`; following a Sentinel failover, in
-:mod:`knowctl.store.redis.sentinel`.
+:mod:`knowctl.store.redis.sentinel`. The cache-side operations (records, leases, tallies,
+key scans and unlinks) are a mixin, :mod:`knowctl.store.redis.cache`, that runs its
+commands through this class's calls.
 
 Every check-and-update is one Lua script (``knowctl/store/lua``), so it is atomic however
 many daemons share the server, and it reads the server's clock (TIME), so pods with skewed
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from importlib.resources import files
 from typing import Any, TypeVar
@@ -42,16 +44,15 @@ from knowctl.store.base import (
     Admission,
     Announcement,
     Claim,
-    LeaseRead,
     Store,
     StoreUnavailable,
     Subscription,
     WindowUsage,
-    check_match,
     check_ttl,
     check_window_call,
     redact_url,
 )
+from knowctl.store.redis.cache import RedisCacheOps
 
 # Keys per DEL/UNLINK command: big enough to amortise round trips, small enough not to stall Redis.
 KEY_BATCH = 1000
@@ -131,7 +132,7 @@ def _us(seconds: float) -> int:
 UNBOUNDED_CAP = 2**53
 
 
-class RedisStore(Store):
+class RedisStore(RedisCacheOps, Store):
     backend = "redis"
 
     def __init__(
@@ -244,6 +245,28 @@ class RedisStore(Store):
     async def delete(self, *names: str) -> int:
         return await self._remove("DEL", names)
 
+    def _key_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
+        """Keys for one multi-key command each (RedisClusterStore: one slot per batch)."""
+        return [names[start : start + KEY_BATCH] for start in range(0, len(names), KEY_BATCH)]
+
+    async def _remove(self, command: str, names: Sequence[str]) -> int:
+        """DEL or UNLINK ``names``: multi-key commands of up to KEY_BATCH keys, pipelined (one
+        command per batch is about ten times cheaper than one per key). execute_command, not
+        pipe.delete/unlink: the Cluster pipeline's take one key, though one slot's keys may
+        go together."""
+        for key in names:
+            keys.check(key)
+        if not names:
+            return 0
+
+        async def run() -> int:
+            pipe = self._client.pipeline(transaction=False)
+            for batch in self._key_batches(names):
+                pipe.execute_command(command, *batch)
+            return sum(int(n) for n in await pipe.execute())
+
+        return await self._call(command, run)
+
     # --- sliding windows -------------------------------------------------------------------
     def _script_input(
         self,
@@ -331,139 +354,6 @@ class RedisStore(Store):
         client = self._client
         assert isinstance(client, Redis)  # RedisClusterStore picks nodes itself
         return [client.pubsub]
-
-    # --- records (owner: callers) -------------------------------------------------------------
-    async def hash_set(self, key: str, field: str, value: bytes) -> None:
-        keys.check(key)
-        await self._run("HSET", "HSET", key, field, value)
-
-    async def hash_get(self, key: str, field: str) -> bytes | None:
-        keys.check(key)
-        value: Any = await self._run("HGET", "HGET", key, field)
-        return None if value is None else bytes(value)
-
-    async def hash_get_all(self, key: str) -> dict[str, bytes]:
-        keys.check(key)
-        raw: Any = await self._call("HGETALL", lambda: self._client.hgetall(key))
-        return {(f.decode() if isinstance(f, bytes) else str(f)): bytes(v) for f, v in raw.items()}
-
-    async def hash_delete(self, key: str, *fields: str) -> int:
-        keys.check(key)
-        if not fields:
-            return 0
-        removed: Any = await self._run("HDEL", "HDEL", key, *fields)
-        return int(removed)
-
-    # --- cache (owner: cache) -----------------------------------------------------------------
-    async def read_or_lease(
-        self, entry: str, lease: str, watch: str, token: bytes, lease_ttl: float, stale_ttl: float | None
-    ) -> LeaseRead:
-        for name in (entry, lease, watch):
-            keys.check(name)
-        check_ttl(lease_ttl)
-        script = self._read_or_lease
-        args = [token, max(1, round(lease_ttl * 1000)), -1 if stale_ttl is None else round(stale_ttl * 1000)]
-        raw: Any = await self._eval("read_or_lease", script, [entry, lease, watch], args)
-        value, fresh, leased = raw
-        return LeaseRead(None if value is None else bytes(value), fresh == 1, leased == 1)
-
-    async def finish_lease(
-        self,
-        lease: str,
-        watch: str,
-        token: bytes,
-        channel: str,
-        message: bytes,
-        *,
-        entry: str | None = None,
-        value: bytes = b"",
-        ttl: float = 0.0,
-    ) -> bool:
-        names = [lease, watch]
-        args: list[Any] = [token, channel, message]
-        if entry is not None:
-            check_ttl(ttl)
-            names.append(entry)
-            args += [value, max(1, round(ttl * 1000))]
-        for name in (*names, channel):
-            keys.check(name)
-        script = self._finish_lease
-        mine: Any = await self._eval("finish_lease", script, names, args)
-        return int(mine) == 1
-
-    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        keys.check(key)
-        check_ttl(ttl)
-        ms = max(1, round(ttl * 1000))
-        stored: Any = await self._run("SET NX", "SET", key, value, "PX", ms, "NX")
-        return bool(stored)
-
-    async def delete_if_equal(self, key: str, value: bytes) -> bool:
-        keys.check(key)
-        script = self._delete_if_equal
-        removed: Any = await self._eval("delete_if_equal", script, [key], [value])
-        return int(removed) == 1
-
-    async def scan_keys(self, match: str, cursor: int = 0, count: int = 1000) -> tuple[int, list[str]]:
-        keys.check(match)
-        check_match(match)
-        next_cursor, found = await self._call("SCAN", lambda: self._scan(match, cursor, max(1, count)))
-        return next_cursor, [k.decode() if isinstance(k, bytes) else str(k) for k in found]
-
-    async def _scan(self, match: str, cursor: int, count: int) -> tuple[int, list[Any]]:
-        assert isinstance(self._client, Redis)  # RedisClusterStore scans node by node
-        next_cursor, found = await self._client.scan(cursor=cursor, match=match, count=count)
-        return int(next_cursor), list(found)
-
-    def _key_batches(self, names: Sequence[str]) -> list[Sequence[str]]:
-        """Keys for one multi-key command each (RedisClusterStore: one slot per batch)."""
-        return [names[start : start + KEY_BATCH] for start in range(0, len(names), KEY_BATCH)]
-
-    async def unlink(self, *names: str) -> int:
-        return await self._remove("UNLINK", names)
-
-    async def _remove(self, command: str, names: Sequence[str]) -> int:
-        """DEL or UNLINK ``names``: multi-key commands of up to KEY_BATCH keys, pipelined (one
-        command per batch is about ten times cheaper than one per key). execute_command, not
-        pipe.delete/unlink: the Cluster pipeline's take one key, though one slot's keys may
-        go together."""
-        for key in names:
-            keys.check(key)
-        if not names:
-            return 0
-
-        async def run() -> int:
-            pipe = self._client.pipeline(transaction=False)
-            for batch in self._key_batches(names):
-                pipe.execute_command(command, *batch)
-            return sum(int(n) for n in await pipe.execute())
-
-        return await self._call(command, run)
-
-    async def tally_add(self, key: str, counts: Mapping[str, int], ttl: float) -> None:
-        keys.check(key)
-        check_ttl(ttl)
-        if not counts:
-            return
-        ms = max(1, round(ttl * 1000))
-
-        async def run() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for member, n in counts.items():
-                pipe.zincrby(key, int(n), member)
-            pipe.pexpire(key, ms)
-            await pipe.execute()
-
-        await self._call("ZINCRBY", run)
-
-    async def tally_top(self, key: str, limit: int) -> list[tuple[str, int]]:
-        keys.check(key)
-        if limit <= 0:
-            return []
-        raw: Any = await self._call(
-            "ZREVRANGE", lambda: self._client.zrevrange(key, 0, limit - 1, withscores=True)
-        )
-        return [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in raw]
 
 
 class _RedisSubscription(Subscription):
