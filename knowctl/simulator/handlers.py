@@ -1,0 +1,102 @@
+"""The simulator's model-call handlers: generateContent, streamGenerateContent, countTokens, embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from knowctl.errors import error_body
+from knowctl.net.asgi import Receive, Scope, Send, respond, respond_error, respond_json
+from knowctl.policy.paths import Action, ApiCall, Family
+from knowctl.simulator import answers
+from knowctl.simulator.faults import inject
+from knowctl.simulator.google_errors import in_array, quota_error
+from knowctl.simulator.state import SimulatorState
+from knowctl.simulator.wire import is_sse, send_chunks
+
+
+async def bad_request(state: SimulatorState, send: Send, message: str, array: bool = False) -> None:
+    """Google's 400 INVALID_ARGUMENT, counted."""
+    state.counters.bad_requests += 1
+    await respond(send, 400, in_array(error_body(400, message), array))
+
+
+async def _latency(state: SimulatorState) -> None:
+    if state.config.latency_ms > 0:
+        await asyncio.sleep(state.config.latency_ms / 1000)
+
+
+async def generate(
+    state: SimulatorState, call: ApiCall, model: str, body: bytes, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """generateContent and streamGenerateContent: an answer, a quota refusal or an injected fault."""
+    stream = call.action == Action.STREAM.value
+    sse = stream and is_sse(scope["query_string"])
+    array = stream and not sse  # errors of a JSON-array stream come wrapped in [ ... ]
+    try:
+        answer = answers.make_answer(model, answers.parse_json_object(body), body)
+    except answers.BadRequest as exc:
+        await bad_request(state, send, str(exc), array)
+        return
+    fault = state.take_fault()
+    refusal = None if fault else state.quota.admit(state.clock(), answer.prompt_tokens)
+    await _latency(state)
+    if fault is not None:
+        await inject(fault, state.config, stream, sse, answer, receive, send)
+        return
+    if refusal is not None:
+        state.counters.rejected += 1
+        await respond(send, 429, in_array(quota_error(call, refusal), array))
+        return
+    counters = state.counters
+    counters.served += 1
+    counters.prompt_tokens += answer.prompt_tokens
+    counters.candidates_tokens += answer.candidates_tokens
+    state.by_model[model] = state.by_model.get(model, 0) + 1
+    if not stream:
+        await respond(send, 200, orjson.dumps(answers.response(answer)))
+        return
+    counters.streams += 1
+    chunks = answers.stream_chunks(answer, state.config.chunks)
+    await send_chunks(send, chunks, sse, state.config.chunk_delay_ms)
+
+
+async def count_tokens(state: SimulatorState, call: ApiCall, body: bytes, send: Send) -> None:
+    """countTokens, with Vertex's totalBillableCharacters beside the token count."""
+    try:
+        request = answers.parse_json_object(body)
+        result: dict[str, int] = {"totalTokens": answers.count_tokens_request(request)}
+        if call.family is not Family.GEMINI:
+            result["totalBillableCharacters"] = answers.billable_characters(request)
+    except answers.BadRequest as exc:
+        await bad_request(state, send, str(exc))
+        return
+    state.counters.count_tokens += 1
+    await _latency(state)
+    await respond_json(send, 200, result)
+
+
+async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, send: Send) -> None:
+    """embedContent and batchEmbedContents; any other method is Google's 404."""
+    if call.action not in ("embedContent", "batchEmbedContents"):
+        await respond_error(send, 404, f"Method not found: {call.action}.")
+        return
+    try:
+        request = answers.parse_json_object(body)
+    except answers.BadRequest as exc:
+        await bad_request(state, send, str(exc))
+        return
+    if call.action == "embedContent":
+        result: dict[str, Any] = {"embedding": {"values": answers.embedding(model, request)}}
+    else:
+        requests = request.get("requests")
+        if not isinstance(requests, list):
+            await bad_request(state, send, "* BatchEmbedContentsRequest.requests: must be a list")
+            return
+        items = [r if isinstance(r, dict) else {} for r in requests]
+        result = {"embeddings": [{"values": answers.embedding(model, r)} for r in items]}
+    state.counters.other += 1
+    await _latency(state)
+    await respond_json(send, 200, result)

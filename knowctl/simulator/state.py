@@ -1,0 +1,140 @@
+"""The simulator's run-time state: its knobs, counters, quota and pending faults, and their changes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from knowctl.simulator import answers
+from knowctl.simulator.catalogue import MODEL_METHODS, MODELS, check_models, supported_methods
+from knowctl.simulator.quota import SlidingWindowQuota
+
+FAULTS = ("error500", "reset", "cut_stream", "invalid_json", "hang", "denied", "bad_key")
+
+
+@dataclass(slots=True)
+class SimulatorConfig:
+    """Run-time knobs; ``rpm``/``tpm`` of 0 mean unlimited."""
+
+    latency_ms: float = 0.0
+    rpm: int = 0
+    tpm: int = 0
+    window_s: float = 60.0
+    chunk_delay_ms: float = 0.0
+    chunks: int = answers.DEFAULT_CHUNKS
+    max_body_bytes: int = 32 * 1024 * 1024
+    models: tuple[str, ...] = MODELS
+    any_model: bool = False
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the simulator has answered since it started or was last reset."""
+
+    served: int = 0
+    rejected: int = 0
+    streams: int = 0
+    count_tokens: int = 0
+    other: int = 0
+    listings: int = 0
+    bad_requests: int = 0
+    faults: int = 0
+    not_found: int = 0
+    prompt_tokens: int = 0
+    candidates_tokens: int = 0
+
+
+class SimulatorState:
+    """Everything one simulator instance remembers; the handlers read and update it."""
+
+    def __init__(self, config: SimulatorConfig | None = None, clock: Callable[[], float] = time.monotonic):
+        self.config = replace(config) if config is not None else SimulatorConfig()
+        self.clock = clock
+        self.quota = SlidingWindowQuota(self.config.rpm, self.config.tpm, self.config.window_s)
+        self.counters = Counters()
+        self.by_model: dict[str, int] = {}
+        self.fault: str | None = None
+        self.fault_count = 0
+
+    def serves(self, model: str, method: str | None) -> bool:
+        """Whether a call of ``method`` (None: a GET of the model) on ``model`` is answered."""
+        if self.config.any_model:
+            return True
+        if model not in self.config.models:
+            return False
+        return method is None or method in supported_methods(model) or method not in MODEL_METHODS
+
+    def take_fault(self) -> str | None:
+        """The fault the next generate/stream call fails with, counting it off; None: no fault."""
+        if self.fault is None:
+            return None
+        fault = self.fault
+        self.fault_count -= 1
+        if self.fault_count <= 0:
+            self.fault, self.fault_count = None, 0
+        self.counters.faults += 1
+        return fault
+
+    def stats_json(self) -> dict[str, Any]:
+        now_requests, now_tokens = self.quota.in_window(self.clock())
+        return {
+            **asdict(self.counters),
+            "by_model": dict(self.by_model),
+            "max_in_window": self.quota.max_in_window,
+            "max_tokens_in_window": self.quota.max_tokens_in_window,
+            "in_window": now_requests,
+            "tokens_in_window": now_tokens,
+            "config": self.config_json(),
+        }
+
+    def config_json(self) -> dict[str, Any]:
+        return {**asdict(self.config), "fault": self.fault, "fault_count": self.fault_count}
+
+    def reset(self) -> None:
+        self.counters = Counters()
+        self.by_model.clear()
+        self.quota.reset()
+        self.fault, self.fault_count = None, 0
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        """Validate every change first, then apply them all (raises :class:`answers.BadRequest`)."""
+        known = {f.name for f in fields(SimulatorConfig)} | {"fault", "count"}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise answers.BadRequest(f"unknown simulator setting(s): {', '.join(unknown)}")
+        new = replace(self.config)
+        for name in ("latency_ms", "chunk_delay_ms", "window_s"):
+            if name in changes:
+                value = changes[name]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise answers.BadRequest(f"{name} must be a number >= 0")
+                setattr(new, name, float(value))
+        for name in ("rpm", "tpm", "chunks", "max_body_bytes"):
+            if name in changes:
+                value = changes[name] if changes[name] is not None else 0
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise answers.BadRequest(f"{name} must be an integer >= 0 (0 or null: unlimited)")
+                setattr(new, name, value)
+        if "models" in changes:
+            new.models = check_models(changes["models"])
+        if "any_model" in changes:
+            if not isinstance(changes["any_model"], bool):
+                raise answers.BadRequest("any_model must be true or false")
+            new.any_model = changes["any_model"]
+        if new.window_s <= 0 or new.chunks < 1:
+            raise answers.BadRequest("window_s must be > 0 and chunks >= 1")
+        fault, count = self.fault, self.fault_count
+        if "fault" in changes:
+            fault = changes["fault"]
+            count = changes.get("count", 1)
+            if fault is not None and fault not in FAULTS:
+                raise answers.BadRequest(f"fault must be one of {', '.join(FAULTS)} or null")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise answers.BadRequest("count must be an integer >= 0")
+            if fault is None or count == 0:
+                fault, count = None, 0
+        self.config = new
+        self.quota.rpm, self.quota.tpm, self.quota.window = new.rpm, new.tpm, new.window_s
+        self.fault, self.fault_count = fault, count
