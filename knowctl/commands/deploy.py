@@ -47,7 +47,8 @@ def render(
     from knowctl.deploy.render import render as do_render
     from knowctl.deploy.render import to_stream, write
     from knowctl.deploy.templates import TemplatesNotFound
-    from knowctl.deploy.values import ValuesError, load_values
+    from knowctl.deploy.values.base import ValuesError
+    from knowctl.deploy.values.loading import load_values
 
     if target not in ("k8s", "compose"):
         fail(f"--target must be k8s or compose, not {target!r}", EXIT_CONFIG)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from knowctl.deploy.values import maxmemory_problem, redis_bytes
+from knowctl.deploy.quantities import maxmemory_problem, redis_bytes
 from knowctl.redact import carries_credentials, redact_text
 from knowctl.settings import SECRET_FIELDS, Settings
 

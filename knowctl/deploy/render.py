@@ -16,16 +16,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from knowctl.deploy.templates import templates_root
-from knowctl.deploy.values import (
-    Values,
-    ValuesError,
+from knowctl.deploy.values import Values
+from knowctl.deploy.values.base import ValuesError
+from knowctl.deploy.values.checks import target_problems
+from knowctl.deploy.values.derived import (
     compose_network,
     config_document,
     gateway_settings,
     grace_period,
     redis_host,
     secret_files,
-    target_problems,
     url_secrets,
 )
 from knowctl.settings import Settings

@@ -90,7 +90,7 @@ def _compose_schema(doc: dict[str, Any], subject: str) -> list[Violation]:
 def _settings_problems(data: Any, subject: str) -> list[Violation]:
     from pydantic import ValidationError
 
-    from knowctl.deploy.values import IsolatedSettings
+    from knowctl.deploy.values.derived import IsolatedSettings
 
     if not isinstance(data, dict):
         return [Violation(subject, "settings", "config file must be a mapping of settings")]

@@ -19,7 +19,7 @@ import yaml
 
 from knowctl.deploy.render import render, write
 from knowctl.deploy.validate import newest_k8s_version
-from knowctl.deploy.values import load_values
+from knowctl.deploy.values.loading import load_values
 from tests.support.docker_engine import need_tool
 from tests.support.net import free_port, knowctl_process
 

@@ -13,7 +13,7 @@ import yaml
 from knowctl.deploy.policy import check_compose, check_kubernetes, image_tag_problem
 from knowctl.deploy.render import render, write
 from knowctl.deploy.validate import newest_k8s_version, validate_path
-from knowctl.deploy.values import load_values
+from knowctl.deploy.values.loading import load_values
 from tests.deploy.test_deploy_render import deploy
 from tests.support.docker_engine import unavailable
 

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from knowctl.deploy.policy import check_compose, check_kubernetes
 from knowctl.deploy.render import render, write
 from knowctl.deploy.validate import validate_path
-from knowctl.deploy.values import ValuesError, load_values
+from knowctl.deploy.values.base import ValuesError
+from knowctl.deploy.values.loading import load_values
 from knowctl.logs import JsonFormatter, TextFormatter
 from knowctl.redact import carries_credentials, redact_text, redact_url
 from knowctl.settings import load_settings
