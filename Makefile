@@ -6,6 +6,8 @@ BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
 TOOLS := $(VENV)/.installed-tools
 BENCH := $(VENV)/.installed-bench
+# The JavaScript SDK the node tests run (tests/sdk/test_node_sdk.py); npm writes this file last.
+NODE_SDK := tests/sdk/node/node_modules/.package-lock.json
 
 .PHONY: install run test test-unit lint format bench clean
 
@@ -28,12 +30,18 @@ $(TOOLS): .ci/install-test-deps .ci/install-deploy-tools | $(DEV)
 	.ci/install-test-deps $(VENV)
 	touch $(TOOLS)
 
-install: $(DEV) $(TOOLS)
+# @google/genai as pinned in tests/sdk/node/package-lock.json (node and npm come with $(TOOLS));
+# again only when the lock changes.
+$(NODE_SDK): tests/sdk/node/package.json tests/sdk/node/package-lock.json | $(TOOLS)
+	npm ci --prefix tests/sdk/node --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
+	touch $(NODE_SDK)
+
+install: $(DEV) $(TOOLS) $(NODE_SDK)
 
 run: $(BASE)
 	$(VENV)/bin/knowctl serve --simulate
 
-test: $(DEV) $(TOOLS)
+test: $(DEV) $(TOOLS) $(NODE_SDK)
 	$(PY) -m pytest
 
 # The pure tier alone (no Redis, no servers): seconds, for the edit-test loop.
