@@ -1,4 +1,4 @@
-"""The one source of every knowctl option.
+"""The one source of every knowctl option, one cohesive module: every field, its check and its doc.
 
 Values come, highest priority first, from: CLI flags (passed as keyword arguments to
 :func:`load_settings`), environment variables ``KNOWCTL_*``, secret files named by

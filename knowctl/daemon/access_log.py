@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 
+from knowctl.daemon.context import CallNotes, notes_of
 from knowctl.net.asgi import Scope
 
 log = logging.getLogger("knowctl.access")
@@ -14,24 +15,22 @@ log = logging.getLogger("knowctl.access")
 _PREFIX = f"{os.getpid():x}-"
 _counter = itertools.count(1)
 
-# Keys the pipeline leaves in the ASGI scope for this line (see proxy.py and generate.py).
-SCOPE_USER = "knowctl.user"
-SCOPE_CACHE = "knowctl.cache"
-SCOPE_QUOTA = "knowctl.quota"
-SCOPE_REQUEST_ID = "knowctl.request_id"
-
 
 def request_id(scope: Scope) -> str:
     """The request's id: the client's X-Request-Id, else one of ours; the same every time it
     is asked for one request (an error answer names it, the access log line too)."""
-    found: str | None = scope.get(SCOPE_REQUEST_ID)
-    if found is not None:
-        return found
+    return call_id(notes_of(scope), scope["headers"])
+
+
+def call_id(notes: CallNotes, headers: list[tuple[bytes, bytes]]) -> str:
+    """:func:`request_id` of the request whose ``notes`` and raw ``headers`` these are."""
+    if notes.request_id is not None:
+        return notes.request_id
     found = _PREFIX + str(next(_counter))
-    for name, value in scope["headers"]:
+    for name, value in headers:
         if name == b"x-request-id":
             found = _printable(value.decode("latin-1")[:128]) or found
-    scope[SCOPE_REQUEST_ID] = found
+    notes.request_id = found
     return found
 
 
@@ -42,6 +41,7 @@ def _printable(text: str) -> str:
 def access_log(scope: Scope, route: str, status: int, elapsed_s: float) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
+    notes = notes_of(scope)
     log.info(
         "%s %s %d",
         scope["method"],
@@ -52,8 +52,8 @@ def access_log(scope: Scope, route: str, status: int, elapsed_s: float) -> None:
             "route": route,
             "status": status,
             "latency_ms": round(elapsed_s * 1000, 3),
-            "user": scope.get(SCOPE_USER),
-            "cache": scope.get(SCOPE_CACHE),
-            "quota": scope.get(SCOPE_QUOTA),
+            "user": notes.user,
+            "cache": notes.cache,
+            "quota": notes.quota,
         },
     )

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from knowctl.daemon import metrics
+from knowctl.daemon import config, metrics
 from knowctl.daemon.access_log import access_log
 from knowctl.daemon.admin import cache as cache_admin
 from knowctl.daemon.admin import callers as callers_admin
@@ -69,14 +69,18 @@ class Gateway:
     def __init__(self, settings: Settings, simulator: Any | None = None) -> None:
         self.settings = settings
         self.phase = Phase.STARTING
-        self.credentials = UpstreamCredentials.from_settings(settings)
-        self.upstream = UpstreamClient(settings, self.credentials)
+        self.credentials = UpstreamCredentials.from_config(config.credentials_config(settings))
+        self.upstream = UpstreamClient(config.upstream_config(settings), self.credentials)
         self.store: Store = open_store(settings.store_url, timeout=settings.store_timeout)
-        self.callers = CallerRegistry(settings, self.store, self.credentials.holds_credentials)
-        self.cache = AnswerCache(settings, self.store)
-        self.quota = ProviderQuota(settings, self.store, count_tokens=self.upstream.count_tokens)
+        self.callers = CallerRegistry(
+            config.callers_config(settings, self.credentials.holds_credentials), self.store
+        )
+        self.cache = AnswerCache(config.cache_config(settings), self.store)
+        self.quota = ProviderQuota(
+            config.provider_config(settings), self.store, count_tokens=self.upstream.count_tokens
+        )
         self.model_calls = ModelCallHandler(
-            settings,
+            config.handler_config(settings),
             self.upstream,
             callers=self.callers,
             cache=self.cache,
@@ -86,8 +90,10 @@ class Gateway:
         # Route labels are the actions the gateway knows; a made-up one is "other".
         self._action_routes = {name: name for name in (*KNOWN_ACTIONS, *settings.allowed_action_names)}
         metrics.MODELS.allow((*settings.quota_models, settings.topics_model))
-        self.topics = TopicService(settings, self.store, self.cache, self.model_calls.generate_internal)
-        self.admin = AdminApi(settings)
+        self.topics = TopicService(
+            config.topics_config(settings), self.store, self.cache, self.model_calls.generate_internal
+        )
+        self.admin = AdminApi(config.admin_config(settings))
         self.admin.add_routes(callers_admin.routes(self.callers))
         self.admin.add_routes(cache_admin.routes(self.cache))
         self.admin.add_routes(quota_admin.routes(self.quota))

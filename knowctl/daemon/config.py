@@ -1,11 +1,22 @@
 """Settings sliced per component, in one place: each part of the daemon takes the plain
-values it needs, built here from the one validated ``Settings``, and not the whole object."""
+values it needs, built here from the one validated ``Settings``, and not the whole object.
+Each slice is defined next to the component that takes it; the app calls these functions."""
 
 from __future__ import annotations
 
+from knowctl.daemon.admin.api import AdminConfig
+from knowctl.daemon.cache.answers import CacheConfig
+from knowctl.daemon.callers.registry import CallersConfig, Tier
+from knowctl.daemon.pipeline.handler import HandlerConfig
+from knowctl.daemon.quota.provider import ProviderConfig
+from knowctl.daemon.topics.cdn import CdnConfig
+from knowctl.daemon.topics.config import TopicsConfig
+from knowctl.daemon.upstream.client import UpstreamConfig
+from knowctl.daemon.upstream.credentials import CredentialsConfig
 from knowctl.net.uvicorn_glue import TransportLimits
 from knowctl.policy.callers import parse_networks
-from knowctl.policy.priority import parse_shares
+from knowctl.policy.limits import parse_limits
+from knowctl.policy.priority import Priority, parse_shares
 from knowctl.policy.quota import Limits, QuotaConfig
 from knowctl.settings import Settings
 
@@ -23,6 +34,22 @@ def quota_config(settings: Settings) -> QuotaConfig:
     )
 
 
+def provider_config(settings: Settings) -> ProviderConfig:
+    return ProviderConfig(
+        quota=quota_config(settings),
+        token_estimator=settings.token_estimator,
+        token_bytes_per_token=settings.token_bytes_per_token,
+        default_max_output_tokens=settings.default_max_output_tokens,
+        queue_size=settings.queue_size,
+        queue_per_caller=settings.queue_per_caller,
+        queue_timeout=settings.queue_timeout,
+        upstream_backoff_s=settings.upstream_backoff_s,
+        upstream_backoff_max_s=settings.upstream_backoff_max_s,
+        max_replicas=settings.max_replicas,
+        store_timeout=settings.store_timeout,
+    )
+
+
 def transport_limits(settings: Settings) -> TransportLimits:
     return TransportLimits(
         max_buffered_bytes=settings.max_buffered_bytes,
@@ -32,3 +59,97 @@ def transport_limits(settings: Settings) -> TransportLimits:
         max_connections_per_client=settings.max_connections_per_client,
         exempt=parse_networks(settings.trusted_proxies),
     )
+
+
+def credentials_config(settings: Settings) -> CredentialsConfig:
+    api_key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
+    return CredentialsConfig(api_key=api_key, google_credentials=settings.google_credentials)
+
+
+def upstream_config(settings: Settings) -> UpstreamConfig:
+    return UpstreamConfig(
+        url=settings.upstream_url,
+        max_connections=settings.upstream_max_connections,
+        connect_timeout=settings.upstream_connect_timeout,
+        timeout=settings.upstream_timeout,
+    )
+
+
+def callers_config(settings: Settings, holds_credentials: bool) -> CallersConfig:
+    """``holds_credentials``: whether the gateway calls Google with credentials of its own
+    (``UpstreamCredentials.holds_credentials``), which decides the default auth mode."""
+    return CallersConfig(
+        mode=settings.resolved_auth_mode(holds_credentials),
+        holds_credentials=holds_credentials,
+        simulate=settings.simulate,
+        max_replicas=settings.max_replicas,
+        store_timeout=settings.store_timeout,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+        user_windows=parse_limits(settings.user_limits),
+        ip_windows=parse_limits(settings.ip_limits),
+        tiers={name: Tier(parse_limits(t.limits), t.max_priority) for name, t in settings.tiers.items()},
+        unauthenticated_max_priority=Priority[settings.unauthenticated_max_priority],
+        cache_scope=settings.cache_scope,
+    )
+
+
+def cache_config(settings: Settings) -> CacheConfig:
+    return CacheConfig(
+        enabled=settings.cache_enabled,
+        l1_ttl=settings.cache_l1_ttl,
+        l2_ttl=settings.cache_l2_ttl,
+        stale_ttl=settings.cache_stale_ttl,
+        l1_max_entries=settings.cache_l1_max_entries,
+        l1_max_bytes=settings.cache_l1_max_bytes,
+        coalesce_timeout=settings.coalesce_timeout,
+    )
+
+
+def handler_config(settings: Settings) -> HandlerConfig:
+    return HandlerConfig(
+        max_body_bytes=settings.max_body_bytes,
+        default_priority=Priority[settings.default_priority],
+        allowed_actions=frozenset(settings.allowed_action_names),
+    )
+
+
+def holds_google_credentials(settings: Settings) -> bool:
+    """Whether the gateway calls Google with credentials of its own, as
+    ``UpstreamCredentials.from_config`` decides (knowctl/daemon/upstream/credentials.py)."""
+    return settings.google_api_key is not None or bool(settings.google_credentials)
+
+
+def cdn_config(settings: Settings) -> CdnConfig:
+    token = settings.cdn_api_token.get_secret_value() if settings.cdn_api_token else None
+    return CdnConfig(
+        purge_url=settings.cdn_purge_url,
+        zone_id=settings.cdn_zone_id,
+        api_token=token,
+        public_base_url=settings.public_base_url,
+    )
+
+
+def topics_config(settings: Settings) -> TopicsConfig:
+    auth_mode = settings.resolved_auth_mode(holds_google_credentials(settings))
+    return TopicsConfig(
+        auth_mode=auth_mode,
+        topics_generate=settings.resolved_topics_generate(auth_mode),
+        topics_allowed=frozenset(settings.topics_allowed),
+        topics_prompt_template=settings.topics_prompt_template,
+        topics_model=settings.topics_model,
+        topics_public=settings.topics_public,
+        topics_browser_max_age=settings.topics_browser_max_age,
+        topics_cdn_max_age=settings.topics_cdn_max_age,
+        topics_popular_threshold=settings.topics_popular_threshold,
+        topics_popular_window_s=settings.topics_popular_window_s,
+        topics_refresh_fraction=settings.topics_refresh_fraction,
+        topics_refresh_interval=settings.topics_refresh_interval,
+        vertex_project=settings.vertex_project,
+        vertex_location=settings.vertex_location,
+        cdn=cdn_config(settings),
+    )
+
+
+def admin_config(settings: Settings) -> AdminConfig:
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return AdminConfig(token=token, metrics_require_token=settings.metrics_require_token)

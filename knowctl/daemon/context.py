@@ -1,4 +1,5 @@
-"""One model call as the pipeline sees it, parsed once and passed to every component."""
+"""One model call as the pipeline sees it, parsed once and passed to every component, and the
+notes one request leaves for its access log line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,31 @@ from knowctl.net.asgi import Scope
 from knowctl.policy.identity import Identity
 from knowctl.policy.paths import ApiCall
 from knowctl.policy.priority import Priority
+
+# The one key the daemon keeps in an ASGI scope: the request's notes. A scope is built by the
+# server (or by the daemon itself, for its own calls), never from client input.
+SCOPE_NOTES = "knowctl.notes"
+
+
+@dataclass(slots=True)
+class CallNotes:
+    """What one request came to, written by the pipeline as it decides and read by the access
+    log; and how the daemon marks the calls it makes itself."""
+
+    request_id: str | None = None  # set on first use (knowctl.daemon.access_log.request_id)
+    user: str | None = None
+    cache: str | None = None  # HIT-L1, MISS, BYPASS, STALE...
+    quota: str | None = None  # admitted, queued, refused, fallback
+    topic: str | None = None  # a call the topic API made for this topic (shares its answers)
+    internal: str | None = None  # the gateway's own call (topic refresh, prewarm), by its maker
+
+
+def notes_of(scope: Scope) -> CallNotes:
+    """The request's notes, made on first use."""
+    notes: CallNotes | None = scope.get(SCOPE_NOTES)
+    if notes is None:
+        notes = scope[SCOPE_NOTES] = CallNotes()
+    return notes
 
 
 @dataclass(slots=True)
@@ -21,6 +47,7 @@ class CallContext:
     headers: list[tuple[str, str]]  # lower-case names, in order
     header: dict[str, str]  # the same, by name (last wins)
     client_ip: str  # the direct peer; see Callers for X-Forwarded-For
+    notes: CallNotes = field(default_factory=CallNotes)  # the request's: notes_of(scope)
     body: bytes = b""
     payload: dict[str, Any] | None = None  # the parsed JSON body of a known action
     identity: Identity | None = None

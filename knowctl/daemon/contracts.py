@@ -1,10 +1,10 @@
-"""What the model-call pipeline (``proxy.py``) asks of its components, in one place.
+"""What the model-call pipeline (``knowctl.daemon.pipeline``) asks of its components, in one place.
 
-Each component lives in its own module and owns its state and admin routes:
+Each component lives in its own room and owns its state (the app wires their admin routes):
 
-- callers (``callers.py``): who is calling, and per-user / per-IP limits;
-- cache (``cache.py``): answers in two layers, stale copies, coalescing of identical calls;
-- quota (``quota.py``): the provider's RPM/RPD/TPM/TPD windows, priority queue, back-off.
+- callers (``daemon/callers``): who is calling, and per-user / per-IP limits;
+- cache (``daemon/cache``): answers in two layers, stale copies, coalescing of identical calls;
+- quota (``daemon/quota``): the provider's RPM/RPD/TPM/TPD windows, priority queue, back-off.
 
 The pipeline, in order: identify -> caller limits -> cache lookup -> (coalesce) -> quota
 (admit now, else stale fallback, else queue, else 429) -> upstream -> settle quota with the

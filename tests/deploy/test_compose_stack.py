@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -44,8 +43,8 @@ import pytest
 import yaml
 
 from knowctl.deploy.render import render, write
-from knowctl.deploy.values import load_values
-from tests.support.net import LOOPBACK, free_port, knowctl_process, wait_http
+from knowctl.deploy.values.loading import load_values
+from tests.support.net import LOOPBACK, free_port, knowctl_process, stop_process, wait_http
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.simulator import Simulator, simulator_process
 
@@ -179,16 +178,6 @@ def gateway_env(out: Path, compose: dict[str, Any]) -> dict[str, str]:
 # --- processes -----------------------------------------------------------------------------------
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.contextmanager
 def running(cmd: Sequence[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``cmd`` until the block ends (SIGTERM, then SIGKILL), its output in ``log``."""
@@ -198,7 +187,7 @@ def running(cmd: Sequence[str], ready_url: str, log: Path) -> Iterator[subproces
             wait_http(ready_url, timeout=30, proc=proc)
             yield proc
         finally:
-            stop(proc)
+            stop_process(proc)
 
 
 @dataclass
@@ -643,8 +632,8 @@ def _run(stack: Stack) -> None:
     # The outage alerts: Redis goes away, then one gateway, then the others.
     stack.redis.stop()
     wait_for_data(stack, {"alert KnowctlStoreDown": alerts["KnowctlStoreDown"]}, timeout=20)
-    stop(stack.gateways[0][1])
+    stop_process(stack.gateways[0][1])
     wait_for_data(stack, {"alert KnowctlDown": alerts["KnowctlDown"]}, timeout=20)
     for _, proc in stack.gateways[1:]:
-        stop(proc)
+        stop_process(proc)
     wait_for_data(stack, {"alert KnowctlAllDown": alerts["KnowctlAllDown"]}, timeout=20)

@@ -15,6 +15,7 @@ import redis.asyncio as aredis
 
 from knowctl.daemon.cache import blobs
 from knowctl.daemon.cache.answers import AnswerCache
+from knowctl.daemon.config import cache_config
 from knowctl.daemon.contracts import Answer
 from knowctl.settings import Settings
 from knowctl.store import Store, keys, open_store
@@ -74,7 +75,7 @@ class Daemons:
         else:
             store = open_store(self.url, timeout=TIMEOUT)
             self.stores.append(store)
-        cache = AnswerCache(make_settings(**kw), store, clock=self.clock)
+        cache = AnswerCache(cache_config(make_settings(**kw)), store, clock=self.clock)
         await cache.start()
         self.caches.append(cache)
         return cache
@@ -421,7 +422,7 @@ async def test_invalidate_100k_keys_in_redis_without_blocking(
 
 async def test_store_outage_is_a_miss_never_an_error(clock: Clock) -> None:
     dead = open_store(f"redis://{LOOPBACK}:{free_port()}/0", timeout=0.2)
-    cache = AnswerCache(make_settings(), dead, clock=clock)
+    cache = AnswerCache(cache_config(make_settings()), dead, clock=clock)
     await cache.start(wait_s=0.3)
     try:
         k = key()

@@ -13,6 +13,7 @@ import pytest
 
 from knowctl.daemon.callers import registry as callers_module
 from knowctl.daemon.callers.registry import CallerRegistry
+from knowctl.daemon.config import callers_config
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import CallRefused
 from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
@@ -48,7 +49,7 @@ def ctx(
 
 def registry(store: Store, mode: str, **overrides: Any) -> CallerRegistry:
     settings = Settings(**{"auth_mode": mode, "store_timeout": 2.0, **overrides})
-    return CallerRegistry(settings, store, holds_credentials=mode != "passthrough")
+    return CallerRegistry(callers_config(settings, holds_credentials=mode != "passthrough"), store)
 
 
 def address() -> str:
@@ -191,7 +192,7 @@ async def test_callers_the_gateway_has_not_authenticated_are_capped(store: Store
         key, _ = await keyed.keys.create(f"u-{uuid.uuid4().hex[:8]}", None, None, False)
         assert (await keyed.identify(ctx([("x-goog-api-key", key)]))).max_priority is None
         topic = ctx()
-        topic.scope[callers_module.PUBLIC_TOPIC] = "tides"
+        topic.notes.topic = "tides"
         assert (await keyed.identify(topic)).max_priority is Priority.MEDIUM
     finally:
         await keyed.close()

@@ -16,6 +16,7 @@ from knowctl.daemon.admin.api import AdminError, AdminRequest
 from knowctl.daemon.admin.callers import routes as callers_routes
 from knowctl.daemon.callers import keys as callers_keys
 from knowctl.daemon.callers.registry import CallerRegistry, CallersConfigError
+from knowctl.daemon.config import callers_config
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import CallRefused
 from knowctl.policy.paths import parse_path
@@ -59,7 +60,7 @@ def settings(**overrides: Any) -> Settings:
 
 
 async def registry_on(store: Store, **overrides: Any) -> CallerRegistry:
-    registry = CallerRegistry(settings(**overrides), store, holds_credentials=True)
+    registry = CallerRegistry(callers_config(settings(**overrides), holds_credentials=True), store)
     await registry.start()
     return registry
 
@@ -256,7 +257,7 @@ async def test_revocation_reaches_another_daemon_through_pubsub(
 
 async def test_passthrough_and_anonymous(store: Store) -> None:
     passthrough = CallerRegistry(
-        settings(auth_mode=None, trusted_proxies="10.0.0.0/8"), store, holds_credentials=False
+        callers_config(settings(auth_mode=None, trusted_proxies="10.0.0.0/8"), holds_credentials=False), store
     )
     assert passthrough.mode == "passthrough"
     call = ctx([("x-goog-api-key", "AIzaCallerOwn")])
@@ -272,7 +273,8 @@ async def test_passthrough_and_anonymous(store: Store) -> None:
     other = await passthrough.identify(ctx([("authorization", "Bearer ya29.other")]))
     assert other.credential != identity.user
     anonymous = CallerRegistry(
-        settings(auth_mode="anonymous", trusted_proxies="10.0.0.0/8"), store, holds_credentials=True
+        callers_config(settings(auth_mode="anonymous", trusted_proxies="10.0.0.0/8"), holds_credentials=True),
+        store,
     )
     spoofed = ctx([("x-forwarded-for", "6.6.6.6")], peer="203.0.113.9")
     assert (await anonymous.identify(spoofed)).user == "203.0.113.9"
@@ -281,10 +283,12 @@ async def test_passthrough_and_anonymous(store: Store) -> None:
 
 
 async def test_keys_mode_without_credentials_refuses_to_start(store: Store) -> None:
-    registry = CallerRegistry(settings(), store, holds_credentials=False)
+    registry = CallerRegistry(callers_config(settings(), holds_credentials=False), store)
     with pytest.raises(CallersConfigError, match="KNOWCTL_GOOGLE_API_KEY"):
         await registry.start()
-    assert CallerRegistry(settings(auth_mode=None), store, holds_credentials=True).mode == "keys"
+    assert (
+        CallerRegistry(callers_config(settings(auth_mode=None), holds_credentials=True), store).mode == "keys"
+    )
 
 
 # --- limits --------------------------------------------------------------------------------------------
@@ -440,14 +444,14 @@ async def test_the_gateways_own_calls_and_public_topics(store: Store) -> None:
     try:
         for _ in range(3):
             internal = ctx()
-            internal.scope["knowctl.internal"] = "topics"
+            internal.notes.internal = "topics"
             identity = await registry.identify(internal)
             assert identity.user == "internal.topics"
             internal.identity = identity
             await registry.check_limits(internal)  # never limited
             assert internal.response_headers == []
         public = ctx(peer="192.0.2.77")
-        public.scope["knowctl.topic"] = "tides"
+        public.notes.topic = "tides"
         assert (await registry.identify(public)).user == "192.0.2.77"
         with pytest.raises(CallRefused) as no_key:
             await registry.identify(ctx(peer="192.0.2.77"))

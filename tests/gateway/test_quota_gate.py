@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from knowctl.daemon.config import provider_config
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import CallRefused, Ticket
 from knowctl.daemon.quota.provider import ProviderQuota
@@ -54,7 +55,7 @@ def ctx(name: str, text: str = "hi", priority: Priority = Priority.MEDIUM) -> Ca
 
 @asynccontextmanager
 async def gate(store: Store, **values: Any) -> AsyncIterator[ProviderQuota]:
-    q = ProviderQuota(Settings(**values), store)
+    q = ProviderQuota(provider_config(Settings(**values)), store)
     await q.start()
     try:
         yield q
@@ -184,7 +185,7 @@ async def test_count_tokens_estimator(store: Store) -> None:
         return 42
 
     settings = Settings(quota_tpm=50, quota_minute_s=30, token_estimator="count_tokens", queue_timeout=0.2)
-    q = ProviderQuota(settings, store, count_tokens=count)
+    q = ProviderQuota(provider_config(settings), store, count_tokens=count)
     await q.start()
     try:
         first = await q.try_admit(ctx(m))
@@ -368,7 +369,7 @@ async def test_settle_on_another_daemon_wakes_the_waiter(store: Store) -> None:
 
 async def test_close_answers_waiters(store: Store) -> None:
     m = model()
-    q = ProviderQuota(Settings(quota_tpm=10, quota_minute_s=30, queue_timeout=30), store)
+    q = ProviderQuota(provider_config(Settings(quota_tpm=10, quota_minute_s=30, queue_timeout=30)), store)
     await q.start()
     assert isinstance(await q.try_admit(ctx(m, "x" * 40)), Ticket)
     retry = await q.try_admit(ctx(m))

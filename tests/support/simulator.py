@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.net import LOOPBACK, free_port, wait_http
+from tests.support.net import LOOPBACK, free_port, stop_process, wait_http
 
 DEFAULTS: dict[str, Any] = {
     "latency_ms": 0,
@@ -74,12 +73,6 @@ def simulator_process(
         wait_http(f"{url}/_simulator/stats", timeout=timeout, proc=proc)
         yield Simulator(url=url, proc=proc, log_path=log_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if log_path:
             out.close()  # type: ignore[union-attr]

@@ -27,7 +27,6 @@ from knowctl.net.asgi import (
     respond_error,
     respond_json,
 )
-from knowctl.settings import Settings
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 OPEN_ROUTES = frozenset({"/api/health", "/api/ready"})
@@ -84,11 +83,19 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """What the admin API needs of the settings (built by knowctl.daemon.config.admin_config)."""
+
+    token: str | None = field(default=None, repr=False)  # None: loopback only
+    metrics_require_token: bool = False
+
+
 class AdminApi:
-    def __init__(self, settings: Settings) -> None:
-        token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    def __init__(self, config: AdminConfig) -> None:
+        token = config.token
         self._token = token.encode() if token else None
-        self._metrics_open = not settings.metrics_require_token
+        self._metrics_open = not config.metrics_require_token
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
 
     def add_routes(self, routes: Iterable[Route]) -> None:

@@ -33,7 +33,7 @@ def _unavailable(exc: StoreUnavailable) -> AdminError:
 class _KeysApi:
     def __init__(self, registry: CallerRegistry) -> None:
         self._registry = registry
-        self._tiers = registry.settings.tiers
+        self._tiers = registry.config.tiers
 
     async def create(self, request: AdminRequest) -> AdminResponse:
         body = request.json_object()

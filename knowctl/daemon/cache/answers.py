@@ -1,5 +1,6 @@
 """The answer cache: an in-process LRU (L1) in front of the shared store (L2), stale copies
-for fallback, coalescing of identical misses, and pattern invalidation.
+for fallback, and coalescing of identical misses (pattern invalidation and the news between
+daemons' L1s: ``invalidation.py``).
 
 - One store entry per key holds the answer and when it was stored; it lives
   ``cache_l2_ttl + cache_stale_ttl`` seconds: fresh for the first ``cache_l2_ttl``, a stale
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,26 +31,28 @@ from knowctl.daemon import metrics
 from knowctl.daemon.cache import blobs
 from knowctl.daemon.cache import metrics as cm
 from knowctl.daemon.cache.coalesce import SAVED, Coalescer
-from knowctl.daemon.channel import ChannelListener
+from knowctl.daemon.cache.invalidation import Invalidation, InvalidationHook
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import Answer, Cached, Flight, Lookup
 from knowctl.daemon.lru import LRU
 from knowctl.policy import cachekey
 from knowctl.policy.framing import is_complete_success
-from knowctl.settings import Settings
 from knowctl.store import Health, Keys, Leases, Notifications, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.cache")
 
-SCAN_COUNT = 1000  # keys Redis examines per SCAN step: each step stays short
-UNLINK_BATCH = 1000
-L1_DROP_BATCH = 1000  # keys per "drop these" message to other daemons
-SAMPLE = 10
 
-INVALIDATE_PATTERN = b"I"  # I sender \n glob: drop matching L1 entries
-INVALIDATE_KEYS = b"K"  # K sender \n key \n key ...: drop these L1 entries
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """What the answer cache needs of the settings (built by knowctl.daemon.config.cache_config)."""
 
-InvalidationHook = Callable[[list[str]], Awaitable[None]]
+    enabled: bool
+    l1_ttl: float
+    l2_ttl: float
+    stale_ttl: float  # how long a stale copy is kept after l2_ttl, for fallback
+    l1_max_entries: int
+    l1_max_bytes: int
+    coalesce_timeout: float
 
 
 class CacheStore(Health, Keys, Leases, Notifications, Protocol):
@@ -71,8 +74,6 @@ class _Counts:
     saves: int = 0
     refused: int = 0
     coalesced: int = 0
-    invalidations: int = 0
-    invalidated_keys: int = 0
     store_errors: int = 0
 
 
@@ -84,30 +85,35 @@ class AnswerCache:
     """The ResponseCache of knowctl.daemon.contracts."""
 
     def __init__(
-        self, settings: Settings, store: CacheStore, *, clock: Callable[[], float] = time.time
+        self, config: CacheConfig, store: CacheStore, *, clock: Callable[[], float] = time.time
     ) -> None:
-        self.enabled = settings.cache_enabled
+        self.enabled = config.enabled
         self._store = store
         self._clock = clock
-        self._l1_ttl = settings.cache_l1_ttl
-        self._l2_ttl = settings.cache_l2_ttl
-        self._keep = settings.cache_l2_ttl + settings.cache_stale_ttl
+        self._l1_ttl = config.l1_ttl
+        self._l2_ttl = config.l2_ttl
+        self._keep = config.l2_ttl + config.stale_ttl
         self.shared = store.backend != "memory"
-        self._l1: LRU[_Entry] = LRU(settings.cache_l1_max_entries, settings.cache_l1_max_bytes, clock=clock)
+        self._l1: LRU[_Entry] = LRU(config.l1_max_entries, config.l1_max_bytes, clock=clock)
         self._evictions_seen = 0
         self.counts = _Counts()
         self._id = uuid.uuid4().hex
-        self._hooks: list[InvalidationHook] = []
-        self._listener = ChannelListener(
-            store, keys.cache_channel(), self._dispatch, self._on_subscribed, name="cache-bus"
-        )
         self.coalescer = Coalescer(
             store,
             shared=self.shared,
-            timeout=settings.coalesce_timeout,
+            timeout=config.coalesce_timeout,
             daemon_id=self._id,
             read_or_lease=self.read_or_lease,
             on_coalesced=self._coalesced,
+        )
+        self._invalidation = Invalidation(
+            store,
+            self._l1,
+            shared=self.shared,
+            daemon_id=self._id,
+            l1_changed=self._l1_gauges,
+            store_failed=self.store_failed,
+            on_other=self.coalescer.on_message,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -115,15 +121,15 @@ class AnswerCache:
         """Listen for other daemons' news; returns once subscribed (or after ``wait_s``)."""
         if not self.shared:
             return
-        await self._listener.start(wait_s)
+        await self._invalidation.listener.start(wait_s)
 
     async def close(self) -> None:
-        await self._listener.close()
+        await self._invalidation.listener.close()
         await self.coalescer.close()
 
     def on_invalidate(self, hook: InvalidationHook) -> None:
         """Call ``hook(cache keys)`` after this daemon removed entries (e.g. to purge a CDN)."""
-        self._hooks.append(hook)
+        self._invalidation.on_invalidate(hook)
 
     # --- ResponseCache -----------------------------------------------------------------------
     def key_for(self, ctx: CallContext) -> str | None:
@@ -137,7 +143,7 @@ class AnswerCache:
             except ValueError:
                 topic = None  # an unusable name is only a label: cache under gen:
         # Only the topic API (which marks its own calls) shares answers across callers.
-        if topic is not None and ctx.scope.get("knowctl.topic") == topic:
+        if topic is not None and ctx.notes.topic == topic:
             scope = cachekey.TOPIC_SCOPE
         else:
             found = ctx.identity.cache_scope if ctx.identity is not None else "shared"
@@ -282,67 +288,13 @@ class AnswerCache:
     async def drop_everywhere(self, cache_keys: list[str], *, local: bool = True) -> None:
         """Drop these keys from the L1 of every daemon (``local``: this one's too); used after
         their store entries were replaced."""
-        if local:
-            for key in cache_keys:
-                self._l1.pop(key)
-            self._l1_gauges()
-        for start in range(0, len(cache_keys), L1_DROP_BATCH):
-            batch = "\n".join(cache_keys[start : start + L1_DROP_BATCH])
-            await self._broadcast(INVALIDATE_KEYS, batch)
+        await self._invalidation.drop_everywhere(cache_keys, local=local)
 
     # --- invalidation --------------------------------------------------------------------------
     async def invalidate(self, pattern: str, *, dry_run: bool = False, limit: int = 100) -> dict[str, Any]:
         """Remove up to ``limit`` (0: all) entries matching the glob ``pattern``, stale copies
         included, from the store and from every daemon's L1."""
-        regex = cachekey.pattern_regex(pattern)  # BadPattern (a ValueError) when refused
-        found = await self._scan(keys.cache_entries_match(pattern))
-        matched = [k for k in (keys.cache_key_of(e) for e in found) if k is not None]
-        if not self.shared:  # entries only in L1 (their store write failed) count too
-            seen = set(matched)
-            matched += [k for k in self._l1 if regex.fullmatch(k) and k not in seen]
-        result: dict[str, Any] = {
-            "pattern": pattern,
-            "dry_run": dry_run,
-            "matched": len(matched),
-            "deleted": 0,
-            "remaining": len(matched),
-            "sample": matched[:SAMPLE],
-        }
-        if dry_run:
-            return result
-        doomed = matched if limit == 0 else matched[:limit]
-        for start in range(0, len(doomed), UNLINK_BATCH):
-            batch = [keys.cache_entry(k) for k in doomed[start : start + UNLINK_BATCH]]
-            await self._store.unlink(*batch)
-        everything = len(doomed) == len(matched)
-        gone = set(doomed)
-        self._l1.drop((lambda k: regex.fullmatch(k) is not None) if everything else gone.__contains__)
-        self._l1_gauges()
-        if everything:
-            await self._broadcast(INVALIDATE_PATTERN, pattern)
-        else:
-            for start in range(0, len(doomed), L1_DROP_BATCH):
-                await self._broadcast(INVALIDATE_KEYS, "\n".join(doomed[start : start + L1_DROP_BATCH]))
-        self.counts.invalidations += 1
-        self.counts.invalidated_keys += len(doomed)
-        cm.INVALIDATIONS.inc()
-        cm.INVALIDATED_KEYS.inc(len(doomed))
-        for hook in self._hooks:
-            try:
-                await hook(doomed)
-            except Exception:  # a hook (CDN purge) must never undo the invalidation
-                log.exception("cache: invalidation hook failed")
-        result.update(deleted=len(doomed), remaining=len(matched) - len(doomed))
-        return result
-
-    async def _scan(self, match: str) -> list[str]:
-        found: dict[str, None] = {}  # SCAN may return a key twice
-        cursor = 0
-        while True:
-            cursor, batch = await self._store.scan_keys(match, cursor, SCAN_COUNT)
-            found.update(dict.fromkeys(batch))
-            if cursor == 0:
-                return list(found)
+        return await self._invalidation.invalidate(pattern, dry_run=dry_run, limit=limit)
 
     # --- stats ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -377,8 +329,8 @@ class AnswerCache:
             "refused_saves": c.refused,
             "coalesced": c.coalesced,
             "in_flight": self.coalescer.in_flight,
-            "invalidations": c.invalidations,
-            "invalidated_keys": c.invalidated_keys,
+            "invalidations": self._invalidation.invalidations,
+            "invalidated_keys": self._invalidation.invalidated_keys,
             "store_errors": c.store_errors,
         }
 
@@ -435,40 +387,6 @@ class AnswerCache:
         log.debug("cache: store call failed: %s", exc)
         self.counts.store_errors += 1
         cm.STORE_ERRORS.inc()
-
-    # --- news between daemons ----------------------------------------------------------------
-    async def _broadcast(self, kind: bytes, text: str) -> None:
-        if not self.shared:
-            return
-        try:
-            await self._store.publish(keys.cache_channel(), kind + self._id.encode() + b"\n" + text.encode())
-        except StoreUnavailable as exc:
-            self.store_failed(exc)
-
-    def _on_subscribed(self, resumed: bool) -> None:
-        if resumed:  # invalidations sent while we were away are lost: forget L1
-            self._l1.clear()
-            self._l1_gauges()
-
-    def _dispatch(self, raw: bytes) -> None:
-        kind, rest = raw[:1], raw[1:]
-        head, _, payload = rest.partition(b"\n")
-        if kind in (INVALIDATE_PATTERN, INVALIDATE_KEYS):
-            if head.decode(errors="replace") == self._id:
-                return  # ours: done already
-            text = payload.decode(errors="replace")
-            if kind == INVALIDATE_PATTERN:
-                try:
-                    regex = cachekey.pattern_regex(text)
-                    self._l1.drop(lambda k: regex.fullmatch(k) is not None)
-                except ValueError:
-                    return
-            else:
-                for key in text.split("\n"):
-                    self._l1.pop(key)
-            self._l1_gauges()
-        else:
-            self.coalescer.on_message(kind, head.decode(errors="replace"), payload)
 
 
 def topic_keys(keys_: Iterable[str]) -> list[str]:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from knowctl.daemon.callers.keys import KeyBook
@@ -39,10 +40,9 @@ from knowctl.daemon.ids import unique_id
 from knowctl.daemon.lru import LRU
 from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import callers as policy
+from knowctl.policy.callers import IpNetwork
 from knowctl.policy.identity import Identity, IdentityKind
-from knowctl.policy.limits import parse_limits
 from knowctl.policy.priority import Priority
-from knowctl.settings import Settings
 from knowctl.store import Admission, Health, Notifications, Records, StoreUnavailable, Window, Windows, keys
 
 if TYPE_CHECKING:
@@ -57,9 +57,6 @@ STORE_BUSY_RETRY_S = 1.0
 VERIFIED_MAX = 10_000
 VERIFIED_TTL_S = 3600.0
 IP_POLICY_PREFIX = "ip-"
-# ASGI scope keys the daemon sets on calls it builds itself (knowctl/daemon/topics/service.py).
-INTERNAL = "knowctl.internal"
-PUBLIC_TOPIC = "knowctl.topic"
 
 
 class CallersStore(Health, Windows, Records, Notifications, Protocol):
@@ -70,13 +67,38 @@ class CallersConfigError(RuntimeError):
     """Settings that would make the gateway unsafe or useless; refused at start-up."""
 
 
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """A named tier: the per-user windows of its keys and their priority cap (a name)."""
+
+    windows: tuple[Window, ...]
+    max_priority: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallersConfig:
+    """What the callers need of the settings (built by knowctl.daemon.config.callers_config)."""
+
+    mode: str  # the auth mode in force: keys, passthrough or anonymous
+    holds_credentials: bool  # the gateway calls Google with credentials of its own
+    simulate: bool
+    max_replicas: int
+    store_timeout: float
+    trusted_proxies: tuple[IpNetwork, ...]
+    user_windows: tuple[Window, ...]
+    ip_windows: tuple[Window, ...]
+    tiers: Mapping[str, Tier]
+    unauthenticated_max_priority: Priority
+    cache_scope: str  # shared, user or tier
+
+
 class CallerRegistry:
     """Implements ``knowctl.daemon.contracts.Callers``; also owns the key admin routes."""
 
-    def __init__(self, settings: Settings, store: CallersStore, holds_credentials: bool) -> None:
-        self.settings = settings
-        self.mode = settings.resolved_auth_mode(holds_credentials)
-        self._holds_credentials = holds_credentials
+    def __init__(self, config: CallersConfig, store: CallersStore) -> None:
+        self.config = config
+        self.mode = config.mode
+        self._holds_credentials = config.holds_credentials
         self._store = store
         # The same shared-or-local windows as the provider quota, on the user and IP scopes,
         # each daemon holding its share (limit / max_replicas) while the store is down. Unlike
@@ -87,24 +109,24 @@ class CallerRegistry:
         self._windows = FailoverWindows(
             store,
             self._spawn,
-            replicas=settings.max_replicas,
-            timeout=settings.store_timeout,
+            replicas=config.max_replicas,
+            timeout=config.store_timeout,
             start_full=False,
         )
         self._tasks: set[asyncio.Task[None]] = set()
-        self._trusted = policy.parse_networks(settings.trusted_proxies)
-        self._user_windows = parse_limits(settings.user_limits)
-        self._ip_windows = parse_limits(settings.ip_limits)
-        self._tier_windows = {name: parse_limits(t.limits) for name, t in settings.tiers.items()}
+        self._trusted = config.trusted_proxies
+        self._user_windows = config.user_windows
+        self._ip_windows = config.ip_windows
+        self._tier_windows = {name: t.windows for name, t in config.tiers.items()}
         self._policy_headers: dict[str | None, bytes] = {}
-        self._unauthenticated_cap = Priority[settings.unauthenticated_max_priority]
+        self._unauthenticated_cap = config.unauthenticated_max_priority
         # cred- name -> True; entries are 1 "byte" each, so max_bytes bounds nothing more.
         self._verified: LRU[bool] = LRU(VERIFIED_MAX, VERIFIED_MAX)
         self.keys = KeyBook(store, store_usable=self.store_usable, store_failed=self.store_failed)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        if self.mode == "keys" and not self._holds_credentials and not self.settings.simulate:
+        if self.mode == "keys" and not self._holds_credentials and not self.config.simulate:
             # Callers present gateway keys, which Google would refuse (and must never see);
             # with no credentials of our own every call would fail upstream. Say so now.
             raise CallersConfigError(
@@ -113,7 +135,7 @@ class CallerRegistry:
                 "KNOWCTL_AUTH_MODE=passthrough"
             )
         if self.mode == "keys":
-            await self.keys.start(wait_s=2 * self.settings.store_timeout)
+            await self.keys.start(wait_s=2 * self.config.store_timeout)
         limits = ",".join(f"{w.limit}/{w.name}" for w in self._user_windows) or "none"
         log.info("callers: auth mode %s, per-user limits %s", self.mode, limits)
 
@@ -143,17 +165,17 @@ class CallerRegistry:
         return policy.client_address(ctx.client_ip, forwarded, self._trusted) or "unknown"
 
     async def identify(self, ctx: CallContext) -> Identity:
-        internal = ctx.scope.get(INTERNAL)
+        internal = ctx.notes.internal
         if internal:
-            # The gateway's own calls (topic refresh, prewarm): only the daemon sets this scope
-            # key (an ASGI scope is built by the server, never from client input).
+            # The gateway's own calls (topic refresh, prewarm): only the daemon writes notes
+            # (knowctl.daemon.context), never from client input.
             return Identity(user=f"internal.{internal}", kind="internal", cache_scope="shared")
         if self.mode == "anonymous":
             return self._anonymous(ctx, self._cache_scope("anonymous", self.client_ip(ctx), None))
         if self.mode == "passthrough":
             return self._identify_passthrough(ctx)
         key = policy.presented_credential(ctx.header, ctx.query)
-        if key is None and PUBLIC_TOPIC in ctx.scope:
+        if key is None and ctx.notes.topic is not None:
             # GET /topics/... is public (browsers, CDNs): without a key it is the address
             # (topic answers have a cache scope of their own).
             return self._anonymous(ctx, None)
@@ -198,7 +220,7 @@ class CallerRegistry:
 
     def _cache_scope(self, kind: str, user: str, tier: str | None) -> str:
         """The cache scope of a key user or an anonymous-mode address under ``cache_scope``."""
-        setting = self.settings.cache_scope
+        setting = self.config.cache_scope
         if setting == "shared":
             return "shared"
         if kind == "key":
@@ -236,7 +258,7 @@ class CallerRegistry:
                 user = policy.sub_user(record.user, session)
             except ValueError as exc:
                 raise CallRefused(400, f"X-Knowctl-User: {exc}") from None
-        tier = self.settings.tiers.get(record.tier) if record.tier else None
+        tier = self.config.tiers.get(record.tier) if record.tier else None
         cap_name = record.max_priority or (tier.max_priority if tier else None)
         cap = Priority.parse(cap_name) if cap_name else None
         return Identity(
@@ -255,7 +277,7 @@ class CallerRegistry:
         return self._user_windows
 
     async def check_limits(self, ctx: CallContext) -> None:
-        if ctx.scope.get(INTERNAL):
+        if ctx.notes.internal:
             return  # the gateway's own work is bounded by the provider quota, not user limits
         identity = ctx.identity or await self.identify(ctx)
         user_windows = self.user_windows(identity.tier)

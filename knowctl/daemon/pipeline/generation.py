@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from knowctl.daemon.access_log import SCOPE_CACHE, SCOPE_QUOTA
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache, Ticket
 from knowctl.daemon.pipeline.replies import CACHE_HEADER, send_cached, send_refusal, send_upstream_error
@@ -68,13 +67,69 @@ class Outcome:
     spent: bool = True  # the provider may have counted the call against its quota
 
 
+class Holdings:
+    """What one call holds on its way upstream: a provider-quota reservation and a coalescing
+    lease. Whoever uses one takes it (``take_*``); leaving the ``with`` block gives back what
+    was not taken, on every path. One that lands later (a lookup or reservation still running
+    when the call was refused) goes back as it lands."""
+
+    __slots__ = ("_cache", "_closed", "_key", "_lease", "_quota", "_reserved")
+
+    def __init__(self, cache: ResponseCache, quota: QuotaGate, key: str) -> None:
+        self._cache = cache
+        self._quota = quota
+        self._key = key
+        self._reserved: Ticket | float | None = None
+        self._lease: bytes | None = None
+        self._closed = False
+
+    def __enter__(self) -> Holdings:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closed = True
+        self.give_back_reservation()
+        lease = self.take_lease()
+        if lease is not None:
+            self._cache.release(self._key, lease)
+
+    def hold(self, lease: bytes | None, reserved: Ticket | float | None) -> None:
+        if lease is not None:
+            self._lease = lease
+        if reserved is not None:
+            self._reserved = reserved
+        if self._closed:
+            self.__exit__()
+
+    def take_lease(self) -> bytes | None:
+        lease, self._lease = self._lease, None
+        return lease
+
+    def take_reservation(self) -> Ticket | float | None:
+        reserved, self._reserved = self._reserved, None
+        return reserved
+
+    def give_back_reservation(self) -> None:
+        reserved = self.take_reservation()
+        if isinstance(reserved, Ticket):
+            self._quota.release(reserved)
+
+    def lookup_landed(self, looking: asyncio.Future[Lookup]) -> None:
+        if not looking.cancelled() and looking.exception() is None:
+            self.hold(looking.result().lease, None)
+
+    def reservation_landed(self, reserving: asyncio.Future[Ticket | float]) -> None:
+        if not reserving.cancelled() and reserving.exception() is None:
+            self.hold(None, reserving.result())
+
+
 class Generation:
     def __init__(
         self,
         upstream: UpstreamClient,
-        cache: ResponseCache | None,
-        quota: QuotaGate | None,
-        answered: Callable[[CallContext, int], None] | None = None,
+        cache: ResponseCache,
+        quota: QuotaGate,
+        answered: Callable[[CallContext, int], None],
     ) -> None:
         self._answered = answered
         self._upstream = upstream
@@ -84,95 +139,69 @@ class Generation:
     async def __call__(self, ctx: CallContext, send: Send, admit: Admit) -> int:
         """Run one generation call; ``admit`` counts it against the caller's limits (raises
         CallRefused), before anything is served, cached answers included."""
-        key = self._cache.key_for(ctx) if self._cache is not None else None
-        if key is None or self._cache is None:
+        key = self._cache.key_for(ctx)
+        if key is None:
             await admit(ctx)
             return (await self._call_with_quota(ctx, send, None)).status
         read, write = cache_directives(ctx)
-        found, reserved = Lookup(), None
-        if read:
-            found, reserved = await self._admit_and_look(ctx, key, admit)
-        else:
-            await admit(ctx)
-            ctx.response_headers.append((CACHE_HEADER, b"BYPASS"))
-            ctx.scope[SCOPE_CACHE] = "BYPASS"
-        try:
+        with Holdings(self._cache, self._quota, key) as held:
+            found = Lookup()
+            if read:
+                found = await self._admit_and_look(ctx, key, admit, held)
+            else:
+                await admit(ctx)
+                ctx.response_headers.append((CACHE_HEADER, b"BYPASS"))
+                ctx.notes.cache = "BYPASS"
             if found.cached is not None:  # needs no quota: the reservation goes back after
                 return await send_cached(send, ctx, found.cached)
-            if found.lease is None:  # the flight waits for another call's: free it now
-                self._release(reserved)
-                reserved = None
-            async with self._cache.flight(key, found.lease) as flight:
+            lease = held.take_lease()
+            if lease is None:  # the flight waits for another call's: free the quota now
+                held.give_back_reservation()
+            async with self._cache.flight(key, lease) as flight:
                 if flight.answer is not None:  # an identical call finished while we waited
                     fresh = Cached(answer=flight.answer, layer="L1", age_s=0.0)
                     return await send_cached(send, ctx, fresh, label="HIT-COALESCED")
                 if flight.waited:
                     # A reservation counts in the windows from when it was made: used after a
                     # wait, its call would leave them early. It goes back; admitted afresh.
-                    self._release(reserved)
-                    reserved = None
+                    held.give_back_reservation()
                 outcome = Outcome(status=499)
                 keep = functools.partial(self._cache.save, key) if write else None
-                handed, reserved = reserved, None  # from here on the quota call owns it
                 try:
                     # Saved before the waiters are told, so one that looks in the store finds it.
-                    outcome = await self._call_with_quota(ctx, send, key, keep, handed)
+                    outcome = await self._call_with_quota(ctx, send, key, keep, held.take_reservation())
                 finally:
                     await flight.publish(outcome.answer)
-        finally:
-            self._release(reserved)  # unless handed over
         return outcome.status
 
-    async def _admit_and_look(
-        self, ctx: CallContext, key: str, admit: Admit
-    ) -> tuple[Lookup, Ticket | float | None]:
+    async def _admit_and_look(self, ctx: CallContext, key: str, admit: Admit, held: Holdings) -> Lookup:
         """The caller's limit check, the cache lookup and, for a miss, the provider quota's
-        reservation. When they need the shared store they run side by side, so their commands
-        share one round trip (knowctl.net.resp sends the commands of one loop turn
-        together): a miss then makes one round trip before the upstream call, not three. A
-        hit gives its reservation back (``release``) after its answer has left.
-
-        Returns the lookup and the reservation (None when none was made)."""
+        reservation, whose lease and reservation go to ``held``. When they need the shared
+        store they run side by side, so their commands share one round trip
+        (knowctl.net.resp sends the commands of one loop turn together): a miss then makes
+        one round trip before the upstream call, not three."""
         cache = self._cache
-        assert cache is not None
         local = cache.lookup_local(key)
         if local is not None or not cache.shared:
             await admit(ctx)
-            return (Lookup(local) if local is not None else await cache.lookup_shared(key)), None
+            found = Lookup(local) if local is not None else await cache.lookup_shared(key)
+            held.hold(found.lease, None)
+            return found
         # The lookup's and the reservation's first steps run right after the limit check has
         # queued its commands and before they are written: one write, one round trip.
         looking = asyncio.ensure_future(cache.lookup_shared(key))
-        quota = self._quota
-        reserving = None
-        if quota is not None and quota.reserves_early:
-            reserving = asyncio.ensure_future(quota.reserve(ctx))
+        reserving = asyncio.ensure_future(self._quota.reserve(ctx)) if self._quota.reserves_early else None
         try:
             await admit(ctx)
             found = await looking
+            held.hold(found.lease, await reserving if reserving is not None else None)
         except BaseException:
-            # Refused (or cancelled): no flight will use a lease the lookup takes, nor an
-            # upstream call the quota it reserves.
-            looking.add_done_callback(functools.partial(_give_back, cache, key))
+            # Refused (or cancelled): what the lookup or the reservation still brings goes back.
+            looking.add_done_callback(held.lookup_landed)
             if reserving is not None:
-                reserving.add_done_callback(self._release_done)
+                reserving.add_done_callback(held.reservation_landed)
             raise
-        if reserving is None:
-            return found, None
-        try:
-            return found, await reserving
-        except BaseException:
-            if found.lease is not None:
-                cache.release(key, found.lease)
-            raise
-
-    def _release(self, reserved: Ticket | float | None) -> None:
-        """Give back a reservation nobody will use."""
-        if isinstance(reserved, Ticket) and self._quota is not None:
-            self._quota.release(reserved)
-
-    def _release_done(self, reserving: asyncio.Future[Ticket | float]) -> None:
-        if not reserving.cancelled() and reserving.exception() is None:
-            self._release(reserving.result())
+        return found
 
     async def _call_with_quota(
         self,
@@ -184,27 +213,24 @@ class Generation:
     ) -> Outcome:
         """Admit (with what ``reserved`` got, if anything), forward, then settle the quota
         and ``keep`` a complete answer."""
-        ticket: Ticket | None = None
-        if self._quota is not None:
-            got = await self._quota.try_admit(ctx, reserved)
-            if not isinstance(got, Ticket):
-                if await self._serve_stale(ctx, send, key):
-                    ctx.scope[SCOPE_QUOTA] = "fallback"
-                    return Outcome(200)
-                try:
-                    ticket = await self._quota.wait_admit(ctx, got)
-                except CallRefused as refusal:
-                    ctx.scope[SCOPE_QUOTA] = "refused"
-                    return Outcome(await send_refusal(send, ctx, refusal))
-                ctx.scope[SCOPE_QUOTA] = "queued"
-            else:
-                ticket = got
-                ctx.scope[SCOPE_QUOTA] = "admitted"
+        got = await self._quota.try_admit(ctx, reserved)
+        if isinstance(got, Ticket):
+            ticket = got
+            ctx.notes.quota = "admitted"
+        else:
+            if await self._serve_stale(ctx, send, key):
+                ctx.notes.quota = "fallback"
+                return Outcome(200)
+            try:
+                ticket = await self._quota.wait_admit(ctx, got)
+            except CallRefused as refusal:
+                ctx.notes.quota = "refused"
+                return Outcome(await send_refusal(send, ctx, refusal))
+            ctx.notes.quota = "queued"
         try:
             outcome = await self._forward(ctx, send, key)
         except BaseException:
-            if ticket is not None and self._quota is not None:
-                await self._quota.settle(ticket, None)  # keep the reservation: it may have been spent
+            await self._quota.settle(ticket, None)  # keep the reservation: it may have been spent
             raise
         # After the answer, the quota's reconciliation and the cache write do not depend on
         # each other: side by side, their commands share one store round trip.
@@ -212,26 +238,24 @@ class Generation:
         if keep is not None and outcome.answer is not None:
             saving = asyncio.ensure_future(keep(outcome.answer))
         try:
-            if self._quota is not None:
-                if ticket is not None and not outcome.spent:
-                    self._quota.release(ticket)
-                elif ticket is not None:
-                    await self._quota.settle(ticket, outcome.usage)
-                if outcome.provider_refused:
-                    self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
+            if outcome.spent:
+                await self._quota.settle(ticket, outcome.usage)
+            else:
+                self._quota.release(ticket)
+            if outcome.provider_refused:
+                self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
         finally:
             if saving is not None:
                 await saving
         return outcome
 
     async def _serve_stale(self, ctx: CallContext, send: Send, key: str | None) -> bool:
-        if key is None or self._cache is None:
+        if key is None:
             return False
         stale = await self._cache.stale(key)
         if stale is None:
             return False
-        if self._quota is not None:
-            self._quota.record_fallback(ctx.call.model or "-")
+        self._quota.record_fallback(ctx.call.model or "-")
         await send_cached(send, ctx, stale)
         return True
 
@@ -242,14 +266,13 @@ class Generation:
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                if self._answered is not None:
-                    self._answered(ctx, response.status)
+                self._answered(ctx, response.status)
                 headers = [*response_headers(response, own), *ctx.response_headers]
                 if response.status != 200:
                     body = await response.read()
                     return await self._upstream_error(ctx, send, key, response.status, body, headers, own)
                 headers.append((CACHE_HEADER, b"MISS"))
-                ctx.scope.setdefault(SCOPE_CACHE, "MISS")
+                ctx.notes.cache = ctx.notes.cache or "MISS"
                 if not ctx.streaming:
                     body = await response.read()
                     summary = summarize((body,))
@@ -309,13 +332,6 @@ class Generation:
             headers.append((b"retry-after", retry_after_header(retry_delay).encode()))
         sent = await send_upstream_error(send, ctx, status, body, headers, own_credentials=own)
         return Outcome(sent, provider_refused=True, retry_delay=retry_delay)
-
-
-def _give_back(cache: ResponseCache, key: str, looking: asyncio.Future[Lookup]) -> None:
-    if not looking.cancelled() and looking.exception() is None:
-        lease = looking.result().lease
-        if lease is not None:
-            cache.release(key, lease)
 
 
 def _stream_outcome(data: bytes, sse: bool) -> Outcome:

@@ -8,8 +8,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from knowctl.daemon.access_log import SCOPE_USER
-from knowctl.daemon.context import CallContext
+from knowctl.daemon.context import CallContext, notes_of
 from knowctl.daemon.contracts import Callers, CallRefused, QuotaGate, ResponseCache, Ticket
 from knowctl.daemon.pipeline.generation import Generation
 from knowctl.daemon.pipeline.replies import send_refusal, send_upstream_error
@@ -35,7 +34,6 @@ from knowctl.policy.paths import ApiCall, allowed_methods
 from knowctl.policy.priority import Priority, effective_priority
 from knowctl.policy.quota import provider_counted
 from knowctl.policy.requests import body_problem
-from knowctl.settings import Settings
 
 log = logging.getLogger("knowctl.proxy")
 
@@ -63,26 +61,36 @@ class Passed(NamedTuple):
     spent: bool  # whether the provider may have counted the call against its quota
 
 
+@dataclass(frozen=True, slots=True)
+class HandlerConfig:
+    """What the model-call route needs of the settings (knowctl.daemon.config.handler_config)."""
+
+    max_body_bytes: int
+    default_priority: Priority
+    allowed_actions: frozenset[str]  # actions forwarded beyond the known ones
+
+
 class ModelCallHandler:
     """Entry of every model call: check it, identify and limit the caller, then either run
     the generation pipeline or forward the call as it is."""
 
     def __init__(
         self,
-        settings: Settings,
+        config: HandlerConfig,
         upstream: UpstreamClient,
-        callers: Callers | None = None,
-        cache: ResponseCache | None = None,
-        quota: QuotaGate | None = None,
+        *,
+        callers: Callers,
+        cache: ResponseCache,
+        quota: QuotaGate,
         only_known_actions: bool = False,
     ) -> None:
-        self._max_body = settings.max_body_bytes
-        self._default_priority = Priority[settings.default_priority]
+        self._max_body = config.max_body_bytes
+        self._default_priority = config.default_priority
         self._upstream = upstream
         self._callers = callers
         self._quota = quota
-        self._generation = Generation(upstream, cache, quota, callers.upstream_answered if callers else None)
-        self._allowed = frozenset(settings.allowed_action_names)
+        self._generation = Generation(upstream, cache, quota, callers.upstream_answered)
+        self._allowed = config.allowed_actions
         # Set where the gateway calls Google with its own credentials (keys mode); callers
         # who bring their own credentials pay for whatever they send.
         self._forwards_only_known = only_known_actions
@@ -114,6 +122,7 @@ class ModelCallHandler:
             headers=headers,
             header=header,
             client_ip=client[0] if client else "",
+            notes=notes_of(scope),
         )
         try:
             # Who is calling is known from the head alone: a caller the gateway refuses costs
@@ -146,7 +155,7 @@ class ModelCallHandler:
                 return await self._generation(ctx, send, self._check_limits)
             # Every call that reaches Google counts against its caller's limits.
             await self._check_limits(ctx)
-            if call.spends_quota and self._quota is not None:
+            if call.spends_quota:
                 return await self._forward_with_quota(ctx, send, self._quota)
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
@@ -173,10 +182,9 @@ class ModelCallHandler:
 
     async def _identify(self, ctx: CallContext) -> None:
         """The caller's identity and the call's priority."""
-        if self._callers is not None:
-            ctx.identity = await self._callers.identify(ctx)
-            ctx.scope[SCOPE_USER] = ctx.identity.user
-        cap = ctx.identity.max_priority if ctx.identity is not None else None
+        ctx.identity = await self._callers.identify(ctx)
+        ctx.notes.user = ctx.identity.user
+        cap = ctx.identity.max_priority
         try:
             ctx.priority = effective_priority(
                 ctx.header.get("x-knowctl-priority"), self._default_priority, cap
@@ -186,8 +194,7 @@ class ModelCallHandler:
 
     async def _check_limits(self, ctx: CallContext) -> None:
         """The caller's own limits (only generation calls count)."""
-        if self._callers is not None:
-            await self._callers.check_limits(ctx)
+        await self._callers.check_limits(ctx)
 
     @staticmethod
     def _check_body(call: ApiCall, body: bytes) -> tuple[str | None, dict[str, Any] | None]:
@@ -235,8 +242,7 @@ class ModelCallHandler:
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
-                if self._callers is not None:
-                    self._callers.upstream_answered(ctx, response.status)
+                self._callers.upstream_answered(ctx, response.status)
                 out_headers = [*response_headers(response, own), *ctx.response_headers]
                 if response.status >= 400:
                     body = await response.read()

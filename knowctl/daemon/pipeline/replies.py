@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from knowctl.daemon.access_log import SCOPE_CACHE, request_id
+from knowctl.daemon.access_log import call_id
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import Cached, CallRefused
 from knowctl.errors import retry_after_header, retry_info
@@ -43,7 +43,7 @@ async def send_cached(send: Send, ctx: CallContext, cached: Cached, label: str |
     else:
         body, content_type = render_json_array(chunks), JSON
     label = label or _label(cached.layer)
-    ctx.scope[SCOPE_CACHE] = label
+    ctx.notes.cache = label
     headers = [
         *ctx.response_headers,
         (CACHE_HEADER, label.encode()),
@@ -75,7 +75,7 @@ async def send_upstream_error(
     if not own_credentials:
         await respond(send, status, body, content_type, rest)
         return status
-    rid = request_id(ctx.scope)
+    rid = call_id(ctx.notes, ctx.scope["headers"])
     log.warning(
         "provider answered %d for %s (request id %s): %s",
         status,

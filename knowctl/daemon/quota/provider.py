@@ -11,6 +11,8 @@ queue per model, and holds after the provider's own 429s.
 - Store failures are retried with the same reservation id; while the store's breaker is
   open (and while it recovers) admission follows this daemon's share of every window
   (``windows/store.py``, ``degraded.py``).
+
+What it knows of each model (holds, counts, labels) is ``models.py``; its report, ``stats.py``.
 """
 
 from __future__ import annotations
@@ -21,30 +23,29 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from knowctl.daemon import metrics
-from knowctl.daemon.config import quota_config
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import CallRefused, Ticket
 from knowctl.daemon.ids import unique_id
+from knowctl.daemon.quota import stats
 from knowctl.daemon.quota.bus import QuotaBus
-from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
+from knowctl.daemon.quota.models import Models, ModelState
+from knowctl.daemon.quota.waitqueue import QueuePlaces
 from knowctl.daemon.windows.degraded import local_limit
 from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp
 from knowctl.policy.priority import Priority
-from knowctl.policy.windows import Window, capacity
-from knowctl.settings import Settings
-from knowctl.store import Announcement, Health, Keys, Notifications, Windows, keys
+from knowctl.policy.windows import capacity
+from knowctl.store import Announcement, Health, Keys, Notifications, Windows
 
 log = logging.getLogger("knowctl.quota")
 
 # Estimates kept for calls between try_admit and wait_admit (count_tokens mode only).
 _ESTIMATE_MEMO = 4096
-DECISIONS = ("admitted", "queued", "refused", "fallback")
 # When the store is overloaded (answers others, not us), try again after this long.
 STORE_BUSY_RETRY_S = 0.1
 
@@ -53,27 +54,21 @@ class ProviderStore(Health, Windows, Keys, Notifications, Protocol):
     """What the provider quota needs of the store: the windows, and the bus's flags and channel."""
 
 
-@dataclass(eq=False, slots=True)
-class _Model:
-    """What this daemon knows about one model's quota."""
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """What the provider quota needs of the settings (knowctl.daemon.config.provider_config)."""
 
-    name: str
-    scope: str
-    windows: tuple[Window, ...]
-    tokens: bool  # has a token window
-    queue: WaitQueue[Ticket] = field(default_factory=WaitQueue)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    pump: asyncio.Task[None] | None = None
-    free_at: float = 0.0  # epoch: when the head waiter's blocking window frees
-    hold_until: float = 0.0  # epoch: provider quota exhausted until then
-    streak: int = 0  # upstream 429s in a row without a success
-    inflight: dict[str, int] = field(default_factory=dict)  # window -> units reserved, unsettled
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
-    hold_checked: bool = False
-    awaited_until: float = 0.0  # epoch: the store's "callers wait for this model" flag lasts
-    label: str = ""  # the model's metrics label, once its limits are exported under it
-    output: tp.OutputHighMark = field(default_factory=tp.OutputHighMark)  # answers' usual length
-    unreserved: int = 0  # output tokens the calls in flight may take beyond their reservations
+    quota: qp.QuotaConfig  # the windows of each model, priority shares
+    token_estimator: str  # bytes or count_tokens
+    token_bytes_per_token: float
+    default_max_output_tokens: int
+    queue_size: int
+    queue_per_caller: int
+    queue_timeout: float
+    upstream_backoff_s: float
+    upstream_backoff_max_s: float
+    max_replicas: int
+    store_timeout: float
 
 
 class ProviderQuota:
@@ -86,26 +81,30 @@ class ProviderQuota:
 
     def __init__(
         self,
-        settings: Settings,
+        config: ProviderConfig,
         store: ProviderStore,
         count_tokens: Callable[[CallContext], Awaitable[int]] | None = None,
     ) -> None:
-        self._settings = settings
-        self._cfg = quota_config(settings)
-        use_count = settings.token_estimator == "count_tokens"  # noqa: S105 (not a secret)
+        self._config = config
+        self._cfg = config.quota
+        use_count = config.token_estimator == "count_tokens"  # noqa: S105 (not a secret)
         self._count_tokens = count_tokens if use_count else None
-        self._models: dict[str, _Model] = {}
         self._waiting = 0
-        self._places = QueuePlaces(settings.queue_per_caller)
+        self._places = QueuePlaces(config.queue_per_caller)
+        # The models read their holds through the bus, made next with their callbacks.
+        self._models = Models(self._cfg, self._places, lambda model: self._bus.load_hold(model))
         self._estimates: OrderedDict[int, tuple[CallContext, tp.Reservation]] = OrderedDict()
         self._bus = QuotaBus(
-            store, on_freed=self._on_freed, on_hold=self._on_hold, on_subscribed=self._on_subscribed
+            store,
+            on_freed=self._models.on_freed,
+            on_hold=self._models.on_hold,
+            on_subscribed=self._models.on_subscribed,
         )
         self._windows = FailoverWindows(
             store,
             self._bus.spawn,
-            replicas=settings.max_replicas,
-            timeout=settings.store_timeout,
+            replicas=config.max_replicas,
+            timeout=config.store_timeout,
             claims=True,
         )
         self._closed = False
@@ -119,7 +118,7 @@ class ProviderQuota:
     async def start(self) -> None:
         """Listen for other daemons' notifications (returns once subscribed, or at once if the
         store is down: the listener keeps trying in the background)."""
-        await self._bus.start(self._settings.store_timeout * 4)
+        await self._bus.start(self._config.store_timeout * 4)
 
     async def close(self) -> None:
         """Answer every waiter (503, retry soon), stop the tasks, drop the local windows."""
@@ -143,7 +142,7 @@ class ProviderQuota:
         return self._count_tokens is None
 
     async def reserve(self, ctx: CallContext) -> Ticket | float:
-        m = await self._model(ctx.call.model or "-")
+        m = await self._models.checked(ctx.call.model or "-")
         now = time.time()
         if m.hold_until > now:
             # Also for models without limits of ours: the provider said 429, and asking it
@@ -161,7 +160,7 @@ class ProviderQuota:
         # to a cancellation between its hand-over and this return.
         result = await self.reserve(ctx) if reserved is None else reserved
         if isinstance(result, Ticket):
-            self._count(self._models[result.model], "admitted")
+            self._count(self._models.known(result.model), "admitted")
         return result
 
     def release(self, ticket: Ticket) -> None:
@@ -171,14 +170,14 @@ class ProviderQuota:
             self._bus.spawn(self._release(m, ticket))
 
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
-        m = await self._model(ctx.call.model or "-")
+        m = await self._models.checked(ctx.call.model or "-")
         if not m.windows:
             held = m.hold_until - time.time()
             if held > 0:  # no queue without windows: the caller retries after the hold
                 self._refuse(m, f"The provider's quota for {m.name} is exhausted.", held)
             self._count(m, "admitted")
             return Ticket(m.name, "", 0)
-        timeout = self._settings.queue_timeout
+        timeout = self._config.queue_timeout
         held = m.hold_until - time.time()
         if qp.never_fits(retry_after):
             self._refuse(
@@ -189,7 +188,7 @@ class ProviderQuota:
             )
         if held > timeout or qp.refuse_at_once(retry_after, timeout, m.tokens):
             self._refuse(m, f"Quota exceeded for {m.name}.", max(retry_after, held))
-        if self._waiting >= self._settings.queue_size:
+        if self._waiting >= self._config.queue_size:
             self._refuse(m, f"Quota exceeded for {m.name} and the wait queue is full.", retry_after)
         reserving = await self._estimate(ctx, m)
         caller = ctx.identity.caller if ctx.identity is not None else None
@@ -249,7 +248,7 @@ class ProviderQuota:
         unreserved = ticket.data.pop("unreserved", 0)
         if unreserved:
             m.unreserved -= unreserved
-            metrics.QUOTA_UNRESERVED_BY(self._label(m)).set(m.unreserved)
+            metrics.QUOTA_UNRESERVED_BY(self._models.label(m)).set(m.unreserved)
         output = tp.output_tokens(usage)
         if output is not None:
             m.output.observe(output)
@@ -270,7 +269,7 @@ class ProviderQuota:
             m.wake.set()
 
     def upstream_exhausted(self, model: str, retry_delay: float | None) -> None:
-        m = self._models.get(model) or self._new_model(model)
+        m = self._models.known(model)
         now = time.time()
         if m.hold_until <= now:
             # Count a new 429 only once the previous hold ended: calls already in flight
@@ -279,20 +278,20 @@ class ProviderQuota:
         delay = qp.hold_delay(
             retry_delay,
             max(1, m.streak),
-            self._settings.upstream_backoff_s,
-            self._settings.upstream_backoff_max_s,
+            self._config.upstream_backoff_s,
+            self._config.upstream_backoff_max_s,
         )
         until = now + delay
-        self._hold(m, until)
+        self._models.hold(m, until)
         self._bus.hold(m.name, until, delay)
 
     def record_fallback(self, model: str) -> None:
         """The pipeline served a stale answer instead of waiting for quota."""
-        self._count(self._models.get(model) or self._new_model(model), "fallback")
+        self._count(self._models.known(model), "fallback")
 
     # --- admission ---------------------------------------------------------------------------
     async def _acquire(
-        self, m: _Model, priority: Priority, reserving: tp.Reservation | int
+        self, m: ModelState, priority: Priority, reserving: tp.Reservation | int
     ) -> Ticket | float:
         planned = reserving if isinstance(reserving, tp.Reservation) else tp.Reservation(reserving)
         tokens = planned.tokens
@@ -303,7 +302,7 @@ class ProviderQuota:
         if got is None:  # the store is overloaded: admit nothing blind, come back shortly
             return STORE_BUSY_RETRY_S
         admission, where = got
-        label = self._label(m)
+        label = self._models.label(m)
         for w, used in zip(m.windows, admission.usage, strict=True):
             metrics.QUOTA_USED_BY(label, w.name).set(used)
         if not admission.admitted:
@@ -314,14 +313,14 @@ class ProviderQuota:
         self._unreserved(m, ticket, planned.unreserved)
         return ticket
 
-    def _unreserved(self, m: _Model, ticket: Ticket, tokens: int) -> None:
+    def _unreserved(self, m: ModelState, ticket: Ticket, tokens: int) -> None:
         """Count what the ticket's answer may take beyond its reservation, until settled."""
         if tokens:
             ticket.data["unreserved"] = ticket.data.get("unreserved", 0) + tokens
             m.unreserved += tokens
-            metrics.QUOTA_UNRESERVED_BY(self._label(m)).set(m.unreserved)
+            metrics.QUOTA_UNRESERVED_BY(self._models.label(m)).set(m.unreserved)
 
-    async def _estimate(self, ctx: CallContext, m: _Model) -> tp.Reservation:
+    async def _estimate(self, ctx: CallContext, m: ModelState) -> tp.Reservation:
         if not m.tokens:
             return tp.Reservation(0)  # no token window: the count would not be used
         if self._count_tokens is not None:
@@ -332,14 +331,14 @@ class ProviderQuota:
                 counted = await self._count_tokens(ctx)
             except Exception as exc:  # any failure of the upstream call: fall back to bytes
                 log.warning("quota: countTokens failed, estimating from bytes: %s", exc)
-                counted = tp.input_estimate(ctx.payload, self._settings.token_bytes_per_token)
+                counted = tp.input_estimate(ctx.payload, self._config.token_bytes_per_token)
         else:
-            counted = tp.input_estimate(ctx.payload, self._settings.token_bytes_per_token)
+            counted = tp.input_estimate(ctx.payload, self._config.token_bytes_per_token)
         reserving = tp.reservation(
             counted,
             ctx.payload,
             self._cfg.token_mode,
-            self._settings.default_max_output_tokens,
+            self._config.default_max_output_tokens,
             likely_output=m.output.value,
             cap=self._token_cap(m, ctx.priority),
         )
@@ -349,7 +348,7 @@ class ProviderQuota:
                 self._estimates.popitem(last=False)
         return reserving
 
-    def _token_cap(self, m: _Model, priority: Priority) -> int:
+    def _token_cap(self, m: ModelState, priority: Priority) -> int:
         """The most one call may reserve and still be admissible: the smallest token window
         at the call's priority (this daemon's share of it while the store is down)."""
         share = self._cfg.share(priority)
@@ -358,7 +357,7 @@ class ProviderQuota:
             capacity(local_limit(w.limit, replicas), share) for w in m.windows if w.name in qp.TOKEN_WINDOWS
         )
 
-    async def _pump(self, m: _Model) -> None:
+    async def _pump(self, m: ModelState) -> None:
         """Serve the model's queue head first, sleeping until capacity can have freed."""
         try:
             while (waiter := m.queue.head()) is not None:
@@ -393,122 +392,36 @@ class ProviderQuota:
             m.pump = None  # the next waiter starts a new pump
 
     @staticmethod
-    async def _sleep(m: _Model, delay: float) -> None:
+    async def _sleep(m: ModelState, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(m.wake.wait(), max(delay, 0.001))
 
     async def _adjust(
-        self, m: _Model, ticket: Ticket, amounts: tuple[int, ...], announce: Announcement | None = None
+        self, m: ModelState, ticket: Ticket, amounts: tuple[int, ...], announce: Announcement | None = None
     ) -> bool:
         where = str(ticket.data.get("where", "shared"))
         return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, where, announce)
 
-    async def _release(self, m: _Model, ticket: Ticket) -> None:
+    async def _release(self, m: ModelState, ticket: Ticket) -> None:
         """Give back an admission nobody will use: amounts 0 free it in every window."""
         await self.settle(ticket, None)
         if not await self._adjust(m, ticket, (0,) * len(m.windows), self._bus.freed(m.name)):
             return
         m.wake.set()
 
-    def _refuse(self, m: _Model, message: str, retry_after: float | None) -> NoReturn:
+    def _refuse(self, m: ModelState, message: str, retry_after: float | None) -> NoReturn:
         self._count(m, "refused")
         raise CallRefused(429, message, retry_after=None if retry_after is None else max(0.0, retry_after))
 
-    def _count(self, m: _Model, decision: str) -> None:
-        m.counts[decision] += 1
-        metrics.QUOTA_DECISIONS_BY(self._label(m), decision).inc()
-
-    # --- model state, holds and notifications ---------------------------------------------------
-    async def _model(self, name: str) -> _Model:
-        m = self._models.get(name) or self._new_model(name)
-        if not m.hold_checked:
-            m.hold_checked = True  # once per model and daemon: later holds arrive by pub/sub
-            await self._load_hold(m)
-        return m
-
-    def _new_model(self, name: str) -> _Model:
-        windows = self._cfg.windows(name)
-        m = _Model(
-            name, keys.quota_scope(name), windows, qp.has_token_window(windows), WaitQueue(self._places)
-        )
-        m.inflight = {w.name: 0 for w in windows}
-        self._label(m)
-        self._models[name] = m
-        return m
-
-    @staticmethod
-    def _label(m: _Model) -> str:
-        """The model's metrics label (``other`` until the provider has known the name), its
-        limits exported under it whenever it changes."""
-        label = metrics.MODELS(m.name)
-        if label != m.label:
-            m.label = label
-            for w in m.windows:
-                metrics.QUOTA_LIMIT.labels(label, w.name).set(w.limit)
-        return label
-
-    async def _load_hold(self, m: _Model) -> None:
-        until = await self._bus.load_hold(m.name)
-        if until is not None:
-            self._hold(m, until)
-
-    def _hold(self, m: _Model, until: float) -> None:
-        if until > m.hold_until:
-            m.hold_until = until
-            m.wake.set()  # a sleeping pump must now wait for the hold instead
-
-    def _on_freed(self, model: str) -> None:
-        m = self._models.get(model)
-        if m is not None:  # a model never seen here has no waiters here
-            m.wake.set()
-
-    def _on_hold(self, model: str, until: float) -> None:
-        m = self._models.get(model)
-        if m is not None:
-            self._hold(m, until)
-
-    async def _on_subscribed(self) -> None:
-        for m in list(self._models.values()):
-            if m.windows:
-                await self._load_hold(m)
-                m.wake.set()
+    def _count(self, m: ModelState, decision: str) -> None:
+        self._models.count(m, decision)
 
     # --- stats ------------------------------------------------------------------------------------
     async def stats(self, model: str | None = None) -> dict[str, Any]:
         """What /api/quota/stats answers: per model and window, and for the whole daemon."""
-        names = [model] if model else sorted(set(self._models) | set(self._cfg.models))
-        now = time.time()
-        models: dict[str, Any] = {}
-        for name in names:
-            m = self._models.get(name) or self._new_model(name)
-            windows: dict[str, Any] = {}
-            if m.windows:
-                for w, u in zip(m.windows, await self._windows.usage(m.scope, m.windows), strict=True):
-                    metrics.QUOTA_USED_BY(self._label(m), w.name).set(u.used)
-                    windows[w.name] = qp.window_stats(
-                        w, u.used, max(0, m.inflight[w.name]), u.reset_after, now
-                    )
-            held = m.hold_until - now
-            models[name] = {
-                "limited": bool(m.windows),
-                "windows": windows,
-                "queue": {p.name: m.queue.depth(p) for p in Priority},
-                "counts": dict(m.counts),
-                "exhausted": {"remaining_s": round(held, 3), "until": qp.iso_utc(m.hold_until)}
-                if held > 0
-                else None,
-            }
-        return {
-            "degraded": self.degraded,
-            # After an outage: some windows still also count against this daemon's share.
-            "recovering": self._windows.local.recovering,
-            "max_replicas": self._windows.local.replicas,
-            "store": self._windows.shared.backend,
-            "tokens": self._cfg.token_mode,
-            "queue": {
-                "waiting": self._waiting,
-                "size": self._settings.queue_size,
-                "timeout_s": self._settings.queue_timeout,
-            },
-            "models": models,
+        queue = {
+            "waiting": self._waiting,
+            "size": self._config.queue_size,
+            "timeout_s": self._config.queue_timeout,
         }
+        return await stats.report(self._models, self._windows, self._cfg, queue, model)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import orjson
 
 from knowctl.daemon.cache import metrics as cm
 from knowctl.net import http1
-from knowctl.settings import Settings
 
 log = logging.getLogger("knowctl.cdn")
 
@@ -23,14 +23,24 @@ BATCH = 30  # Cloudflare accepts at most 30 URLs per purge-by-URL call
 TIMEOUT_S = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class CdnConfig:
+    """What the CDN purge needs of the settings (built by knowctl.daemon.config.cdn_config)."""
+
+    purge_url: str | None = None
+    zone_id: str | None = None
+    api_token: str | None = field(default=None, repr=False)
+    public_base_url: str | None = None
+
+
 class CdnPurger:
-    def __init__(self, settings: Settings) -> None:
-        token = settings.cdn_api_token.get_secret_value() if settings.cdn_api_token else None
+    def __init__(self, config: CdnConfig) -> None:
+        token = config.api_token
         self._token = token
-        self._base = (settings.public_base_url or "").rstrip("/")
+        self._base = (config.public_base_url or "").rstrip("/")
         self._endpoint = (
-            f"{settings.cdn_purge_url.rstrip('/')}/zones/{quote(settings.cdn_zone_id, safe='')}/purge_cache"
-            if settings.cdn_purge_url and settings.cdn_zone_id
+            f"{config.purge_url.rstrip('/')}/zones/{quote(config.zone_id, safe='')}/purge_cache"
+            if config.purge_url and config.zone_id
             else None
         )
         self.enabled = bool(self._endpoint and token and self._base)

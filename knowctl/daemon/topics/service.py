@@ -34,18 +34,18 @@ import orjson
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from knowctl.daemon.access_log import SCOPE_CACHE, SCOPE_QUOTA, SCOPE_REQUEST_ID, SCOPE_USER, request_id
+from knowctl.daemon.access_log import request_id
 from knowctl.daemon.cache import metrics as cm
 from knowctl.daemon.cache.answers import AnswerCache, topic_keys
-from knowctl.daemon.context import CallContext
+from knowctl.daemon.context import CallContext, notes_of
 from knowctl.daemon.contracts import Cached
 from knowctl.daemon.pipeline.replies import CACHE_HEADER
 from knowctl.daemon.topics.cdn import CdnPurger
+from knowctl.daemon.topics.config import TopicsConfig
 from knowctl.net.asgi import Receive, Scope, Send, respond, respond_error
 from knowctl.policy import cachekey
 from knowctl.policy import callers as policy_callers
 from knowctl.policy.paths import ApiCall, Family
-from knowctl.settings import Settings
 from knowctl.store import Keys, StoreUnavailable, Tallies, keys
 
 if TYPE_CHECKING:
@@ -77,12 +77,6 @@ class TopicsConfigError(RuntimeError):
     """Topic settings that cannot work together; refused at start-up."""
 
 
-def holds_google_credentials(settings: Settings) -> bool:
-    """Whether the gateway calls Google with credentials of its own, as
-    ``UpstreamCredentials.from_settings`` decides (knowctl/daemon/upstream/credentials.py)."""
-    return settings.google_api_key is not None or bool(settings.google_credentials)
-
-
 def etag_of(body: bytes) -> bytes:
     return b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
 
@@ -109,31 +103,31 @@ def answer_text(body: bytes) -> tuple[str, str | None]:
 class TopicService:
     def __init__(
         self,
-        settings: Settings,
+        config: TopicsConfig,
         store: TopicsStore,
         cache: AnswerCache,
         generate: Generate,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.settings = config  # TopicsConfig: the fields keep their settings' names
         self._store = store
         self._cache = cache
         self._generate = generate
         self._clock = clock
-        self.auth_mode = settings.resolved_auth_mode(holds_google_credentials(settings))
-        self.generate_policy = settings.resolved_topics_generate(self.auth_mode)
-        self._allowed = frozenset(settings.topics_allowed)
+        self.auth_mode = config.auth_mode
+        self.generate_policy = config.topics_generate
+        self._allowed = config.topics_allowed
         env = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
         try:
-            self._template = env.from_string(settings.topics_prompt_template)
+            self._template = env.from_string(config.topics_prompt_template)
             self._template.render(topic="example")  # fail at start-up, not per request
         except TemplateError as exc:
             raise ValueError(f"topics_prompt_template cannot be used: {exc}") from exc
-        self.cdn = CdnPurger(settings)
+        self.cdn = CdnPurger(config.cdn)
         cache.on_invalidate(self._purge_invalidated)
         self._counts: collections.Counter[str] = collections.Counter()
-        self._bucket_s = settings.topics_popular_window_s / BUCKETS
+        self._bucket_s = config.topics_popular_window_s / BUCKETS
         self._id = uuid.uuid4().hex.encode()
         self.refresh_slots: collections.deque[int] = collections.deque(maxlen=100)
         self.last_refresh: dict[str, Any] = {}
@@ -187,7 +181,11 @@ class TopicService:
             return 400
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         ctx = self.context(topic, headers=headers, client=scope.get("client"))
-        ctx.scope[SCOPE_REQUEST_ID] = request_id(scope)  # error answers name the request's id
+        # One request, one set of notes: error answers name its id, its log line says what
+        # the generation came to.
+        ctx.notes = notes_of(scope)
+        ctx.notes.topic = topic
+        request_id(scope)  # taken from this request's headers, not the generation's
         if_none_match = dict(headers).get("if-none-match", "")
         key = self._cache.key_for(ctx)
         found = await self._fresh(key) if key is not None else None
@@ -202,13 +200,10 @@ class TopicService:
                     return 404
         if found is not None:
             label = "STALE" if found.layer == "STALE" else f"HIT-{found.layer}"
-            scope[SCOPE_CACHE] = label
+            ctx.notes.cache = label
             back = [(CACHE_HEADER, label.encode())]
             return await self._answer(send, method, topic, found.answer.chunks[0], back, if_none_match)
         captured = await self._generate(ctx)
-        for name in (SCOPE_USER, SCOPE_CACHE, SCOPE_QUOTA):  # for this request's access log line
-            if name in ctx.scope:
-                scope[name] = ctx.scope[name]
         status = captured.status or 502
         back = [(k, v) for k, v in captured.headers if k in _PASS_BACK]
         if status != 200:
@@ -320,7 +315,7 @@ class TopicService:
         refresh: bool = False,
     ) -> CallContext:
         """The generateContent call for ``topic``; ``internal`` marks the gateway's own calls
-        (refresh, prewarm: scope["knowctl.internal"]), which run at LOW priority."""
+        (refresh, prewarm: CallNotes.internal), which run at LOW priority."""
         s = self.settings
         payload = {"contents": [{"role": "user", "parts": [{"text": self.prompt(topic)}]}]}
         model = s.topics_model
@@ -346,10 +341,11 @@ class TopicService:
             "query_string": b"",
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out],
             "client": client or ("127.0.0.1", 0),
-            "knowctl.topic": topic,
         }
+        notes = notes_of(scope)
+        notes.topic = topic
         if internal:
-            scope["knowctl.internal"] = "topics"
+            notes.internal = "topics"
         return CallContext(
             scope=scope,
             call=call,
@@ -361,6 +357,7 @@ class TopicService:
             client_ip=scope["client"][0],
             body=orjson.dumps(payload),
             payload=payload,
+            notes=notes,
         )
 
     async def regenerate(self, topic: str, *, force: bool) -> tuple[str, str | None]:

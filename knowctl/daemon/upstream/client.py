@@ -23,7 +23,6 @@ from knowctl.net import http1
 from knowctl.policy.callers import STRIPPED_HEADERS, without_credentials
 from knowctl.policy.paths import ApiCall, Family, google_origin
 from knowctl.redact import redact_url
-from knowctl.settings import Settings
 
 if TYPE_CHECKING:
     from knowctl.daemon.context import CallContext
@@ -98,11 +97,21 @@ class OutgoingCall:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """What the upstream client needs of the settings (knowctl.daemon.config.upstream_config)."""
+
+    url: str | None  # None: Google itself
+    max_connections: int
+    connect_timeout: float
+    timeout: float
+
+
 class UpstreamClient:
-    def __init__(self, settings: Settings, credentials: UpstreamCredentials) -> None:
-        self._base = settings.upstream_url
+    def __init__(self, config: UpstreamConfig, credentials: UpstreamCredentials) -> None:
+        self._base = config.url
         self._credentials = credentials
-        self._settings = settings
+        self._config = config
         self._pool: http1.Pool | None = None
         self._origins: dict[str, tuple[http1.Origin, str]] = {}
 
@@ -118,9 +127,9 @@ class UpstreamClient:
 
     async def start(self) -> None:
         self._pool = http1.Pool(
-            max_connections=self._settings.upstream_max_connections,
-            connect_timeout=self._settings.upstream_connect_timeout,
-            timeout=self._settings.upstream_timeout,
+            max_connections=self._config.max_connections,
+            connect_timeout=self._config.connect_timeout,
+            timeout=self._config.timeout,
         )
 
     async def close(self) -> None:

@@ -1,6 +1,6 @@
 """The gateway's own Google credentials, used upstream in place of the caller's.
 
-Three cases, decided once at start-up from Settings:
+Three cases, decided once at start-up from a ``CredentialsConfig``:
 
 - an API key (``KNOWCTL_GOOGLE_API_KEY`` or its ``_FILE``): sent as ``x-goog-api-key`` to the
   Gemini API and to Vertex express, which both accept keys;
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
 from knowctl.policy.paths import ApiCall, Family
-from knowctl.settings import Settings
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh this long before expiry, so a token never expires between check and use.
@@ -30,6 +30,14 @@ _REFRESH_MARGIN_S = 300.0
 
 class CredentialsError(RuntimeError):
     """Configured credentials that cannot be loaded or refreshed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsConfig:
+    """The gateway's own credentials as configured (knowctl.daemon.config.credentials_config)."""
+
+    api_key: str | None = field(default=None, repr=False)  # KNOWCTL_GOOGLE_API_KEY
+    google_credentials: str | None = None  # "adc" or a service-account file
 
 
 class UpstreamCredentials:
@@ -41,9 +49,9 @@ class UpstreamCredentials:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> UpstreamCredentials:
-        api_key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
-        oauth = _load_oauth(settings.google_credentials) if settings.google_credentials else None
+    def from_config(cls, config: CredentialsConfig) -> UpstreamCredentials:
+        api_key = config.api_key
+        oauth = _load_oauth(config.google_credentials) if config.google_credentials else None
         return cls(api_key, oauth)
 
     @property
