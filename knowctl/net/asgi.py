@@ -1,8 +1,8 @@
 """The few raw-ASGI pieces the daemon needs, kept small and fast.
 
 The gateway is a plain ASGI callable rather than a framework app: its routing is a parse of
-the path (``knowctl.policy.paths``) and the framework's router and request objects would
-cost about a fifth of the throughput on the hot path (docs/architecture.md, measured choices).
+the path (``knowctl.policy.paths``), and a framework's router and request objects would add
+their cost to every call on the hot path for nothing the gateway uses.
 """
 
 from __future__ import annotations

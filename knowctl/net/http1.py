@@ -1,10 +1,11 @@
 """A lean HTTP/1.1 client for the upstream: pooled keep-alive connections, answers passed
 on as they arrive, on asyncio protocols with httptools' parser (the C parser uvicorn uses).
 
-Why not aiohttp on this path: the same generateContent call to the simulator costs aiohttp
-about 91 µs of CPU at 32 in flight and 155 µs at 1, this client 24 µs and 49 µs (its
-cookie, tracing, redirect and URL machinery runs on every call; the gateway needs none of
-it). The CDN purges (knowctl.daemon.topics.cdn) use it too.
+Why not aiohttp on this path: the same call costs aiohttp two to three times the CPU of this
+client (its cookie, tracing, redirect and URL machinery runs on every call; the gateway needs
+none of it); pyreqwest is at the line. Figures and the decision: docs/architecture.md,
+"Measured choices" (``bench/libraries.py``). The CDN purges
+(knowctl.daemon.topics.cdn) use it too.
 
 What it does: GET and POST with a body, HTTP/1.1 only (Google's endpoints speak it), TLS
 with certificate and host checks, one deadline per call for the whole exchange (connect

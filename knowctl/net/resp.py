@@ -2,11 +2,12 @@
 
 Why not redis-py's pool for these calls: the pool checks a connection out for each command
 and back in after its reply, behind two timeout layers and a retry wrapper. With 32 calls
-in flight that costs about 75 µs of CPU per command, more than everything else a cache hit
-does (``bench/profile.py``). Redis answers a connection's commands in the order they came,
-so one connection can carry every caller's commands at once: a call writes its command and
-waits for the reply in its place in a FIFO. Commands written in the same turn of the event
-loop share one round trip (automatic pipelining). The same command costs about 10 µs here.
+in flight that costs several times the CPU per command of this connection, more than
+everything else a cache hit does (figures: docs/architecture.md, "Measured choices").
+Redis answers a connection's commands in the order they came, so one connection
+can carry every caller's commands at once: a call writes its command and waits for the
+reply in its place in a FIFO. Commands written in the same turn of the event loop share one
+round trip (automatic pipelining).
 
 Only for commands that answer at once and leave no state on the connection (no SUBSCRIBE,
 MULTI, blocking pops): those stay on redis-py (pub/sub, pipelines, SCAN).
