@@ -12,7 +12,7 @@ from knowctl.store import StoreUnavailable
 
 def routes(topics: TopicService) -> list[Route]:
     async def popular(request: AdminRequest) -> AdminResponse:
-        s = topics.settings
+        s = topics.config
         try:
             ranked = await topics.popular()
         except StoreUnavailable as exc:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -42,10 +41,10 @@ from knowctl.daemon.contracts import Cached
 from knowctl.daemon.pipeline.replies import CACHE_HEADER
 from knowctl.daemon.topics.cdn import CdnPurger
 from knowctl.daemon.topics.config import TopicsConfig
+from knowctl.daemon.topics.document import answer_text, cache_headers, etag_of, generation_call, send_document
 from knowctl.net.asgi import Receive, Scope, Send, respond, respond_error
 from knowctl.policy import cachekey
 from knowctl.policy import callers as policy_callers
-from knowctl.policy.paths import ApiCall, Family
 from knowctl.store import Keys, StoreUnavailable, Tallies, keys
 
 if TYPE_CHECKING:
@@ -58,12 +57,6 @@ BUCKETS = 6  # the popularity window is counted in this many buckets
 TALLY_READ = 1000  # topics read per bucket when ranking
 MAX_LOCAL_TOPICS = 10_000  # counts kept while the store is away
 MAX_PREWARM = 100
-# Client headers the generation call may use: credentials and forwarding, nothing else
-# (no cookies, no conditional headers, no client Cache-Control: a hard reload by one
-# visitor must not regenerate content for everyone).
-_FORWARD = frozenset(
-    {"authorization", "x-goog-api-key", "x-goog-user-project", "x-forwarded-for", "x-real-ip", "forwarded"}
-)
 _PASS_BACK = frozenset({b"x-knowctl-cache", b"ratelimit", b"ratelimit-policy", b"retry-after"})
 
 Generate = Callable[[CallContext], Awaitable["CapturedResponse"]]
@@ -77,29 +70,6 @@ class TopicsConfigError(RuntimeError):
     """Topic settings that cannot work together; refused at start-up."""
 
 
-def etag_of(body: bytes) -> bytes:
-    return b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
-
-
-def etag_matches(if_none_match: str, etag: bytes) -> bool:
-    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/ is ignored."""
-    wanted = etag.decode()
-    for item in if_none_match.split(","):
-        tag = item.strip()
-        if tag == "*" or tag.removeprefix("W/") == wanted:
-            return True
-    return False
-
-
-def answer_text(body: bytes) -> tuple[str, str | None]:
-    """(the text of the first candidate, modelVersion) of a GenerateContentResponse."""
-    data = orjson.loads(body)
-    parts = data["candidates"][0]["content"]["parts"]
-    text = "".join(p.get("text", "") for p in parts if isinstance(p, dict))
-    version = data.get("modelVersion")
-    return text, version if isinstance(version, str) else None
-
-
 class TopicService:
     def __init__(
         self,
@@ -110,7 +80,7 @@ class TopicService:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = config  # TopicsConfig: the fields keep their settings' names
+        self.config = config
         self._store = store
         self._cache = cache
         self._generate = generate
@@ -264,42 +234,14 @@ class TopicService:
             cm.TOPIC_REQUESTS.labels("502").inc()
             return 502
         body = orjson.dumps(
-            {"topic": topic, "model": self.settings.topics_model, "modelVersion": version, "text": text}
+            {"topic": topic, "model": self.config.topics_model, "modelVersion": version, "text": text}
         )
-        etag = etag_of(body)
-        out = [*self._cache_headers(), (b"etag", etag), (b"vary", b"Accept-Encoding"), *back]
-        status = 200
-        if etag_matches(if_none_match, etag):
-            await send({"type": "http.response.start", "status": 304, "headers": out})
-            await send({"type": "http.response.body", "body": b""})
-            status = 304
-        elif method == "HEAD":
-            length = (b"content-length", str(len(body)).encode())
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"application/json; charset=UTF-8"), length, *out],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-        else:
-            await respond(send, 200, body, extra_headers=out)
+        out = [*cache_headers(self.config), (b"etag", etag_of(body)), (b"vary", b"Accept-Encoding"), *back]
+        status = await send_document(send, method, body, out, if_none_match)
         # Served: only now does the request count towards the topic's popularity.
         self._counts[topic] += 1
         cm.TOPIC_REQUESTS.labels(str(status)).inc()
         return status
-
-    def _cache_headers(self) -> list[tuple[bytes, bytes]]:
-        s = self.settings
-        if not s.topics_public:
-            return [(b"cache-control", f"private, max-age={s.topics_browser_max_age}".encode())]
-        cdn = f"max-age={s.topics_cdn_max_age}".encode()
-        return [
-            (b"cache-control", f"public, max-age={s.topics_browser_max_age}".encode()),
-            (b"cdn-cache-control", cdn),
-            (b"surrogate-control", cdn),
-        ]
 
     # --- the generation call ---------------------------------------------------------------------
     def prompt(self, topic: str) -> str:
@@ -314,50 +256,15 @@ class TopicService:
         internal: bool = False,
         refresh: bool = False,
     ) -> CallContext:
-        """The generateContent call for ``topic``; ``internal`` marks the gateway's own calls
-        (refresh, prewarm: CallNotes.internal), which run at LOW priority."""
-        s = self.settings
-        payload = {"contents": [{"role": "user", "parts": [{"text": self.prompt(topic)}]}]}
-        model = s.topics_model
-        if s.vertex_project:
-            call = ApiCall(Family.VERTEX, "v1", model, "generateContent", s.vertex_project, s.vertex_location)
-            where = f"projects/{s.vertex_project}/locations/{s.vertex_location}"
-            path = f"/v1/{where}/publishers/google/models/{model}"
-        else:
-            call = ApiCall(Family.GEMINI, "v1beta", model, "generateContent")
-            path = f"/v1beta/models/{model}"
-        path += ":generateContent"
-        out = [(k, v) for k, v in headers or () if k in _FORWARD]
-        out += [("content-type", "application/json"), ("x-knowctl-topic", topic)]
-        if internal:
-            out.append(("x-knowctl-priority", "LOW"))
-        if refresh:
-            out.append(("cache-control", "no-cache"))  # read nothing: regenerate
-        scope: dict[str, Any] = {
-            "type": "http",
-            "method": "POST",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out],
-            "client": client or ("127.0.0.1", 0),
-        }
-        notes = notes_of(scope)
-        notes.topic = topic
-        if internal:
-            notes.internal = "topics"
-        return CallContext(
-            scope=scope,
-            call=call,
-            method="POST",
-            raw_path=path,
-            query="",
-            headers=out,
-            header=dict(out),
-            client_ip=scope["client"][0],
-            body=orjson.dumps(payload),
-            payload=payload,
-            notes=notes,
+        """The generateContent call for ``topic`` (knowctl.daemon.topics.document)."""
+        return generation_call(
+            self.config,
+            topic,
+            self.prompt(topic),
+            headers=headers,
+            client=client,
+            internal=internal,
+            refresh=refresh,
         )
 
     async def regenerate(self, topic: str, *, force: bool) -> tuple[str, str | None]:
@@ -386,7 +293,7 @@ class TopicService:
         counts, self._counts = self._counts, collections.Counter()
         if not counts:
             return
-        ttl = self.settings.topics_popular_window_s + self._bucket_s
+        ttl = self.config.topics_popular_window_s + self._bucket_s
         try:
             await self._store.tally_add(keys.topic_tally(self._bucket(self._clock())), counts, ttl)
         except StoreUnavailable:
@@ -407,7 +314,7 @@ class TopicService:
 
     # --- background refresh ----------------------------------------------------------------------
     async def _background(self) -> None:
-        interval = self.settings.topics_refresh_interval
+        interval = self.config.topics_refresh_interval
         tick = min(1.0, interval / 4)
         last = int(self._clock() // interval)
         while True:
@@ -427,12 +334,12 @@ class TopicService:
 
     async def refresh_once(self, slot: int) -> bool:
         """Refresh the popular topics for interval ``slot`` if no other daemon took it."""
-        interval = self.settings.topics_refresh_interval
+        interval = self.config.topics_refresh_interval
         if not await self._store.set_if_absent(keys.topic_refresh_lease(slot), self._id, 2 * interval):
             return False
         self.refresh_slots.append(slot)
-        threshold = self.settings.topics_popular_threshold
-        due_age = self.settings.topics_refresh_fraction * self._cache.l2_ttl
+        threshold = self.config.topics_popular_threshold
+        due_age = self.config.topics_refresh_fraction * self._cache.l2_ttl
         done: dict[str, str] = {}
         for topic, count in await self.popular():
             if count < threshold:
