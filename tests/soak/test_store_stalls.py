@@ -190,9 +190,10 @@ def test_three_daemons_near_the_limit_through_a_stall_mid_window(
         assert sim["rejected"] == 0, sim
         assert sim["max_in_window"] <= limit, sim
         # After the stall the fleet uses the whole limit again: a full window later, one
-        # window's worth of calls (less what was in flight at its edges) was served.
+        # window's worth of calls (less what was in flight at its edges) was served, or every
+        # call offered when a slow machine offered fewer than the limit.
         late = [c for c in calls if paused + 2.0 + window_s < c.started <= paused + 2.0 + 2 * window_s]
-        assert sum(c.status == 200 for c in late) >= limit - 6, (
+        assert sum(c.status == 200 for c in late) >= min(limit, len(late)) - 6, (
             sum(c.status == 200 for c in late),
             len(late),
         )
