@@ -7,6 +7,15 @@ Three families of paths reach the gateway (see GEMINI_WIRE.md):
 - Vertex express: ``/{v1,v1beta1}/publishers/google/models/{model}:{action}``
 
 ``GET`` on the model collections (and on one model) is a listing, forwarded as it is.
+
+Two more surfaces spend quota (docs/wire.md):
+
+- Interactions: ``/{v1,v1beta,v1alpha}/interactions[/{id}[/cancel]]`` (Gemini API),
+  ``/v1beta1/interactions...`` (Vertex express) and
+  ``/{v1,v1beta1}/projects/{p}/locations/{l}/interactions...`` (Vertex);
+- OpenAI-compatible: ``/{v1beta,v1}/openai/{chat/completions,embeddings,models[/{model}]}``.
+
+Their model is named in the body, not the path: the handler sets it once the body is read.
 """
 
 from __future__ import annotations
@@ -20,6 +29,14 @@ class Family(StrEnum):
     GEMINI = "gemini"
     VERTEX = "vertex"
     EXPRESS = "express"
+
+
+class Surface(StrEnum):
+    """Which API a path belongs to: its bodies, answers and errors have their own shapes."""
+
+    MODELS = "models"
+    INTERACTIONS = "interactions"
+    OPENAI = "openai"
 
 
 class Action(StrEnum):
@@ -50,6 +67,13 @@ KNOWN_ACTIONS = (
     "fetchPredictOperation",
 )
 _FREE_ACTIONS = frozenset({"countTokens", "computeTokens", "fetchPredictOperation"})
+# Embedding actions whose items the gateway caches one by one.
+EMBED_ACTIONS = frozenset({"embedContent", "batchEmbedContents"})
+# What the OpenAI-compatible endpoint serves (``resource`` of an OPENAI call).
+OPENAI_CHAT = "chat/completions"
+OPENAI_EMBEDDINGS = "embeddings"
+OPENAI_MODELS = "models"
+CANCEL = "cancel"
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}"
 _MODEL = rf"(?P<model>{_NAME})(?::(?P<action>[A-Za-z]{{1,64}}))?"
@@ -63,6 +87,24 @@ _PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
         ),
     ),
     (Family.EXPRESS, re.compile(rf"/(?P<version>v1|v1beta1)/publishers/google/models(?:/{_MODEL})?")),
+)
+
+_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}"
+_INTERACTIONS = rf"/interactions(?:/(?P<resource>{_ID})(?:/(?P<action>cancel))?)?"
+_INTERACTION_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
+    (Family.GEMINI, re.compile(rf"/(?P<version>v1|v1beta|v1alpha){_INTERACTIONS}")),
+    (
+        Family.VERTEX,
+        re.compile(
+            rf"/(?P<version>v1|v1beta1)/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
+            + _INTERACTIONS
+        ),
+    ),
+    (Family.EXPRESS, re.compile(rf"/(?P<version>v1beta1){_INTERACTIONS}")),
+)
+_OPENAI = re.compile(
+    rf"/(?P<version>v1beta|v1)/openai/(?:(?P<resource>chat/completions|embeddings)"
+    rf"|(?P<models>models)(?:/(?:models/)?(?P<model>{_NAME}))?)"
 )
 
 GEMINI_HOST = "https://generativelanguage.googleapis.com"
@@ -79,6 +121,9 @@ class ApiCall:
     action: str | None
     project: str | None = None
     location: str | None = None
+    surface: Surface = Surface.MODELS
+    # An interaction's id, or what an OPENAI call names (chat/completions, embeddings, models).
+    resource: str | None = None
 
     @property
     def known_action(self) -> Action | None:
@@ -87,18 +132,47 @@ class ApiCall:
 
     @property
     def generates(self) -> bool:
-        """A call that spends generation quota and whose answer may be cached."""
-        return self.action in _GENERATING
+        """A call that spends generation quota and whose answer may be cached: generateContent,
+        creating an interaction, an OpenAI chat completion."""
+        if self.surface is Surface.MODELS:
+            return self.action in _GENERATING
+        if self.surface is Surface.INTERACTIONS:
+            return self.resource is None
+        return self.resource == OPENAI_CHAT
+
+    @property
+    def embeds(self) -> bool:
+        """An embedding call, whose items are cached one by one."""
+        if self.surface is Surface.MODELS:
+            return self.action in EMBED_ACTIONS
+        return self.surface is Surface.OPENAI and self.resource == OPENAI_EMBEDDINGS
 
     @property
     def spends_quota(self) -> bool:
         """A model action the provider counts against its quota (listings and token counts
         are free)."""
+        if self.surface is not Surface.MODELS:
+            return self.generates or self.embeds
         return self.action is not None and self.action not in _FREE_ACTIONS
+
+    @property
+    def route(self) -> str:
+        """The metrics label of the call's kind (actions beyond the known ones aside)."""
+        if self.surface is Surface.INTERACTIONS:
+            if self.resource is None:
+                return "interactions.create"
+            return "interactions.cancel" if self.action == CANCEL else "interactions.get"
+        if self.surface is Surface.OPENAI:
+            return f"openai.{(self.resource or OPENAI_MODELS).replace('/', '.')}"
+        return self.action or "list_models"
 
 
 def parse_path(path: str) -> ApiCall | None:
     """The API call named by ``path`` (without query string), or None if it is not one."""
+    if "/interactions" in path and (found := _parse_interaction(path)) is not None:
+        return found
+    if "/openai/" in path and (found := _parse_openai(path)) is not None:
+        return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
         if match is not None:
@@ -114,8 +188,45 @@ def parse_path(path: str) -> ApiCall | None:
     return None
 
 
+def _parse_interaction(path: str) -> ApiCall | None:
+    for family, pattern in _INTERACTION_PATTERNS:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            groups = match.groupdict()
+            return ApiCall(
+                family=family,
+                version=groups["version"],
+                model=None,
+                action=groups.get("action"),
+                project=groups.get("project"),
+                location=groups.get("location"),
+                surface=Surface.INTERACTIONS,
+                resource=groups.get("resource"),
+            )
+    return None
+
+
+def _parse_openai(path: str) -> ApiCall | None:
+    match = _OPENAI.fullmatch(path)
+    if match is None:
+        return None
+    return ApiCall(
+        family=Family.GEMINI,
+        version=match["version"],
+        model=match["model"],
+        action=None,
+        surface=Surface.OPENAI,
+        resource=match["resource"] or OPENAI_MODELS,
+    )
+
+
 def allowed_methods(call: ApiCall) -> tuple[str, ...]:
-    """Model actions are POSTs; a model or a collection is read with GET."""
+    """Model actions are POSTs; a model or a collection is read with GET. An interaction is
+    read or deleted, created or cancelled with POST."""
+    if call.surface is Surface.INTERACTIONS:
+        return ("GET", "DELETE") if call.resource is not None and call.action is None else ("POST",)
+    if call.surface is Surface.OPENAI:
+        return ("GET",) if call.resource == OPENAI_MODELS else ("POST",)
     return ("POST",) if call.action is not None else ("GET",)
 
 
