@@ -24,7 +24,7 @@ $(BASE): pyproject.toml | $(VENV)/bin/python
 $(DEV): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test,vertex,deploy]'
 	$(PY) -m pip install --quiet 'google-genai>=3.6,<4' 2>/dev/null
-	$(PY) -c "import google.genai as g, sys; sys.exit(g.__version__ < '3.6')"
+	$(PY) -c "import google.genai as g, sys; sys.exit(tuple(map(int, g.__version__.split('.')[:2])) < (3, 6))"
 	touch $(DEV) $(BASE)
 
 # Outside the venv: redis-server/-sentinel, wrk and the deployment validators (root or sudo).
