@@ -684,7 +684,7 @@ def test_serve_simulate_answers_unknown_models_as_google_does(tmp_path: Path) ->
         with pytest.raises(errors.ClientError) as caught:
             client.models.generate_content(model=UNKNOWN, contents="Say hi")
         assert caught.value.code == 404 and caught.value.status == "NOT_FOUND"
-        assert caught.value.message == not_found_message(UNKNOWN, "generateContent")
+        assert caught.value.message == not_found_message(UNKNOWN, "generateContent", "v1")
         assert [m.name for m in client.models.list()] == [f"models/{m}" for m in MODELS]
         assert client.models.generate_content(model=MODEL, contents="Say hi").text
         # The daemon serves on, and its simulator's list is configurable there too.
