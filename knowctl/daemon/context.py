@@ -8,7 +8,7 @@ from typing import Any
 
 from knowctl.net.asgi import Scope
 from knowctl.policy.identity import Identity
-from knowctl.policy.paths import ApiCall
+from knowctl.policy.paths import ApiCall, Surface
 from knowctl.policy.priority import Priority
 
 # The one key the daemon keeps in an ASGI scope: the request's notes. A scope is built by the
@@ -54,11 +54,22 @@ class CallContext:
     priority: Priority = Priority.MEDIUM
     # Response headers every answer to this call carries (RateLimit, X-Knowctl-Cache...).
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # What the call counts in the provider's request windows (a batch of N embeddings: N).
+    requests: int = 1
+    # Tokens of server-side history the call carries as input (an interaction's earlier turns).
+    history_tokens: int = 0
+    # An embedding call's texts that go upstream (the provider's token estimate counts them).
+    input_texts: list[str] | None = None
+    # What the answer reported of itself (an Interaction's id, status and usage), once known.
+    reported: Any = None
 
     @property
     def streaming(self) -> bool:
-        return self.call.action == "streamGenerateContent"
+        if self.call.surface is Surface.MODELS:
+            return self.call.action == "streamGenerateContent"
+        return self.payload is not None and self.payload.get("stream") is True
 
     @property
     def sse(self) -> bool:
-        return "alt=sse" in self.query
+        # Interactions and OpenAI streams are always Server-Sent Events.
+        return "alt=sse" in self.query or self.call.surface is not Surface.MODELS

@@ -4,7 +4,9 @@ Each component lives in its own room and owns its state (the app wires their adm
 
 - callers (``daemon/callers``): who is calling, and per-user / per-IP limits;
 - cache (``daemon/cache``): answers in two layers, stale copies, coalescing of identical calls;
-- quota (``daemon/quota``): the provider's RPM/RPD/TPM/TPD windows, priority queue, back-off.
+- quota (``daemon/quota``): the provider's RPM/RPD/TPM/TPD windows, priority queue, back-off;
+- interactions (``daemon/interactions``): who owns each interaction created through the gateway;
+- the cache's embedding items (``daemon/cache/items``): one embedding per text, across calls.
 
 The pipeline, in order: identify -> caller limits -> cache lookup -> (coalesce) -> quota
 (admit now, else stale fallback, else queue, else 429) -> upstream -> settle quota with the
@@ -52,6 +54,7 @@ class Answer:
 
     chunks: tuple[bytes, ...]
     model_version: str | None = None
+    surface: str = "models"  # the API surface it answers (its key names it too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class Ticket:
     reservation_id: str
     estimated_tokens: int
     data: dict[str, Any] = field(default_factory=dict)  # the quota component's own bookkeeping
+    requests: int = 1  # what it counts in request windows
 
 
 class Flight(Protocol):
@@ -176,3 +180,36 @@ class QuotaGate(Protocol):
     def record_fallback(self, model: str) -> None:
         """Count a stale answer served because quota was gone."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """An interaction created through the gateway: its owner, and its conversation so far."""
+
+    owner: str
+    model: str
+    tokens: int  # its last turn's input and output tokens: the next turn's history
+
+
+class Interactions(Protocol):
+    async def find(self, interaction_id: str, owner: str) -> Owned | None:
+        """The record if ``owner`` owns the interaction, else None; CallRefused(503) when
+        ownership cannot be checked now."""
+        ...
+
+    async def remember(self, interaction_id: str, record: Owned) -> None: ...
+
+    async def forget(self, interaction_id: str) -> None: ...
+
+
+class EmbeddingItems(Protocol):
+    """Embeddings one text at a time, shared by every call that embeds the same text the
+    same way (model, task type, dimensionality, title) within one cache scope."""
+
+    enabled: bool
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Each key's embedding (its JSON as the provider gave it), or None: one round trip."""
+        ...
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> None: ...

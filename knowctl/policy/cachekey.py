@@ -28,6 +28,22 @@ ANSWER_FIELDS = (
     "cachedContent",
 )
 
+# Fields of an interaction or OpenAI chat body that do not change the answer (how it is
+# delivered, kept or billed); every other field does.
+NOT_ANSWER_FIELDS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "store",
+        "background",
+        "webhook_config",
+        "labels",
+        "service_tier",
+        "user",
+        "metadata",
+    }
+)
+
 # Scope shared by every topic answer: its content does not depend on who asked.
 TOPIC_SCOPE = "topics"
 
@@ -61,11 +77,25 @@ def canonical(value: Any) -> bytes:
 
 
 def request_digest(
-    payload: Mapping[str, Any], *, model: str, family: str, streaming: bool, scope: str
+    payload: Mapping[str, Any],
+    *,
+    model: str,
+    family: str,
+    streaming: bool,
+    scope: str,
+    surface: str = "models",
+    revision: str | None = None,
 ) -> str:
-    """SHA-256 (hex) of everything that changes the answer to ``payload``."""
-    material = {name: payload[name] for name in ANSWER_FIELDS if name in payload}
-    envelope = {"m": model, "f": family, "s": streaming, "c": scope, "r": material}
+    """SHA-256 (hex) of everything that changes the answer to ``payload``: on other surfaces
+    than generateContent's every field but NOT_ANSWER_FIELDS, and the API revision asked for."""
+    if surface == "models":
+        material = {name: payload[name] for name in ANSWER_FIELDS if name in payload}
+        envelope: dict[str, Any] = {"m": model, "f": family, "s": streaming, "c": scope, "r": material}
+    else:
+        material = {name: value for name, value in payload.items() if name not in NOT_ANSWER_FIELDS}
+        envelope = {"m": model, "f": family, "s": streaming, "c": scope, "r": material, "a": surface}
+        if revision is not None:
+            envelope["v"] = revision
     return hashlib.sha256(canonical(envelope)).hexdigest()
 
 
@@ -77,9 +107,19 @@ def cache_key(
     streaming: bool,
     scope: str,
     topic: str | None = None,
+    surface: str = "models",
+    revision: str | None = None,
 ) -> str:
     """``topic:{topic}:{hash}`` when the call names a topic (validated), else ``gen:{model}:{hash}``."""
-    digest = request_digest(payload, model=model, family=family, streaming=streaming, scope=scope)
+    digest = request_digest(
+        payload,
+        model=model,
+        family=family,
+        streaming=streaming,
+        scope=scope,
+        surface=surface,
+        revision=revision,
+    )
     if topic is not None:
         return f"topic:{check_topic(topic)}:{digest}"
     return f"gen:{model}:{digest}"

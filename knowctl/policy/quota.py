@@ -98,9 +98,10 @@ def has_token_window(windows: Sequence[Window]) -> bool:
     return any(w.name in TOKEN_WINDOWS for w in windows)
 
 
-def amounts(windows: Sequence[Window], tokens: int) -> tuple[int, ...]:
-    """What one call costs in each window: 1 in request windows, ``tokens`` in token windows."""
-    return tuple(tokens if w.name in TOKEN_WINDOWS else 1 for w in windows)
+def amounts(windows: Sequence[Window], tokens: int, requests: int = 1) -> tuple[int, ...]:
+    """What one call costs in each window: ``requests`` (usually 1) in request windows,
+    ``tokens`` in token windows."""
+    return tuple(tokens if w.name in TOKEN_WINDOWS else requests for w in windows)
 
 
 def backoff_delay(streak: int, base_s: float, max_s: float) -> float:

@@ -10,9 +10,11 @@ bytes per token on English text; the error is exported as a metric after each ca
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from knowctl.policy.wire import interactions, openai
 
 TokenMode = Literal["input", "total"]
 
@@ -44,15 +46,26 @@ def prompt_texts(payload: Mapping[str, Any] | None) -> Iterator[str]:
             yield from _content_texts(content)
 
 
-def prompt_bytes(payload: Mapping[str, Any] | None) -> int:
-    return sum(len(text.encode("utf-8", "surrogatepass")) for text in prompt_texts(payload))
+def surface_texts(payload: Mapping[str, Any] | None, surface: str = "models") -> Iterator[str]:
+    """The prompt's texts in the shape of its API surface (knowctl.policy.paths.Surface)."""
+    if surface == "interactions":
+        return interactions.prompt_texts(payload)
+    if surface == "openai":
+        return openai.prompt_texts(payload)
+    return prompt_texts(payload)
 
 
-def input_estimate(payload: Mapping[str, Any] | None, bytes_per_token: float = 4.0) -> int:
+def prompt_bytes(payload: Mapping[str, Any] | None, surface: str = "models") -> int:
+    return sum(len(text.encode("utf-8", "surrogatepass")) for text in surface_texts(payload, surface))
+
+
+def input_estimate(
+    payload: Mapping[str, Any] | None, bytes_per_token: float = 4.0, surface: str = "models"
+) -> int:
     """ceil(prompt bytes / bytes_per_token), at least 1."""
     if not (math.isfinite(bytes_per_token) and bytes_per_token > 0):
         raise ValueError("bytes_per_token must be a positive number")
-    nbytes = prompt_bytes(payload)
+    nbytes = prompt_bytes(payload, surface)
     if bytes_per_token == int(bytes_per_token):
         # Integer ceiling: exact for any size, where float division could round.
         divisor = int(bytes_per_token)
@@ -60,8 +73,19 @@ def input_estimate(payload: Mapping[str, Any] | None, bytes_per_token: float = 4
     return max(1, math.ceil(nbytes / bytes_per_token))
 
 
-def max_output_tokens(payload: Mapping[str, Any] | None) -> int | None:
-    """``generationConfig.maxOutputTokens`` when it is a positive integer."""
+def texts_estimate(texts: Iterable[str], bytes_per_token: float = 4.0) -> int:
+    """input_estimate of bare texts (an embedding call's): ceil(bytes / bytes_per_token)."""
+    nbytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
+    return max(1, math.ceil(nbytes / bytes_per_token))
+
+
+def max_output_tokens(payload: Mapping[str, Any] | None, surface: str = "models") -> int | None:
+    """``generationConfig.maxOutputTokens`` (or the surface's own cap) when it is a positive
+    integer."""
+    if surface == "interactions":
+        return interactions.max_output_tokens(payload)
+    if surface == "openai":
+        return openai.max_output_tokens(payload)
     if not payload:
         return None
     config = payload.get("generationConfig", payload.get("generation_config"))
@@ -80,6 +104,7 @@ class Reservation:
 
     tokens: int
     unreserved: int = 0
+    requests: int = 1  # what the call counts in request windows (a batch of N embeddings: N)
 
 
 def reservation(
@@ -90,6 +115,8 @@ def reservation(
     *,
     likely_output: int | None = None,
     cap: int | None = None,
+    surface: str = "models",
+    requests: int = 1,
 ) -> Reservation:
     """Tokens to reserve: the input count, plus in total mode what the answer will likely
     take: the most it may take (``maxOutputTokens``, else ``default_max_output``), or less
@@ -98,13 +125,13 @@ def reservation(
     admissible whenever its input fits. The rest is reconciled from the real usage after."""
     tokens = max(1, input_tokens)
     if mode == "input":
-        return Reservation(tokens)
-    explicit = max_output_tokens(payload)
+        return Reservation(tokens, requests=requests)
+    explicit = max_output_tokens(payload, surface)
     most = default_max_output if explicit is None else explicit
     output = most if likely_output is None else min(most, likely_output)
     if cap is not None:
         output = max(0, min(output, cap - tokens))
-    return Reservation(tokens + output, most - output)
+    return Reservation(tokens + output, most - output, requests)
 
 
 class OutputHighMark:

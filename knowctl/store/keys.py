@@ -230,3 +230,19 @@ def topic_tally(bucket: int) -> str:
 def topic_refresh_lease(slot: int) -> str:
     """Taken by the one daemon that runs the popular-topic refresh of interval ``slot``."""
     return f"{PREFIX}{TOPICS_TAG}:refresh:{slot}"
+
+
+# --- resources callers create ------------------------------------------------------------------
+# One record per interaction created through the gateway: its owner and the tokens its
+# conversation holds so far. Each is alone in its slot (its own tag).
+
+
+def interaction(interaction_id: str) -> str:
+    return f"{PREFIX}ix:{{{_tag_safe(interaction_id)}}}"
+
+
+def embedding(item_key: str) -> str:
+    """One text's embedding (knowctl.policy.embeddings.item_key); alone in its slot."""
+    if not item_key:
+        raise ValueError("item key must not be empty")
+    return f"{PREFIX}{{e:{_tag_safe(item_key)}}}"

@@ -36,7 +36,9 @@ from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import Answer, Cached, Flight, Lookup
 from knowctl.daemon.lru import LRU
 from knowctl.policy import cachekey
-from knowctl.policy.framing import is_complete_success
+from knowctl.policy.paths import Surface
+from knowctl.policy.wire import interactions
+from knowctl.policy.wire.complete import is_complete
 from knowctl.store import Health, Keys, Leases, Notifications, StoreUnavailable, keys
 
 log = logging.getLogger("knowctl.cache")
@@ -136,6 +138,8 @@ class AnswerCache:
         call = ctx.call
         if not self.enabled or not call.generates or ctx.payload is None or not call.model:
             return None
+        if call.surface is Surface.INTERACTIONS and interactions.creates_state(ctx.payload):
+            return None  # an answer that leaves state at Google must be Google's own
         topic: str | None = ctx.header.get("x-knowctl-topic", "").strip() or None
         if topic is not None:
             try:
@@ -157,6 +161,8 @@ class AnswerCache:
             streaming=ctx.streaming,
             scope=scope,
             topic=topic,
+            surface=call.surface.value,
+            revision=ctx.header.get("api-revision"),
         )
 
     def lookup_local(self, key: str) -> Cached | None:
@@ -239,7 +245,7 @@ class AnswerCache:
 
     async def save(self, key: str, answer: Answer) -> None:
         self.coalescer.saving(key)  # before any await: see Coalescer._after_save
-        if not is_complete_success(answer.chunks):
+        if not is_complete(answer.chunks, answer.surface):
             self.counts.refused += 1
             cm.SAVES_BY("refused").inc()
             self.coalescer.saved(key)

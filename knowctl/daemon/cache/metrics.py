@@ -54,3 +54,10 @@ TOPIC_REFRESHES = Counter(
 CDN_PURGES = Counter(
     "knowctl_cdn_purges", "CDN purge calls by result (ok, failed).", ["result"], registry=REGISTRY
 )
+EMBEDDING_ITEMS = Counter(
+    "knowctl_cache_embedding_items",
+    "Texts of embedding calls: found kept (hit) or embedded upstream (miss).",
+    ["result"],
+    registry=REGISTRY,
+)
+EMBEDDING_ITEMS_BY = Children(EMBEDDING_ITEMS)  # (result,)

@@ -21,6 +21,7 @@ from typing import Any
 
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.pipeline import surfaces
 from knowctl.daemon.pipeline.replies import CACHE_HEADER, send_cached, send_refusal, send_upstream_error
 from knowctl.daemon.upstream.client import (
     OutgoingCall,
@@ -31,7 +32,6 @@ from knowctl.daemon.upstream.client import (
 )
 from knowctl.errors import parse_retry_delay, retry_after_header
 from knowctl.net.asgi import Send, respond
-from knowctl.policy.framing import split_json_array, split_sse, summarize
 from knowctl.policy.quota import provider_counted
 
 log = logging.getLogger("knowctl.generate")
@@ -275,12 +275,11 @@ class Generation:
                 ctx.notes.cache = ctx.notes.cache or "MISS"
                 if not ctx.streaming:
                     body = await response.read()
-                    summary = summarize((body,))
-                    if summary is None:  # nothing is sent yet: a clear error beats a broken 200
+                    read = surfaces.read_answer(ctx, body)
+                    if read is None:  # nothing is sent yet: a clear error beats a broken 200
                         raise UpstreamFailure(502, "upstream sent an answer that is not valid JSON")
                     await respond(send, 200, body, _content_type(headers), _without_content_type(headers))
-                    complete, usage = summary
-                    return Outcome(200, Answer((body,)) if complete else None, usage=usage)
+                    return _outcome(ctx, read)
                 pieces = drain(response)
                 # The head waits for the first event and leaves with it, in one write (one
                 # wake-up of the client); a stream that breaks before it gets a clean error
@@ -300,7 +299,8 @@ class Generation:
                 await send({"type": "http.response.body", "body": b""})
                 if size > MAX_CAPTURE_BYTES:
                     return Outcome(200)  # usage unknown: the reservation stands
-                return _stream_outcome(b"".join(captured), ctx.sse)
+                read = surfaces.read_stream(ctx, b"".join(captured))
+                return Outcome(200) if read is None else _outcome(ctx, read)
         except UpstreamFailure as failure:  # counted and logged by UpstreamClient.send
             if headers_sent:
                 raise  # too late for a status: cut the connection, the answer is incomplete
@@ -334,23 +334,11 @@ class Generation:
         return Outcome(sent, provider_refused=True, retry_delay=retry_delay)
 
 
-def _stream_outcome(data: bytes, sse: bool) -> Outcome:
-    """A finished stream: its usage (from the last chunk) and, if it is a complete success,
-    the answer to keep. A stream cut off midway has neither: its reservation stands."""
-    if sse:
-        chunks, terminated = split_sse(data)
-        if not terminated:
-            return Outcome(200)
-    else:
-        parsed = split_json_array(data)
-        if parsed is None:
-            return Outcome(200)
-        chunks = parsed
-    summary = summarize(chunks)
-    if summary is None:
-        return Outcome(200)
-    complete, usage = summary
-    return Outcome(200, Answer(chunks) if complete else None, usage=usage)
+def _outcome(ctx: CallContext, read: surfaces.Read) -> Outcome:
+    """A finished answer: its usage and, if it is a complete success, the answer to keep."""
+    ctx.reported = read.reported
+    answer = Answer(read.chunks, surface=ctx.call.surface.value) if read.complete else None
+    return Outcome(200, answer, usage=read.usage)
 
 
 def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+
+import orjson
 
 from knowctl.daemon.access_log import call_id
 from knowctl.daemon.context import CallContext
 from knowctl.daemon.contracts import Cached, CallRefused
+from knowctl.daemon.pipeline import surfaces
 from knowctl.errors import retry_after_header, retry_info
 from knowctl.net.asgi import JSON, Send, respond, respond_error
-from knowctl.policy.framing import render_json_array, render_sse
+from knowctl.policy.paths import ApiCall, Surface
 from knowctl.policy.upstream_errors import tenant_error
+from knowctl.policy.wire import openai
 
 log = logging.getLogger("knowctl.upstream")
 # How much of a provider's error answer the operator's log line keeps.
 LOGGED_ERROR_BYTES = 2048
 
-SSE = b"text/event-stream"
 CACHE_HEADER = b"x-knowctl-cache"
 
 
@@ -29,19 +33,28 @@ async def send_refusal(send: Send, ctx: CallContext | None, refusal: CallRefused
         # Both forms, so every client's retry logic finds the delay where it looks for it.
         headers.append((b"retry-after", retry_after_header(refusal.retry_after).encode()))
         details = [retry_info(refusal.retry_after)]
-    await respond_error(send, refusal.status, refusal.message, details=details, extra_headers=headers)
+    if ctx is not None and ctx.call.surface is Surface.OPENAI:
+        await respond(send, refusal.status, openai.error_body(refusal.status, refusal.message), JSON, headers)
+    else:
+        await respond_error(send, refusal.status, refusal.message, details=details, extra_headers=headers)
     return refusal.status
+
+
+async def send_error(
+    send: Send, call: ApiCall, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> int:
+    """An error of the gateway's own in the shape of the call's route (OpenAI's on its
+    endpoint, Google's everywhere else)."""
+    if call.surface is Surface.OPENAI:
+        await respond(send, status, openai.error_body(status, message), JSON, list(headers))
+    else:
+        await respond_error(send, status, message, extra_headers=list(headers))
+    return status
 
 
 async def send_cached(send: Send, ctx: CallContext, cached: Cached, label: str | None = None) -> int:
     """Replay a stored answer in the framing this caller asked for."""
-    chunks = cached.answer.chunks
-    if not ctx.streaming:
-        body, content_type = chunks[0], JSON
-    elif ctx.sse:
-        body, content_type = render_sse(chunks), SSE
-    else:
-        body, content_type = render_json_array(chunks), JSON
+    body, content_type = surfaces.render(ctx, cached.answer.chunks)
     label = label or _label(cached.layer)
     ctx.notes.cache = label
     headers = [
@@ -51,6 +64,15 @@ async def send_cached(send: Send, ctx: CallContext, cached: Cached, label: str |
     ]
     await respond(send, 200, body, content_type, headers)
     return 200
+
+
+def _message(google_error: bytes) -> str:
+    try:
+        found = orjson.loads(google_error)
+        message = found["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "The provider refused the call."
+    return message if isinstance(message, str) else "The provider refused the call."
 
 
 def _label(layer: str) -> str:
@@ -84,5 +106,7 @@ async def send_upstream_error(
         body[:LOGGED_ERROR_BYTES].decode("utf-8", "replace"),
     )
     sent, shaped = tenant_error(status, body, rid)
+    if ctx.call.surface is Surface.OPENAI:
+        shaped = openai.error_body(sent, _message(shaped))
     await respond(send, sent, shaped, JSON, [*rest, (b"x-request-id", rid.encode())])
     return sent

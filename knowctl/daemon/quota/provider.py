@@ -196,7 +196,7 @@ class ProviderQuota:
             self._refuse(
                 m, f"Quota exceeded for {m.name}; this caller holds its share of the wait queue.", retry_after
             )
-        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller)
+        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller, reserving.requests)
         now = time.time()
         if now >= m.awaited_until - timeout / 2:  # marked for at least another half wait
             m.awaited_until = now + timeout + 1
@@ -244,7 +244,7 @@ class ProviderQuota:
         if m is None or not ticket.reservation_id:
             return
         for w in m.windows:
-            m.inflight[w.name] -= ticket.estimated_tokens if w.name in qp.TOKEN_WINDOWS else 1
+            m.inflight[w.name] -= ticket.estimated_tokens if w.name in qp.TOKEN_WINDOWS else ticket.requests
         unreserved = ticket.data.pop("unreserved", 0)
         if unreserved:
             m.unreserved -= unreserved
@@ -263,7 +263,7 @@ class ProviderQuota:
             return
         returned = actual < ticket.estimated_tokens
         announce = self._bus.freed(m.name) if returned else None
-        if not await self._adjust(m, ticket, qp.amounts(m.windows, actual), announce):
+        if not await self._adjust(m, ticket, qp.amounts(m.windows, actual, ticket.requests), announce):
             return
         if returned:
             m.wake.set()
@@ -296,7 +296,7 @@ class ProviderQuota:
         planned = reserving if isinstance(reserving, tp.Reservation) else tp.Reservation(reserving)
         tokens = planned.tokens
         rid = unique_id()
-        amounts = qp.amounts(m.windows, tokens)
+        amounts = qp.amounts(m.windows, tokens, planned.requests)
         share = self._cfg.share(priority)
         got = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
         if got is None:  # the store is overloaded: admit nothing blind, come back shortly
@@ -309,7 +309,7 @@ class ProviderQuota:
             return admission.retry_after
         for w, amount in zip(m.windows, amounts, strict=True):
             m.inflight[w.name] += amount
-        ticket = Ticket(m.name, rid, tokens, {"where": where})
+        ticket = Ticket(m.name, rid, tokens, {"where": where}, planned.requests)
         self._unreserved(m, ticket, planned.unreserved)
         return ticket
 
@@ -322,8 +322,9 @@ class ProviderQuota:
 
     async def _estimate(self, ctx: CallContext, m: ModelState) -> tp.Reservation:
         if not m.tokens:
-            return tp.Reservation(0)  # no token window: the count would not be used
-        if self._count_tokens is not None:
+            return tp.Reservation(0, requests=ctx.requests)  # no token window: the count would not be used
+        surface = ctx.call.surface.value
+        if self._count_tokens is not None and surface == "models" and not ctx.call.embeds:
             memo = self._estimates.get(id(ctx))
             if memo is not None and memo[0] is ctx:
                 return memo[1]
@@ -332,17 +333,22 @@ class ProviderQuota:
             except Exception as exc:  # any failure of the upstream call: fall back to bytes
                 log.warning("quota: countTokens failed, estimating from bytes: %s", exc)
                 counted = tp.input_estimate(ctx.payload, self._config.token_bytes_per_token)
+        elif ctx.input_texts is not None:  # an embedding call: only what goes upstream counts
+            counted = tp.texts_estimate(ctx.input_texts, self._config.token_bytes_per_token)
         else:
-            counted = tp.input_estimate(ctx.payload, self._config.token_bytes_per_token)
+            counted = tp.input_estimate(ctx.payload, self._config.token_bytes_per_token, surface)
         reserving = tp.reservation(
-            counted,
+            # Server-side history (an interaction's previous turns) is input too.
+            counted + ctx.history_tokens,
             ctx.payload,
             self._cfg.token_mode,
-            self._config.default_max_output_tokens,
-            likely_output=m.output.value,
+            0 if ctx.call.embeds else self._config.default_max_output_tokens,
+            likely_output=0 if ctx.call.embeds else m.output.value,
             cap=self._token_cap(m, ctx.priority),
+            surface=surface,
+            requests=ctx.requests,
         )
-        if self._count_tokens is not None:
+        if self._count_tokens is not None and surface == "models" and not ctx.call.embeds:
             self._estimates[id(ctx)] = (ctx, reserving)  # holding ctx keeps its id unique
             while len(self._estimates) > _ESTIMATE_MEMO:
                 self._estimates.popitem(last=False)
@@ -367,7 +373,9 @@ class ProviderQuota:
                     await self._sleep(m, m.hold_until - now)
                     continue
                 try:
-                    result = await self._acquire(m, waiter.priority, waiter.tokens)
+                    result = await self._acquire(
+                        m, waiter.priority, tp.Reservation(waiter.tokens, requests=waiter.requests)
+                    )
                 except Exception as exc:  # a bug or a broken store: fail this waiter, not all
                     if not waiter.gone:
                         waiter.future.set_exception(exc)

@@ -33,6 +33,7 @@ class Waiter(Generic[T]):
     tokens: int
     future: asyncio.Future[T] = field(repr=False)
     caller: str | None = None  # Identity.caller: whose place in the queue this is
+    requests: int = 1  # what it counts in request windows (a batch of N embeddings: N)
 
     @property
     def gone(self) -> bool:
@@ -84,11 +85,15 @@ class WaitQueue(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
-    def push(self, priority: Priority, tokens: int, caller: str | None = None) -> tuple[Waiter[T], bool]:
+    def push(
+        self, priority: Priority, tokens: int, caller: str | None = None, requests: int = 1
+    ) -> tuple[Waiter[T], bool]:
         """Queue a new waiter last in its level, holding one of ``caller``'s places until it
         is removed (or drained); also say whether it became the head. The bound is the
         pusher's to check first (``places.full``): a push always succeeds."""
-        waiter: Waiter[T] = Waiter(priority, tokens, asyncio.get_running_loop().create_future(), caller)
+        waiter: Waiter[T] = Waiter(
+            priority, tokens, asyncio.get_running_loop().create_future(), caller, requests
+        )
         head = self.head()
         self._levels[priority].append(waiter)
         self._size += 1

@@ -144,7 +144,9 @@ def _reported(interaction: Mapping[str, Any]) -> Reported:
 def sse_data(frame: bytes) -> bytes:
     """The data of one SSE frame (its ``data:`` lines joined)."""
     return b"\n".join(
-        line[5:].lstrip(b" ") for line in frame.replace(b"\r\n", b"\n").split(b"\n") if line.startswith(b"data:")
+        line[5:].lstrip(b" ")
+        for line in frame.replace(b"\r\n", b"\n").split(b"\n")
+        if line.startswith(b"data:")
     )
 
 
@@ -172,7 +174,9 @@ def read_events(frames: Sequence[bytes]) -> Reported | None:
             if event.get("event_type") == COMPLETED_EVENT:
                 status, usage = found.status or COMPLETED, found.usage or usage
         elif event.get("event_type") == "interaction.status_update":
-            rid = rid or (event.get("interaction_id") if isinstance(event.get("interaction_id"), str) else None)
+            rid = rid or (
+                event.get("interaction_id") if isinstance(event.get("interaction_id"), str) else None
+            )
             if isinstance(event.get("status"), str):
                 status = event["status"]
             usage = usage_metadata(event.get("usage")) or usage

@@ -118,19 +118,6 @@ def summarize(chunks: Sequence[bytes]) -> tuple[bool, dict[str, int] | None] | N
     return complete and not any(p and "error" in p for p in parsed), usage
 
 
-def split_sse(data: bytes) -> tuple[tuple[bytes, ...], bool]:
-    """The ``data:`` payloads of a chat stream (``[DONE]`` included), and whether the last
-    frame was terminated."""
-    text = data.replace(b"\r\n", b"\n")
-    terminated = text.endswith(b"\n\n")
-    chunks = []
-    for frame in text.split(b"\n\n"):
-        payload = b"\n".join(line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:"))
-        if payload:
-            chunks.append(payload)
-    return tuple(chunks), terminated
-
-
 def render_sse(chunks: Sequence[bytes]) -> bytes:
     return b"".join(b"data: " + chunk + b"\n\n" for chunk in chunks)
 
