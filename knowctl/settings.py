@@ -121,6 +121,9 @@ class ModelQuota(BaseModel):
     rpd: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     tpd: int | None = Field(None, ge=1)
+    # What a batch of N embeddings counts in the request windows: N (as Google's batch limits
+    # count them) or one call.
+    batch_counts: Literal["items", "call"] = "items"
 
 
 class Settings(BaseSettings):
@@ -356,6 +359,18 @@ class Settings(BaseSettings):
     )
     coalesce_timeout: float = Field(
         30.0, gt=0, description="Seconds identical concurrent requests wait for the first one's answer."
+    )
+    cache_embeddings_ttl: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Seconds one text's embedding is kept (each text of a batch on its own, in memory "
+        "within the in-process cache's bounds and in the shared store).",
+    )
+    interactions_ttl: float = Field(
+        55 * 86400.0,
+        gt=0,
+        description="Seconds the gateway remembers who created an interaction (only its owner may read, "
+        "cancel, delete or continue it); Google keeps stored interactions up to 55 days.",
     )
 
     # --- topics -----------------------------------------------------------------------

@@ -19,14 +19,16 @@ from knowctl.daemon.admin import quota as quota_admin
 from knowctl.daemon.admin import topics as topics_admin
 from knowctl.daemon.admin.api import AdminApi, AdminError, is_loopback
 from knowctl.daemon.cache.answers import AnswerCache
+from knowctl.daemon.cache.items import EmbeddingItemCache
 from knowctl.daemon.callers.registry import CallerRegistry
+from knowctl.daemon.interactions.book import InteractionBook
 from knowctl.daemon.pipeline.handler import CLIENT_CLOSED, ModelCallHandler
 from knowctl.daemon.quota.provider import ProviderQuota
 from knowctl.daemon.topics.service import TopicService
 from knowctl.daemon.upstream.client import UpstreamClient
 from knowctl.daemon.upstream.credentials import UpstreamCredentials
 from knowctl.net.asgi import Receive, Scope, Send, respond, respond_error, respond_json, transport_status
-from knowctl.policy.paths import KNOWN_ACTIONS, parse_path
+from knowctl.policy.paths import KNOWN_ACTIONS, Surface, parse_path
 from knowctl.settings import Settings
 from knowctl.store import Store, StoreUnavailable, open_store
 
@@ -79,12 +81,15 @@ class Gateway:
         self.quota = ProviderQuota(
             config.provider_config(settings), self.store, count_tokens=self.upstream.count_tokens
         )
+        self.interactions = InteractionBook(config.interactions_config(settings), self.store)
         self.model_calls = ModelCallHandler(
             config.handler_config(settings),
             self.upstream,
             callers=self.callers,
             cache=self.cache,
             quota=self.quota,
+            interactions=self.interactions,
+            items=EmbeddingItemCache(config.items_config(settings), self.store),
             only_known_actions=self.callers.mode == "keys",
         )
         # Route labels are the actions the gateway knows; a made-up one is "other".
@@ -105,7 +110,7 @@ class Gateway:
 
     def _components(self) -> tuple[Component, ...]:
         """In start-up order; shut down in reverse."""
-        return (self.callers, self.cache, self.quota, self.topics)
+        return (self.callers, self.cache, self.quota, self.interactions, self.topics)
 
     async def startup(self) -> None:
         await self.upstream.start()
@@ -180,7 +185,10 @@ class Gateway:
                     await respond_error(send, 404, f"The requested path {path} was not found.")
                 else:
                     action = call.action
-                    route = self._action_routes.get(action, metrics.OTHER) if action else "list_models"
+                    if call.surface is not Surface.MODELS:
+                        route = call.route
+                    else:
+                        route = self._action_routes.get(action, metrics.OTHER) if action else "list_models"
                     status = await self.model_calls(scope, receive, send, call)
         finally:
             elapsed = time.perf_counter() - started

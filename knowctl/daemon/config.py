@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from knowctl.daemon.admin.api import AdminConfig
 from knowctl.daemon.cache.answers import CacheConfig
+from knowctl.daemon.cache.items import ItemsConfig
 from knowctl.daemon.callers.registry import CallersConfig, Tier
+from knowctl.daemon.interactions.book import InteractionsConfig
 from knowctl.daemon.pipeline.handler import HandlerConfig
 from knowctl.daemon.quota.provider import ProviderConfig
 from knowctl.daemon.topics.cdn import CdnConfig
@@ -110,7 +112,21 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_body_bytes=settings.max_body_bytes,
         default_priority=Priority[settings.default_priority],
         allowed_actions=frozenset(settings.allowed_action_names),
+        batch_as_one_call=frozenset(m for m, q in settings.quota_models.items() if q.batch_counts == "call"),
     )
+
+
+def items_config(settings: Settings) -> ItemsConfig:
+    return ItemsConfig(
+        enabled=settings.cache_enabled,
+        ttl_s=settings.cache_embeddings_ttl,
+        local_max_entries=settings.cache_l1_max_entries,
+        local_max_bytes=settings.cache_l1_max_bytes,
+    )
+
+
+def interactions_config(settings: Settings) -> InteractionsConfig:
+    return InteractionsConfig(ttl_s=settings.interactions_ttl)
 
 
 def holds_google_credentials(settings: Settings) -> bool:

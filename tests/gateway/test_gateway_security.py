@@ -107,7 +107,7 @@ def test_embeddings_count_against_the_callers_limits_and_the_provider_quota(
 ) -> None:
     """A 5/minute key: embedContent and batchEmbedContents calls (through the SDK) use up its
     limit like generation calls, the RateLimit header says so, and the provider quota of
-    the embedding model counts each one."""
+    the embedding model counts each text (a batch of two counts two requests)."""
     key = new_key(keyed)
     client = sdk(keyed, key)
     quota_before = quota_used(keyed, EMBED_MODEL)
@@ -124,7 +124,7 @@ def test_embeddings_count_against_the_callers_limits_and_the_provider_quota(
     assert response.status_code == 200
     remaining.append(re.search(r'"minute";r=(\d+)', response.headers["ratelimit"]))
     assert remaining[0] is not None and remaining[0].group(1) == "0"
-    assert quota_used(keyed, EMBED_MODEL) == quota_before + 5
+    assert quota_used(keyed, EMBED_MODEL) == quota_before + 6
     with pytest.raises(errors.ClientError) as refused:
         client.models.embed_content(model=EMBED_MODEL, contents="seven")
     assert refused.value.code == 429

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import orjson
 
 from knowctl.daemon.context import CallContext, notes_of
-from knowctl.daemon.contracts import Callers, CallRefused, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.contracts import (
+    Callers,
+    CallRefused,
+    EmbeddingItems,
+    Interactions,
+    QuotaGate,
+    ResponseCache,
+    Ticket,
+)
+from knowctl.daemon.pipeline.embedding import Embeddings
 from knowctl.daemon.pipeline.generation import Generation
-from knowctl.daemon.pipeline.replies import send_refusal, send_upstream_error
+from knowctl.daemon.pipeline.interactions import InteractionCalls
+from knowctl.daemon.pipeline.replies import send_error, send_refusal, send_upstream_error
 from knowctl.daemon.upstream.client import (
     OutgoingCall,
     UpstreamClient,
@@ -30,10 +40,12 @@ from knowctl.net.asgi import (
     respond,
     respond_error,
 )
-from knowctl.policy.paths import ApiCall, allowed_methods
+from knowctl.policy.paths import OPENAI_MODELS, ApiCall, Surface, allowed_methods
 from knowctl.policy.priority import Priority, effective_priority
 from knowctl.policy.quota import provider_counted
 from knowctl.policy.requests import body_problem
+from knowctl.policy.wire import interactions as interactions_wire
+from knowctl.policy.wire import openai as openai_wire
 
 log = logging.getLogger("knowctl.proxy")
 
@@ -68,6 +80,7 @@ class HandlerConfig:
     max_body_bytes: int
     default_priority: Priority
     allowed_actions: frozenset[str]  # actions forwarded beyond the known ones
+    batch_as_one_call: frozenset[str] = frozenset()  # models whose embedding batch counts once
 
 
 class ModelCallHandler:
@@ -82,6 +95,8 @@ class ModelCallHandler:
         callers: Callers,
         cache: ResponseCache,
         quota: QuotaGate,
+        interactions: Interactions,
+        items: EmbeddingItems,
         only_known_actions: bool = False,
     ) -> None:
         self._max_body = config.max_body_bytes
@@ -90,7 +105,12 @@ class ModelCallHandler:
         self._callers = callers
         self._quota = quota
         self._generation = Generation(upstream, cache, quota, callers.upstream_answered)
+        self._embeddings = Embeddings(
+            upstream, quota, items, callers.upstream_answered, config.batch_as_one_call
+        )
+        self._interactions = InteractionCalls(interactions, self._generate, self._pass_on)
         self._allowed = config.allowed_actions
+        self._batch_as_one = config.batch_as_one_call
         # Set where the gateway calls Google with its own credentials (keys mode); callers
         # who bring their own credentials pay for whatever they send.
         self._forwards_only_known = only_known_actions
@@ -99,14 +119,19 @@ class ModelCallHandler:
         method: str = scope["method"]
         allowed = allowed_methods(call)
         if method not in allowed:
-            await respond_error(
+            return await send_error(
                 send,
+                call,
                 405,
                 f"Method {method} is not allowed on {scope['path']}; use {', '.join(allowed)}.",
-                extra_headers=[(b"allow", ", ".join(allowed).encode())],
+                [(b"allow", ", ".join(allowed).encode())],
             )
-            return 405
-        if call.action is not None and self._forwards_only_known and call.action not in self._allowed:
+        if (
+            call.surface is Surface.MODELS
+            and call.action is not None
+            and self._forwards_only_known
+            and call.action not in self._allowed
+        ):
             # The gateway pays for what it forwards in keys mode: only actions it knows go.
             await respond_error(send, 404, f"The requested path {scope['path']} was not found.")
             return 404
@@ -137,20 +162,23 @@ class ModelCallHandler:
             try:
                 ctx.body = await read_body(receive, self._max_body, header.get("content-length"))
             except BodyTooLarge:
-                await respond_error(
-                    send,
-                    413,
-                    f"Request body exceeds the limit of {self._max_body} bytes.",
-                    extra_headers=[(b"connection", b"close")],
-                )
-                return 413
+                message = f"Request body exceeds the limit of {self._max_body} bytes."
+                return await send_error(send, call, 413, message, [(b"connection", b"close")])
             except ClientDisconnected:
                 return CLIENT_CLOSED
             problem, ctx.payload = self._check_body(call, ctx.body)
+            if problem is None and call.surface is not Surface.MODELS:
+                problem = self._name_model(ctx)
             if problem is not None:
-                await respond_error(send, 400, problem)
-                return 400
+                return await send_error(send, call, 400, problem)
         try:
+            if call.surface is Surface.INTERACTIONS:
+                if call.generates:
+                    return await self._interactions.create(ctx, send)
+                await self._check_limits(ctx)
+                return await self._interactions.access(ctx, send)
+            if call.embeds and method == "POST":
+                return await self._embeddings(ctx, send, self._check_limits, self._whole_embedding)
             if call.generates:
                 return await self._generation(ctx, send, self._check_limits)
             # Every call that reaches Google counts against its caller's limits.
@@ -160,6 +188,38 @@ class ModelCallHandler:
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
         return await self._forward(ctx, send)
+
+    async def _generate(self, ctx: CallContext, send: Send) -> int:
+        return await self._generation(ctx, send, self._check_limits)
+
+    async def _whole_embedding(self, ctx: CallContext, send: Send) -> int:
+        """An embedding call the item cache cannot take apart: all its items count."""
+        if ctx.payload is not None:
+            requests = ctx.payload.get("requests", ctx.payload.get("input"))
+            if isinstance(requests, list) and requests and ctx.call.model not in self._batch_as_one:
+                ctx.requests = len(requests)
+        return await self._forward_with_quota(ctx, send, self._quota)
+
+    @staticmethod
+    def _name_model(ctx: CallContext) -> str | None:
+        """An interaction's or OpenAI call's model is in its body: named on the call once read
+        (quota, cache and metrics read it there). A problem with it, or None."""
+        call = ctx.call
+        if call.surface is Surface.INTERACTIONS:
+            if not call.generates:
+                return None
+            named = interactions_wire.target(ctx.payload or {})
+            if named is None:
+                return 'An interaction names a model or an agent: set "model" or "agent".'
+            ctx.call = replace(call, model=named[1])
+            return None
+        if call.resource == OPENAI_MODELS:
+            return None
+        model = openai_wire.model_name(ctx.payload)
+        if model is None:
+            return 'The request body must name a "model".'
+        ctx.call = replace(call, model=model)
+        return None
 
     async def generate_internal(self, ctx: CallContext) -> CapturedResponse:
         """Run a generation call the gateway makes itself (topics, pre-warming) through the
@@ -199,7 +259,7 @@ class ModelCallHandler:
     @staticmethod
     def _check_body(call: ApiCall, body: bytes) -> tuple[str | None, dict[str, Any] | None]:
         """(what is wrong with the body, or None; the parsed body when it is an object)."""
-        if not body and call.known_action is None:
+        if not body and call.known_action is None and not call.generates and not call.embeds:
             return None, None  # other actions may legitimately have no body
         if body.count(b"{") + body.count(b"[") > MAX_JSON_CONTAINERS:
             # Parsed, each tiny object costs about twenty times its bytes: a body within the
@@ -209,6 +269,9 @@ class ModelCallHandler:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             return f"Invalid JSON payload received. {exc.msg} at position {exc.pos}.", None
+        if call.surface is not Surface.MODELS:
+            problem = None if isinstance(parsed, dict) else "The request body must be a JSON object."
+            return problem, parsed if isinstance(parsed, dict) else None
         return body_problem(call.known_action, parsed), parsed if isinstance(parsed, dict) else None
 
     async def _forward_with_quota(self, ctx: CallContext, send: Send, quota: QuotaGate) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
-from knowctl.policy.paths import ApiCall, Family
+from knowctl.policy.paths import ApiCall, Family, Surface
 
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh this long before expiry, so a token never expires between check and use.
@@ -73,6 +73,8 @@ class UpstreamCredentials:
     async def headers_for(self, call: ApiCall) -> dict[str, str] | None:
         """Auth headers for ``call``; None means: forward the caller's own credentials."""
         if self._api_key is not None and call.family in (Family.GEMINI, Family.EXPRESS):
+            if call.surface is Surface.OPENAI:  # the OpenAI-compatible endpoint takes it as a bearer
+                return {"authorization": f"Bearer {self._api_key}"}
             return {"x-goog-api-key": self._api_key}
         if self._oauth is None:
             return None
