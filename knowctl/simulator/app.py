@@ -22,6 +22,9 @@ model of its own (a quota window apart) and listing shows the configured models.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from knowctl.net.asgi import (
     BodyTooLarge,
     ClientDisconnected,
@@ -33,8 +36,8 @@ from knowctl.net.asgi import (
     respond_error,
     respond_json,
 )
-from knowctl.policy.paths import Action, ApiCall, Family, allowed_methods, parse_path
-from knowctl.simulator import handlers
+from knowctl.policy.paths import Action, ApiCall, Family, Surface, allowed_methods, parse_path
+from knowctl.simulator import handlers, surfaces
 from knowctl.simulator.catalogue import MODELS, check_models, model_description
 from knowctl.simulator.control import CONTROL_PREFIX, control
 from knowctl.simulator.google_errors import SIMULATED_PROJECT, in_array, not_found_error
@@ -47,6 +50,10 @@ __all__ = ["MODELS", "SIMULATED_PROJECT", "SimulatorApp", "SimulatorConfig", "ch
 
 class SimulatorApp(SimulatorState):
     """The ASGI app; see the module docstring."""
+
+    def __init__(self, config: SimulatorConfig | None = None, clock: Callable[[], float] = time.monotonic):
+        super().__init__(config, clock)
+        self.surfaces = surfaces.SurfaceState()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,6 +70,9 @@ class SimulatorApp(SimulatorState):
             return
         if scope["method"] not in allowed_methods(call):
             await respond_error(send, 405, f"Method {scope['method']} is not allowed for {path}.")
+            return
+        if call.surface is not Surface.MODELS:
+            await self._surface(call, scope, receive, send)
             return
         if call.model is None or call.action is None:  # GET on the collection or on one model
             await self._describe(call, send)
@@ -87,6 +97,23 @@ class SimulatorApp(SimulatorState):
             await handlers.count_tokens(self, call, body, send)
         else:
             await handlers.other(self, call, call.model, body, send)
+
+    async def _surface(self, call: ApiCall, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Interactions API and the OpenAI-compatible endpoint."""
+        body = b""
+        if scope["method"] == "POST":
+            try:
+                body = await read_body(receive, self.config.max_body_bytes, None)
+            except BodyTooLarge:
+                await respond_error(send, 413, "Request payload size exceeds the limit.")
+                return
+            except ClientDisconnected:
+                return
+        query = scope["query_string"].decode("latin-1")
+        if call.surface is Surface.INTERACTIONS:
+            await surfaces.interactions(self, self.surfaces, call, scope["method"], query, body, send)
+        else:
+            await surfaces.openai_call(self, call, body, send)
 
     async def _describe(self, call: ApiCall, send: Send) -> None:
         """The model listing (no model in the path) or one model's description."""

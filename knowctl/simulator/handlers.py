@@ -89,6 +89,7 @@ async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, s
         await bad_request(state, send, str(exc))
         return
     if call.action == "embedContent":
+        state.counters.embedded_items += 1
         result: dict[str, Any] = {"embedding": {"values": answers.embedding(model, request)}}
     else:
         requests = request.get("requests")
@@ -96,6 +97,7 @@ async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, s
             await bad_request(state, send, "* BatchEmbedContentsRequest.requests: must be a list")
             return
         items = [r if isinstance(r, dict) else {} for r in requests]
+        state.counters.embedded_items += len(items)
         result = {"embeddings": [{"values": answers.embedding(model, r)} for r in items]}
     state.counters.other += 1
     await _latency(state)

@@ -27,6 +27,7 @@ class SimulatorConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     models: tuple[str, ...] = MODELS
     any_model: bool = False
+    background_ms: float = 300.0  # how long a background interaction runs before it completes
 
 
 @dataclass(slots=True)
@@ -44,6 +45,9 @@ class Counters:
     not_found: int = 0
     prompt_tokens: int = 0
     candidates_tokens: int = 0
+    interactions: int = 0
+    openai_chats: int = 0
+    embedded_items: int = 0  # texts embedded, over every embedding call
 
 
 class SimulatorState:
