@@ -133,6 +133,14 @@ def answer_text(model: str, texts: list[str]) -> str:
     return "Simulated answer: " + " ".join(words) + "."
 
 
+def truncate(text: str, limit: int | None) -> tuple[str, bool]:
+    """The answer text cut to ``limit`` output tokens (4 bytes each; the answer is ASCII, so no
+    character is split), and whether it was cut."""
+    if limit is not None and len(text) > 4 * limit:
+        return text[: 4 * limit], True
+    return text, False
+
+
 def response_id(model: str, body: bytes) -> str:
     """Deterministic stand-in for Google's responseId: a hash of the model and the raw request."""
     digest = hashlib.blake2b(model.encode() + b"\x00" + body, digest_size=16).digest()
@@ -147,11 +155,8 @@ def make_answer(model: str, request: dict[str, Any], body: bytes) -> Answer:
     rid = response_id(model, body)
     if any(BLOCK_MARKER in t for t in texts):
         return Answer(model, "", "", p_tokens, 0, rid, blocked=True)
-    text = answer_text(model, texts)
-    finish = "STOP"
-    if limit is not None and len(text) > 4 * limit:  # ASCII text: bytes == characters
-        text = text[: 4 * limit]
-        finish = "MAX_TOKENS"
+    text, cut = truncate(answer_text(model, texts), limit)
+    finish = "MAX_TOKENS" if cut else "STOP"
     return Answer(model, text, finish, p_tokens, token_count(len(text)), rid, blocked=False)
 
 
@@ -244,10 +249,49 @@ def billable_characters(request: dict[str, Any]) -> int:
     return sum(len(t) - sum(c.isspace() for c in t) for t in texts)
 
 
-def embedding(model: str, request: dict[str, Any]) -> list[float]:
-    """Eight deterministic floats in [-1, 1) for embedContent."""
-    content = request.get("content")
+DEFAULT_DIMENSIONS = 8  # small, so test answers stay short
+MAX_DIMENSIONS = 3072  # gemini-embedding-001's full size
+
+
+def output_dimensionality(value: Any, field: str = "outputDimensionality") -> int:
+    """The vector length asked for (absent: :data:`DEFAULT_DIMENSIONS`)."""
+    if value is None:
+        return DEFAULT_DIMENSIONS
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSIONS:
+        raise BadRequest(f"* EmbedContentRequest.{field}: must be an integer in [1, {MAX_DIMENSIONS}]")
+    return value
+
+
+def embed_item_text(request: dict[str, Any]) -> str:
+    """One embedContent item's text as the gateway estimates it: title and text parts, joined."""
     texts: list[str] = []
-    _texts(content, texts)
-    digest = hashlib.sha256(model.encode() + b"\x00" + "\x00".join(texts).encode()).digest()
-    return [round(int.from_bytes(digest[i : i + 4], "big") / 2**31 - 1.0, 6) for i in range(0, 32, 4)]
+    title = request.get("title")
+    if isinstance(title, str):
+        texts.append(title)
+    _texts(request.get("content"), texts)
+    return " ".join(texts)
+
+
+def embedding_vector(model: str, texts: list[str], dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
+    """``dimensions`` deterministic floats in [-1, 1) for a text: the same text, the same vector.
+
+    The first block is the SHA-256 of the model and the texts (so the first eight values are
+    what the simulator always answered); further blocks hash the first with a counter."""
+    seed = hashlib.sha256(model.encode() + b"\x00" + "\x00".join(texts).encode()).digest()
+    stream = bytearray(seed)
+    block = 1
+    while len(stream) < 4 * dimensions:
+        stream += hashlib.sha256(seed + block.to_bytes(4, "big")).digest()
+        block += 1
+    return [
+        round(int.from_bytes(stream[i : i + 4], "big") / 2**31 - 1.0, 6) for i in range(0, 4 * dimensions, 4)
+    ]
+
+
+def embedding(model: str, request: dict[str, Any]) -> list[float]:
+    """The vector for one embedContent request, ``outputDimensionality`` long (raises
+    :class:`BadRequest`)."""
+    texts: list[str] = []
+    _texts(request.get("content"), texts)
+    dims = output_dimensionality(request.get("outputDimensionality", request.get("output_dimensionality")))
+    return embedding_vector(model, texts, dims)

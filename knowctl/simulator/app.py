@@ -11,19 +11,21 @@ Control endpoints (not part of Google's API; :mod:`knowctl.simulator.control`):
 - ``GET /_simulator/stats``: counters (see :meth:`SimulatorApp.stats_json`).
 - ``POST /_simulator/reset``: zero counters and the quota log, drop pending faults.
 - ``GET|POST /_simulator/config``: read or change ``latency_ms``, ``chunk_delay_ms``, ``chunks``,
-  ``rpm``, ``tpm``, ``window_s``, ``models`` (the models it serves and lists) and ``any_model``;
+  ``rpm``, ``tpm``, ``window_s``, ``models`` (the models it serves and lists), ``any_model`` and
+  ``background_ms`` (how long a ``background: true`` interaction stays ``in_progress``);
   ``{"fault": KIND, "count": N}`` makes the next N generate/stream calls fail as KIND (see
   :data:`~knowctl.simulator.state.FAULTS`); ``{"fault": null}`` clears it.
 
 Like Google, it serves only the models it lists (:data:`MODELS` by default): any other model
 is Google's 404 ``NOT_FOUND``. ``any_model`` serves every name, for tests that give each case a
 model of its own (a quota window apart) and listing shows the configured models.
+
+Besides the model calls it serves the Interactions API (:mod:`~knowctl.simulator.interactions`)
+and the OpenAI-compatible endpoint (:mod:`~knowctl.simulator.openai_compat`); docs/wire.md.
+Injected faults apply to generate/stream calls only.
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Callable
 
 from knowctl.net.asgi import (
     BodyTooLarge,
@@ -37,7 +39,8 @@ from knowctl.net.asgi import (
     respond_json,
 )
 from knowctl.policy.paths import Action, ApiCall, Family, Surface, allowed_methods, parse_path
-from knowctl.simulator import handlers, surfaces
+from knowctl.policy.wire import openai
+from knowctl.simulator import handlers, interactions, openai_compat
 from knowctl.simulator.catalogue import MODELS, check_models, model_description
 from knowctl.simulator.control import CONTROL_PREFIX, control
 from knowctl.simulator.google_errors import SIMULATED_PROJECT, in_array, not_found_error
@@ -50,10 +53,6 @@ __all__ = ["MODELS", "SIMULATED_PROJECT", "SimulatorApp", "SimulatorConfig", "ch
 
 class SimulatorApp(SimulatorState):
     """The ASGI app; see the module docstring."""
-
-    def __init__(self, config: SimulatorConfig | None = None, clock: Callable[[], float] = time.monotonic):
-        super().__init__(config, clock)
-        self.surfaces = surfaces.SurfaceState()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,21 +98,22 @@ class SimulatorApp(SimulatorState):
             await handlers.other(self, call, call.model, body, send)
 
     async def _surface(self, call: ApiCall, scope: Scope, receive: Receive, send: Send) -> None:
-        """The Interactions API and the OpenAI-compatible endpoint."""
-        body = b""
-        if scope["method"] == "POST":
-            try:
-                body = await read_body(receive, self.config.max_body_bytes, None)
-            except BodyTooLarge:
-                await respond_error(send, 413, "Request payload size exceeds the limit.")
-                return
-            except ClientDisconnected:
-                return
-        query = scope["query_string"].decode("latin-1")
+        """The Interactions API and the OpenAI-compatible endpoint, each with its own errors."""
+        try:
+            body = await read_body(receive, self.config.max_body_bytes, None)
+        except BodyTooLarge:
+            message = "Request payload size exceeds the limit."
+            if call.surface is Surface.OPENAI:
+                await respond(send, 413, openai.error_body(413, message))
+            else:
+                await respond_error(send, 413, message)
+            return
+        except ClientDisconnected:
+            return
         if call.surface is Surface.INTERACTIONS:
-            await surfaces.interactions(self, self.surfaces, call, scope["method"], query, body, send)
+            await interactions.handle(self, call, scope["method"], scope["query_string"], body, send)
         else:
-            await surfaces.openai_call(self, call, body, send)
+            await openai_compat.handle(self, call, body, send)
 
     async def _describe(self, call: ApiCall, send: Send) -> None:
         """The model listing (no model in the path) or one model's description."""

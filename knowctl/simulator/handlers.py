@@ -79,26 +79,36 @@ async def count_tokens(state: SimulatorState, call: ApiCall, body: bytes, send: 
 
 
 async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, send: Send) -> None:
-    """embedContent and batchEmbedContents; any other method is Google's 404."""
+    """embedContent and batchEmbedContents (a batch of N counts N requests against the quota);
+    any other method is Google's 404."""
     if call.action not in ("embedContent", "batchEmbedContents"):
         await respond_error(send, 404, f"Method not found: {call.action}.")
         return
     try:
         request = answers.parse_json_object(body)
+        if call.action == "embedContent":
+            items = [request]
+        else:
+            requests = request.get("requests")
+            if not isinstance(requests, list) or not requests:
+                raise answers.BadRequest("* BatchEmbedContentsRequest.requests: must be a non-empty list")
+            items = [r if isinstance(r, dict) else {} for r in requests]
+        vectors = [answers.embedding(model, item) for item in items]
     except answers.BadRequest as exc:
         await bad_request(state, send, str(exc))
         return
-    if call.action == "embedContent":
-        state.counters.embedded_items += 1
-        result: dict[str, Any] = {"embedding": {"values": answers.embedding(model, request)}}
-    else:
-        requests = request.get("requests")
-        if not isinstance(requests, list):
-            await bad_request(state, send, "* BatchEmbedContentsRequest.requests: must be a list")
-            return
-        items = [r if isinstance(r, dict) else {} for r in requests]
-        state.counters.embedded_items += len(items)
-        result = {"embeddings": [{"values": answers.embedding(model, r)} for r in items]}
-    state.counters.other += 1
+    # The tokens the gateway estimates for the same items (each item's texts joined).
+    tokens = answers.prompt_tokens([answers.embed_item_text(item) for item in items])
+    refusal = state.quota.admit(state.clock(), tokens, requests=len(items))
     await _latency(state)
+    if refusal is not None:
+        state.counters.rejected += 1
+        await respond(send, 429, quota_error(call, refusal))
+        return
+    state.counters.other += 1
+    state.counters.embedded_items += len(items)
+    if call.action == "embedContent":
+        result: dict[str, Any] = {"embedding": {"values": vectors[0]}}
+    else:
+        result = {"embeddings": [{"values": v} for v in vectors]}
     await respond_json(send, 200, result)

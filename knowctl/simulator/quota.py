@@ -76,18 +76,23 @@ class SlidingWindowQuota:
         self._expire(now)
         return len(self._times), self.token_sum
 
-    def admit(self, now: float, tokens: int) -> Refusal | None:
-        """Record the request and return None, or refuse it (recording nothing)."""
+    def admit(self, now: float, tokens: int, requests: int = 1) -> Refusal | None:
+        """Record ``requests`` requests (a batch of N embeddings counts N) spending ``tokens``
+        and return None, or refuse them all (recording nothing)."""
         self._expire(now)
         times = self._times
         if self.tpm and tokens > self.tpm:
             return Refusal("tokens", self.tpm, self.window, never_fits=True)
+        if self.rpm and requests > self.rpm:
+            return Refusal("requests", self.rpm, self.window, never_fits=True)
         # Both limits free up as the oldest entries expire, so the later of the two delays
         # is when the request really fits; the metric named is the one that binds longest.
         refusal: Refusal | None = None
-        if self.rpm and len(times) + 1 > self.rpm:
-            # Entries must expire until one slot is free: entry len - rpm is the last of them.
-            refusal = Refusal("requests", self.rpm, self._until_expired(times[len(times) - self.rpm], now))
+        if self.rpm and len(times) + requests > self.rpm:
+            # Entries must expire until ``requests`` slots are free: entry len - rpm + requests - 1
+            # is the last of them.
+            last = times[len(times) - self.rpm + requests - 1]
+            refusal = Refusal("requests", self.rpm, self._until_expired(last, now))
         if self.tpm and self.token_sum + tokens > self.tpm:
             need = self.token_sum + tokens - self.tpm
             freed = 0
@@ -100,8 +105,10 @@ class SlidingWindowQuota:
                     break
         if refusal is not None:
             return refusal
-        times.append(now)
+        # One entry per request, the tokens on the first: a batch expires as one.
+        times.extend([now] * requests)
         self._tokens.append(tokens)
+        self._tokens.extend([0] * (requests - 1))
         self.token_sum += tokens
         if len(times) > self.max_in_window:
             self.max_in_window = len(times)

@@ -9,6 +9,7 @@ from typing import Any
 
 from knowctl.simulator import answers
 from knowctl.simulator.catalogue import MODEL_METHODS, MODELS, check_models, supported_methods
+from knowctl.simulator.interaction_store import InteractionBook
 from knowctl.simulator.quota import SlidingWindowQuota
 
 FAULTS = ("error500", "reset", "cut_stream", "invalid_json", "hang", "denied", "bad_key")
@@ -45,9 +46,9 @@ class Counters:
     not_found: int = 0
     prompt_tokens: int = 0
     candidates_tokens: int = 0
-    interactions: int = 0
-    openai_chats: int = 0
-    embedded_items: int = 0  # texts embedded, over every embedding call
+    interactions: int = 0  # interactions created (model and agent)
+    openai_chats: int = 0  # OpenAI-compatible chat completions answered
+    embedded_items: int = 0  # texts embedded (a batch of N counts N), on every surface
 
 
 class SimulatorState:
@@ -61,6 +62,7 @@ class SimulatorState:
         self.by_model: dict[str, int] = {}
         self.fault: str | None = None
         self.fault_count = 0
+        self.interaction_book = InteractionBook()
 
     def serves(self, model: str, method: str | None) -> bool:
         """Whether a call of ``method`` (None: a GET of the model) on ``model`` is answered."""
@@ -90,6 +92,7 @@ class SimulatorState:
             "max_tokens_in_window": self.quota.max_tokens_in_window,
             "in_window": now_requests,
             "tokens_in_window": now_tokens,
+            "stored_interactions": len(self.interaction_book),
             "config": self.config_json(),
         }
 
@@ -100,6 +103,7 @@ class SimulatorState:
         self.counters = Counters()
         self.by_model.clear()
         self.quota.reset()
+        self.interaction_book.clear()
         self.fault, self.fault_count = None, 0
 
     def configure(self, changes: dict[str, Any]) -> None:
@@ -109,7 +113,7 @@ class SimulatorState:
         if unknown:
             raise answers.BadRequest(f"unknown simulator setting(s): {', '.join(unknown)}")
         new = replace(self.config)
-        for name in ("latency_ms", "chunk_delay_ms", "window_s"):
+        for name in ("latency_ms", "chunk_delay_ms", "window_s", "background_ms"):
             if name in changes:
                 value = changes[name]
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
