@@ -293,5 +293,8 @@ def embedding(model: str, request: dict[str, Any]) -> list[float]:
     :class:`BadRequest`)."""
     texts: list[str] = []
     _texts(request.get("content"), texts)
-    dims = output_dimensionality(request.get("outputDimensionality", request.get("output_dimensionality")))
+    # Vertex (express too) nests the options in embedContentConfig; the Gemini API does not.
+    nested = request.get("embedContentConfig")
+    options = nested if isinstance(nested, dict) else request
+    dims = output_dimensionality(options.get("outputDimensionality", options.get("output_dimensionality")))
     return embedding_vector(model, texts, dims)
