@@ -90,8 +90,8 @@ async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, s
             items = [request]
         else:
             requests = request.get("requests")
-            if not isinstance(requests, list) or not requests:
-                raise answers.BadRequest("* BatchEmbedContentsRequest.requests: must be a non-empty list")
+            if not isinstance(requests, list):
+                raise answers.BadRequest("* BatchEmbedContentsRequest.requests: must be a list")
             items = [r if isinstance(r, dict) else {} for r in requests]
         vectors = [answers.embedding(model, item) for item in items]
     except answers.BadRequest as exc:
@@ -99,7 +99,8 @@ async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, s
         return
     # The tokens the gateway estimates for the same items (each item's texts joined).
     tokens = answers.prompt_tokens([answers.embed_item_text(item) for item in items])
-    refusal = state.quota.admit(state.clock(), tokens, requests=len(items))
+    # An empty batch embeds nothing and so spends nothing.
+    refusal = state.quota.admit(state.clock(), tokens, requests=len(items)) if items else None
     await _latency(state)
     if refusal is not None:
         state.counters.rejected += 1

@@ -79,6 +79,8 @@ class SlidingWindowQuota:
     def admit(self, now: float, tokens: int, requests: int = 1) -> Refusal | None:
         """Record ``requests`` requests (a batch of N embeddings counts N) spending ``tokens``
         and return None, or refuse them all (recording nothing)."""
+        if requests < 1:
+            raise ValueError("requests must be at least 1")
         self._expire(now)
         times = self._times
         if self.tpm and tokens > self.tpm:
