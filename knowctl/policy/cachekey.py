@@ -41,6 +41,7 @@ NOT_ANSWER_FIELDS = frozenset(
         "service_tier",
         "user",
         "metadata",
+        "model",  # named on the key already, with or without its models/ prefix
     }
 )
 
