@@ -38,6 +38,7 @@ async def handle(
     if call.resource is None:
         await _create(state, call, body, send)
         return
+    state.counters.interaction_accesses += 1
     record = state.interaction_book.get(call.resource, state.clock())
     if record is None:
         state.counters.not_found += 1

@@ -47,6 +47,7 @@ class Counters:
     prompt_tokens: int = 0
     candidates_tokens: int = 0
     interactions: int = 0  # interactions created (model and agent)
+    interaction_accesses: int = 0  # gets, resumes, cancels and deletes of one interaction
     openai_chats: int = 0  # OpenAI-compatible chat completions answered
     embedded_items: int = 0  # texts embedded (a batch of N counts N), on every surface
 

@@ -47,10 +47,15 @@ API_KEY = "node-sdk-key"
 
 
 def node_client(
-    base_url: str, scenario: str, model: str | None = None, text: str | None = None
+    base_url: str,
+    scenario: str,
+    model: str | None = None,
+    text: str | None = None,
+    *,
+    key: str = API_KEY,
 ) -> dict[str, Any]:
     """One scenario of client.mjs; its JSON line, or the test fails with the script's stderr."""
-    args = [base_url, API_KEY, scenario]
+    args = [base_url, key, scenario]
     if model is not None or text is not None:
         args.append(model or "")
     if text is not None:
@@ -230,3 +235,37 @@ def test_quota_refusals_are_the_sdks_api_error(gateway: Gateway, simulator: Simu
         assert delay is not None and 0 < delay <= 60
     stats = simulator.stats()
     assert stats["rejected"] == 1 and stats["served"] == 1
+
+
+def test_interaction_plain_streamed_and_kept_for_its_owner(gateway: Gateway, simulator: Simulator) -> None:
+    prompt = unique_prompt("Explain photosynthesis")
+    made = node_client(gateway.url, "interaction", MODEL, prompt)
+    assert made["status"] == "completed"
+    assert made["text"] == answers.answer_text(MODEL, [prompt])
+    assert made["usage"]["total_input_tokens"] == answers.prompt_tokens([prompt])
+    assert simulator.stats()["interactions"] == 1
+
+    streamed = node_client(gateway.url, "interaction-stream", MODEL, unique_prompt("Stream it"))
+    assert streamed["events"][0] == "interaction.created"
+    assert streamed["events"][-1] == "interaction.completed"
+    assert "step.delta" in streamed["events"]
+    assert simulator.stats()["interactions"] == 2
+
+    # Pass-through mode: the owner is the credential. Its owner reads it back; another key's
+    # caller gets the SDK's 404 and Google is never asked.
+    kept = node_client(gateway.url, "interaction-get", MODEL, made["id"])
+    assert (kept["id"], kept["status"], kept["text"]) == (made["id"], "completed", made["text"])
+    accesses = simulator.stats()["interaction_accesses"]
+    foreign = node_client(gateway.url, "interaction-get", MODEL, made["id"], key="someone-else")
+    assert foreign["status"] == 404, foreign
+    assert simulator.stats()["interaction_accesses"] == accesses
+
+
+def test_embed_content_counts_and_caches_per_item(gateway: Gateway, simulator: Simulator) -> None:
+    prompt = unique_prompt("Embed me once.")
+    first = node_client(gateway.url, "embed", EMBED_MODEL, prompt)
+    again = node_client(gateway.url, "embed", EMBED_MODEL, prompt)
+    assert again == first
+    assert first["embeddings"] == [answers.embedding(EMBED_MODEL, {"content": {"parts": [{"text": prompt}]}})]
+    # The second call was the gateway's: one text, already known.
+    assert simulator.stats()["embedded_items"] == 1

@@ -99,7 +99,7 @@ def test_another_key_cannot_read_cancel_delete_or_continue_it(gateway: Gateway, 
     owner = genai_client(gateway, new_key(gateway))
     stranger = genai_client(gateway, new_key(gateway))
     created = owner.interactions.create(model=MODEL, input="Mine alone")
-    seen = simulator.stats()["interactions"]
+    seen = simulator.stats()["interactions"], simulator.stats()["interaction_accesses"]
     for attempt in (
         lambda: stranger.interactions.get(created.id),
         lambda: stranger.interactions.cancel(created.id),
@@ -109,7 +109,8 @@ def test_another_key_cannot_read_cancel_delete_or_continue_it(gateway: Gateway, 
         with pytest.raises(Exception) as refused:
             attempt()
         assert getattr(refused.value, "status_code", None) == 404
-    assert simulator.stats()["interactions"] == seen  # nothing reached Google
+    stats = simulator.stats()
+    assert (stats["interactions"], stats["interaction_accesses"]) == seen  # nothing reached Google
     assert owner.interactions.get(created.id).id == created.id
     owner.interactions.delete(created.id)
     with pytest.raises(Exception) as gone:

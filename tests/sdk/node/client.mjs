@@ -1,8 +1,10 @@
 // The official JavaScript SDK, @google/genai, unchanged but for its base URL: one call of
 // SCENARIO, and one JSON line on stdout of what the SDK made of the answer.
 //   usage: node client.mjs BASE_URL API_KEY SCENARIO [MODEL] [TEXT]
-// Scenarios: generate, stream, count, embed, list; error and error-stream (a call the
-// gateway refuses, unary or streamed: the ApiError as the SDK parsed it). Exit 0 only when
+// Scenarios: generate, stream, count, embed, list; interaction and interaction-stream (the
+// Interactions API, TEXT the input), interaction-get (TEXT an interaction id: the
+// interaction, or the error the SDK threw); error and error-stream (a call the gateway
+// refuses, unary or streamed: the ApiError as the SDK parsed it). Exit 0 only when
 // the scenario went as it should (for the error ones: the SDK threw its ApiError), else 1
 // with the reason on stderr. Run by tests/sdk/test_node_sdk.py.
 import { ApiError, GoogleGenAI } from "@google/genai";
@@ -79,6 +81,26 @@ const scenarios = {
       names: pager.page.map((m) => m.name),
       methods: Object.fromEntries(pager.page.map((m) => [m.name, m.supportedActions])),
     };
+  },
+  async interaction() {
+    const made = await ai.interactions.create({ model, input: text });
+    return { id: made.id, status: made.status, text: made.output_text, usage: made.usage };
+  },
+  async "interaction-stream"() {
+    const events = [];
+    for await (const event of await ai.interactions.create({ model, input: text, stream: true })) {
+      events.push(event.event_type);
+    }
+    return { events };
+  },
+  async "interaction-get"() {
+    try {
+      const got = await ai.interactions.get(text);
+      return { id: got.id, status: got.status, text: got.output_text };
+    } catch (err) {
+      // The interactions client throws errors of its own, with the HTTP status on them.
+      return { name: err?.name, status: err?.status ?? null, message: String(err?.message) };
+    }
   },
   // A call the gateway refuses, unary and streamed: the ApiError as the SDK parsed it.
   error: () => refusal(() => ai.models.generateContent({ model, contents: text })),
