@@ -251,3 +251,60 @@ def test_provider_429_holds_the_model_on_every_daemon(
     assert all(r.status_code == 429 for r in again)
     after = simulator.stats()
     assert (after["served"], after["rejected"]) == (reached["served"], reached["rejected"])
+
+
+def check_openai_refusals(responses: list[httpx.Response]) -> None:
+    """On the OpenAI-compatible route a refusal is OpenAI's error shape, with Retry-After."""
+    for r in responses:
+        assert r.status_code in (200, 429), r.text
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "429"
+            assert 1 <= int(r.headers["retry-after"]) <= WINDOW_S + 1
+
+
+def test_interactions_and_openai_chats_share_the_models_windows_over_three_daemons(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator
+) -> None:
+    three = daemons(quota_rpm=40)
+    simulator.configure(rpm=40, window_s=WINDOW_S)
+    name = model()
+    interaction = ("/v1beta/interactions", lambda i: {"model": name, "input": f"turn {i}"})
+    chat = (
+        "/v1beta/openai/chat/completions",
+        lambda i: {"model": name, "messages": [{"role": "user", "content": f"chat {i}"}]},
+    )
+    requests = [(path, make(i), {}) for i in range(150) for path, make in (interaction, chat)]
+    started = time.monotonic()
+    responses = asyncio.run(burst(three, requests))
+    assert time.monotonic() - started < WINDOW_S
+    check_refusals([r for (path, _, _), r in zip(requests, responses, strict=True) if "openai" not in path])
+    check_openai_refusals(
+        [r for (path, _, _), r in zip(requests, responses, strict=True) if "openai" in path]
+    )
+    sim = simulator.stats()
+    assert sim["rejected"] == 0 and sim["max_in_window"] == 40
+    assert sim["interactions"] + sim["openai_chats"] == 40
+    assert sum(r.status_code == 200 for r in responses) == 40
+    assert [stats(g, name)["models"][name]["windows"]["rpm"]["used"] for g in three] == [40, 40, 40]
+
+
+def test_embedding_batches_count_their_items_over_three_daemons(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator
+) -> None:
+    three = daemons(quota_rpm=40)
+    simulator.configure(rpm=40, window_s=WINDOW_S)
+    name = model()
+
+    def batch(i: int) -> dict[str, Any]:
+        texts = [f"passage {i}.{j}" for j in range(5)]
+        return {"requests": [{"model": f"models/{name}", "content": {"parts": [{"text": t}]}} for t in texts]}
+
+    path = f"/v1beta/models/{name}:batchEmbedContents"
+    responses = asyncio.run(burst(three, [(path, batch(i), {}) for i in range(60)]))
+    check_refusals(responses)
+    sim = simulator.stats()
+    # 40 requests a window, a batch of 5 counting 5: eight batches, every item accounted.
+    assert sim["rejected"] == 0 and sim["embedded_items"] == 40 == sim["max_in_window"]
+    assert sum(r.status_code == 200 for r in responses) == 8
+    assert all(len(r.json()["embeddings"]) == 5 for r in responses if r.status_code == 200)
+    assert stats(three[0], name)["models"][name]["windows"]["rpm"]["used"] == 40
