@@ -24,6 +24,9 @@ import httpx
 HERE = Path(__file__).resolve().parent
 GENERATE = "/v1beta/models/gemini-2.5-flash:generateContent"
 STREAM = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+INTERACTIONS = "/v1beta/interactions"
+OPENAI_CHAT = "/v1beta/openai/chat/completions"
+EMBED_BATCH = "/v1beta/models/gemini-embedding-001:batchEmbedContents"
 
 # The gateway under test: per-user limits and provider quota on Redis, limits generous enough
 # that the load never hits them (the point is their cost, not their refusals).
@@ -205,9 +208,10 @@ def baseline_app(
 
 
 def _wrk_command(
-    url: str, concurrency: int, seconds: int, same_prompt: bool
+    url: str, concurrency: int, seconds: int, same_prompt: bool, shape: str = "generate"
 ) -> tuple[list[str], dict[str, str]]:
-    """wrk's argv (a thread per 8 connections, at most 2) and environment for post.lua."""
+    """wrk's argv (a thread per 8 connections, at most 2) and environment for post.lua
+    (``shape``: the body it posts, one of the shapes post.lua names)."""
     threads = 1 if concurrency < 8 else 2
     argv = [
         "wrk",
@@ -220,17 +224,23 @@ def _wrk_command(
         str(HERE / "post.lua"),
         url,
     ]
-    return argv, {**os.environ, "BENCH_SAME_PROMPT": "1" if same_prompt else ""}
+    return argv, {**os.environ, "BENCH_SAME_PROMPT": "1" if same_prompt else "", "BENCH_SHAPE": shape}
 
 
 def wrk(
-    url: str, concurrency: int, duration: float, *, same_prompt: bool = False, pid: int | None = None
+    url: str,
+    concurrency: int,
+    duration: float,
+    *,
+    same_prompt: bool = False,
+    pid: int | None = None,
+    shape: str = "generate",
 ) -> dict[str, float]:
     """One bounded wrk run with bench/post.lua; requests/s and latency percentiles (µs), and
     with ``pid`` the CPU time that process spent per request (µs)."""
     cpu_before = cpu_seconds(pid) if pid else 0.0
     seconds = max(1, round(duration))
-    argv, env = _wrk_command(url, concurrency, seconds, same_prompt)
+    argv, env = _wrk_command(url, concurrency, seconds, same_prompt, shape)
     out = subprocess.run(
         argv, capture_output=True, text=True, check=True, env=env, timeout=seconds + 30
     ).stdout

@@ -10,6 +10,9 @@ the same load generator for gateway and baseline:
   slow     simulator latency 200 ms, wrk c256, gateway vs direct
   stream   time to the first SSE event through the gateway vs direct (asyncio client), and through
            a bare pass-through proxy (the floor on this machine)
+  surfaces the other call families, each vs the simulator directly, wrk c32: Interactions API
+           create (miss; hit of a store:false interaction), OpenAI-compatible chat (miss), and
+           a batchEmbedContents of 100 texts of which 90 were embedded before
   ops      /api/health, ready, metrics, quota/stats, cache/stats while wrk loads the gateway
   memory   idle RSS, and RSS with 10,000 L1 entries
   cli      `knowctl --help` wall time (hyperfine when installed)
@@ -42,7 +45,10 @@ from typing import Any
 import httpx
 from clients import fill, generate_body, probe, ttfb, ttfb_pair
 from harness import (
+    EMBED_BATCH,
     GENERATE,
+    INTERACTIONS,
+    OPENAI_CHAT,
     STREAM,
     Service,
     baseline_app,
@@ -59,7 +65,7 @@ from harness import (
 )
 
 HERE = Path(__file__).resolve().parent
-CASES = ("hit", "miss", "slow", "stream", "ops", "memory", "cli")
+CASES = ("hit", "miss", "slow", "stream", "surfaces", "ops", "memory", "cli")
 BUSY_WARNING = 0.25  # CPU busy fraction, sampled while our processes idle
 OPS = ("/api/health", "/api/ready", "/api/metrics", "/api/quota/stats", "/api/cache/stats")
 OPS_TARGET_MS = {"/api/health": 10, "/api/ready": 10, "/api/metrics": 50}
@@ -131,13 +137,15 @@ class Bench:
         *,
         same: bool = False,
         duration: float | None = None,
+        path: str = GENERATE,
+        shape: str = "generate",
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Baseline and gateway under the same wrk load, each warmed up first."""
         seconds = duration or self.duration
-        wrk(base.url + GENERATE, conc, 1, same_prompt=same)
-        wrk(gw.url + GENERATE, conc, 1, same_prompt=same)
-        b = wrk(base.url + GENERATE, conc, seconds, same_prompt=same, pid=base.pid)
-        g = wrk(gw.url + GENERATE, conc, seconds, same_prompt=same, pid=gw.pid)
+        wrk(base.url + path, conc, 1, same_prompt=same, shape=shape)
+        wrk(gw.url + path, conc, 1, same_prompt=same, shape=shape)
+        b = wrk(base.url + path, conc, seconds, same_prompt=same, pid=base.pid, shape=shape)
+        g = wrk(gw.url + path, conc, seconds, same_prompt=same, pid=gw.pid, shape=shape)
         for name, r in (("baseline", b), ("gateway", g)):
             print(
                 f"  {label} {name}: {r['rps']:.0f} req/s, p50 {ms(r['p50_us'])} ms, "
@@ -284,6 +292,18 @@ class Bench:
             flush=True,
         )
         return d, g
+
+    def surfaces(self, sim: Service, store: str) -> None:
+        with gateway(sim.url, store) as gw:
+            self.state("surfaces")
+            for label, path, shape, same, target in (
+                ("interactions create miss c32", INTERACTIONS, "interaction", False, 0.15),
+                ("interactions create hit (store:false) c32", INTERACTIONS, "interaction", True, 0.5),
+                ("openai chat miss c32", OPENAI_CHAT, "openai", False, 0.15),
+                ("embed batch of 100, 90 known, c32", EMBED_BATCH, "embed90", False, 0.5),
+            ):
+                b, g = self.pair_wrk(label, sim, gw, 32, same=same, path=path, shape=shape)
+                self.rows.append(self.throughput_row(f"{label} (vs simulator direct)", b, g, target))
 
     def ops(self, sim_url: str, store: str) -> None:
         with gateway(sim_url, store) as gw:
@@ -494,6 +514,7 @@ def main() -> None:
             "miss": lambda: bench.miss(sim, store),
             "slow": lambda: bench.slow(sim, store),
             "stream": lambda: bench.stream(sim.url, store, sim, args.streams),
+            "surfaces": lambda: bench.surfaces(sim, store),
             "ops": lambda: bench.ops(sim.url, store),
             "memory": lambda: bench.memory(sim.url, store),
             "cli": bench.cli,

@@ -67,6 +67,8 @@ KNOWN_ACTIONS = (
     "fetchPredictOperation",
 )
 _FREE_ACTIONS = frozenset({"countTokens", "computeTokens", "fetchPredictOperation"})
+# Vertex's action for embedding (and image) models: a batch of ``instances``.
+PREDICT = "predict"
 # Embedding actions whose items the gateway caches one by one.
 EMBED_ACTIONS = frozenset({"embedContent", "batchEmbedContents"})
 # What the OpenAI-compatible endpoint serves (``resource`` of an OPENAI call).

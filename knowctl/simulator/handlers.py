@@ -79,15 +79,17 @@ async def count_tokens(state: SimulatorState, call: ApiCall, body: bytes, send: 
 
 
 async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, send: Send) -> None:
-    """embedContent and batchEmbedContents (a batch of N counts N requests against the quota);
-    any other method is Google's 404."""
-    if call.action not in ("embedContent", "batchEmbedContents"):
+    """embedContent, batchEmbedContents and Vertex's predict on an embedding model (a batch of
+    N counts N requests against the quota); any other method is Google's 404."""
+    if call.action not in ("embedContent", "batchEmbedContents", "predict"):
         await respond_error(send, 404, f"Method not found: {call.action}.")
         return
     try:
         request = answers.parse_json_object(body)
         if call.action == "embedContent":
             items = [request]
+        elif call.action == "predict":
+            items = [_gemini_item(instance) for instance in _instances(request)]
         else:
             requests = request.get("requests")
             if not isinstance(requests, list):
@@ -110,6 +112,42 @@ async def other(state: SimulatorState, call: ApiCall, model: str, body: bytes, s
     state.counters.embedded_items += len(items)
     if call.action == "embedContent":
         result: dict[str, Any] = {"embedding": {"values": vectors[0]}}
+    elif call.action == "predict":
+        # Vertex's text-embedding answer: one prediction per instance, with its token count.
+        result = {
+            "predictions": [
+                {
+                    "embeddings": {
+                        "values": v,
+                        "statistics": {
+                            "token_count": answers.prompt_tokens([answers.embed_item_text(item)]),
+                            "truncated": False,
+                        },
+                    }
+                }
+                for v, item in zip(vectors, items, strict=True)
+            ],
+            "metadata": {"billableCharacterCount": sum(len(answers.embed_item_text(i)) for i in items)},
+        }
     else:
         result = {"embeddings": [{"values": v} for v in vectors]}
     await respond_json(send, 200, result)
+
+
+def _instances(request: dict[str, Any]) -> list[dict[str, Any]]:
+    instances = request.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise answers.BadRequest("instances must be a non-empty list")
+    if not all(isinstance(i, dict) and isinstance(i.get("content"), str) for i in instances):
+        raise answers.BadRequest("each instance needs its content, as a string")
+    return instances
+
+
+def _gemini_item(instance: dict[str, Any]) -> dict[str, Any]:
+    """A Vertex predict instance as the embedContent request it stands for (same vector)."""
+    item: dict[str, Any] = {"content": {"parts": [{"text": instance["content"]}]}}
+    if isinstance(instance.get("task_type"), str):
+        item["taskType"] = instance["task_type"]
+    if isinstance(instance.get("title"), str):
+        item["title"] = instance["title"]
+    return item

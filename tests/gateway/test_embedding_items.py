@@ -93,3 +93,19 @@ def test_a_body_that_cannot_be_split_goes_upstream_whole(gateway: Gateway, simul
     answer = post(gateway.url, key, {"requests": []})
     assert "x-knowctl-cache-items" not in answer.headers
     assert answer.status_code == 200 and answer.json() == {"embeddings": []}
+
+
+def test_a_vertex_predict_counts_each_instance(gateway: Gateway, simulator: Simulator) -> None:
+    key = new_key(gateway)
+    model = "text-embedding-005"
+    before = quota_used(gateway, model)
+    path = f"/v1/projects/p/locations/us-central1/publishers/google/models/{model}:predict"
+    instances = [{"content": f"passage {i}", "task_type": "RETRIEVAL_DOCUMENT"} for i in range(3)]
+    answer = httpx.post(
+        gateway.url + path, headers={"x-goog-api-key": key}, json={"instances": instances}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [len(p["embeddings"]["values"]) for p in predictions] == [8, 8, 8]
+    assert quota_used(gateway, model) == before + 3
+    assert simulator.stats()["embedded_items"] == 3

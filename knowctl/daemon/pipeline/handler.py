@@ -40,7 +40,7 @@ from knowctl.net.asgi import (
     respond,
     respond_error,
 )
-from knowctl.policy.paths import OPENAI_MODELS, ApiCall, Surface, allowed_methods
+from knowctl.policy.paths import OPENAI_MODELS, PREDICT, ApiCall, Surface, allowed_methods
 from knowctl.policy.priority import Priority, effective_priority
 from knowctl.policy.quota import provider_counted
 from knowctl.policy.requests import body_problem
@@ -178,12 +178,14 @@ class ModelCallHandler:
                 await self._check_limits(ctx)
                 return await self._interactions.access(ctx, send)
             if call.embeds and method == "POST":
-                return await self._embeddings(ctx, send, self._check_limits, self._whole_embedding)
+                return await self._embeddings(ctx, send, self._check_limits, self._whole_batch)
             if call.generates:
                 return await self._generation(ctx, send, self._check_limits)
             # Every call that reaches Google counts against its caller's limits.
             await self._check_limits(ctx)
             if call.spends_quota:
+                if call.action == PREDICT:
+                    return await self._whole_batch(ctx, send)
                 return await self._forward_with_quota(ctx, send, self._quota)
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
@@ -192,10 +194,13 @@ class ModelCallHandler:
     async def _generate(self, ctx: CallContext, send: Send) -> int:
         return await self._generation(ctx, send, self._check_limits)
 
-    async def _whole_embedding(self, ctx: CallContext, send: Send) -> int:
-        """An embedding call the item cache cannot take apart: all its items count."""
+    async def _whole_batch(self, ctx: CallContext, send: Send) -> int:
+        """A batch forwarded whole (an embedding call the item cache cannot take apart, a
+        Vertex predict): each of its items counts as a request."""
         if ctx.payload is not None:
-            requests = ctx.payload.get("requests", ctx.payload.get("input"))
+            # Gemini's batch, OpenAI's inputs, Vertex predict's instances.
+            items = (ctx.payload.get(name) for name in ("requests", "input", "instances"))
+            requests = next((found for found in items if isinstance(found, list)), None)
             if isinstance(requests, list) and requests and ctx.call.model not in self._batch_as_one:
                 ctx.requests = len(requests)
         return await self._forward_with_quota(ctx, send, self._quota)
