@@ -38,6 +38,17 @@ def notes_of(scope: Scope) -> CallNotes:
 
 
 @dataclass(slots=True)
+class Ticket:
+    """Quota reserved for one upstream call; settled once the real usage is known."""
+
+    model: str
+    reservation_id: str
+    estimated_tokens: int
+    data: dict[str, Any] = field(default_factory=dict)  # the quota component's own bookkeeping
+    requests: int = 1  # what it counts in request windows
+
+
+@dataclass(slots=True)
 class CallContext:
     scope: Scope
     call: ApiCall
@@ -62,6 +73,9 @@ class CallContext:
     input_texts: list[str] | None = None
     # What the answer reported of itself (an Interaction's id, status and usage), once known.
     reported: Any = None
+    # The reservation of an answer that reported no usage (a background interaction still
+    # running): reconciled later by whoever sees its usage.
+    unsettled: Ticket | None = None
 
     @property
     def streaming(self) -> bool:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from knowctl.daemon.context import CallContext
+from knowctl.daemon.context import CallContext, Ticket
 from knowctl.policy.identity import Identity
 
 
@@ -73,17 +73,6 @@ class Lookup:
 
     cached: Cached | None = None
     lease: bytes | None = None
-
-
-@dataclass(slots=True)
-class Ticket:
-    """Quota reserved for one upstream call; settled once the real usage is known."""
-
-    model: str
-    reservation_id: str
-    estimated_tokens: int
-    data: dict[str, Any] = field(default_factory=dict)  # the quota component's own bookkeeping
-    requests: int = 1  # what it counts in request windows
 
 
 class Flight(Protocol):
@@ -173,6 +162,11 @@ class QuotaGate(Protocol):
         """Reconcile the reservation with the real usage (None: keep the reservation)."""
         ...
 
+    async def reconcile(self, ticket: Ticket, usage: dict[str, Any]) -> None:
+        """Correct a reservation settled without usage (a background interaction) once the
+        usage is seen; idempotent, as long as the reservation is still in its windows."""
+        ...
+
     def upstream_exhausted(self, model: str, retry_delay: float | None) -> None:
         """The provider answered 429: hold the model for retry_delay (or a back-off)."""
         ...
@@ -189,6 +183,8 @@ class Owned:
     owner: str
     model: str
     tokens: int  # its last turn's input and output tokens: the next turn's history
+    # The reservation of a turn that ran in the background, until its usage is seen.
+    unsettled: Ticket | None = None
 
 
 class Interactions(Protocol):

@@ -308,3 +308,33 @@ def test_embedding_batches_count_their_items_over_three_daemons(
     assert sum(r.status_code == 200 for r in responses) == 8
     assert all(len(r.json()["embeddings"]) == 5 for r in responses if r.status_code == 200)
     assert stats(three[0], name)["models"][name]["windows"]["rpm"]["used"] == 40
+
+
+def test_a_background_interaction_is_reconciled_when_a_daemon_sees_it_completed(
+    daemons: Callable[..., list[Gateway]], simulator: Simulator
+) -> None:
+    three = daemons(quota_tpm=100_000, token_bytes_per_token=2)
+    simulator.configure(background_ms=300)
+    name = model()
+    # 2 bytes per token here, 4 at the simulator: the reservation is twice the real count.
+    made = httpx.post(
+        three[0].url + "/v1beta/interactions",
+        json={"model": name, "input": "x" * 400, "background": True},
+        timeout=30,
+    )
+    assert made.status_code == 200, made.text
+    assert made.json()["status"] == "in_progress"
+    tpm = lambda: stats(three[0], name)["models"][name]["windows"]["tpm"]["used"]  # noqa: E731
+    assert tpm() == 200  # no usage yet: the reservation stands
+    # Another daemon polls it: the record is shared, and so is the correction.
+    deadline = time.monotonic() + 10
+    while True:
+        got = httpx.get(f"{three[2].url}/v1beta/interactions/{made.json()['id']}", timeout=30)
+        assert got.status_code == 200, got.text
+        if got.json()["status"] == "completed":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert got.json()["usage"]["total_input_tokens"] == 100
+    assert tpm() == 100
+    assert stats(three[1], name)["models"][name]["windows"]["tpm"]["reserved"] == 0

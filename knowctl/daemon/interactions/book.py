@@ -16,6 +16,7 @@ from typing import Protocol
 
 import orjson
 
+from knowctl.daemon.context import Ticket
 from knowctl.daemon.contracts import CallRefused, Owned
 from knowctl.daemon.lru import LRU
 from knowctl.store import Health, Keys, StoreUnavailable, keys
@@ -24,7 +25,7 @@ log = logging.getLogger("knowctl.interactions")
 
 # Records this daemon keeps itself: what it recorded lately, served while the store is down.
 LOCAL_RECORDS = 100_000
-RECORD_BYTES = 128
+RECORD_BYTES = 256
 
 
 class BookStore(Health, Keys, Protocol):
@@ -88,12 +89,26 @@ class InteractionBook:
 
 
 def _encode(record: Owned) -> bytes:
-    return orjson.dumps({"o": record.owner, "m": record.model, "t": record.tokens})
+    fields: dict[str, object] = {"o": record.owner, "m": record.model, "t": record.tokens}
+    ticket = record.unsettled
+    if ticket is not None:
+        fields["u"] = [
+            ticket.model,
+            ticket.reservation_id,
+            ticket.estimated_tokens,
+            ticket.requests,
+            ticket.data,
+        ]
+    return orjson.dumps(fields)
 
 
 def _decode(raw: bytes) -> Owned | None:
     try:
         found = orjson.loads(raw)
-        return Owned(str(found["o"]), str(found["m"]), int(found["t"]))
+        unsettled = None
+        if "u" in found:
+            model, reservation_id, estimated, requests, data = found["u"]
+            unsettled = Ticket(str(model), str(reservation_id), int(estimated), dict(data), int(requests))
+        return Owned(str(found["o"]), str(found["m"]), int(found["t"]), unsettled)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None

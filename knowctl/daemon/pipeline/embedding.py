@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from knowctl.daemon.context import CallContext
-from knowctl.daemon.contracts import CallRefused, EmbeddingItems, QuotaGate, Ticket
+from knowctl.daemon.context import CallContext, Ticket
+from knowctl.daemon.contracts import CallRefused, EmbeddingItems, QuotaGate
 from knowctl.daemon.pipeline.replies import CACHE_HEADER, send_refusal, send_upstream_error
 from knowctl.daemon.upstream.client import OutgoingCall, UpstreamClient, UpstreamFailure, response_headers
 from knowctl.net.asgi import JSON, Send, respond

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from knowctl.daemon.context import CallContext
-from knowctl.daemon.contracts import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache, Ticket
+from knowctl.daemon.context import CallContext, Ticket
+from knowctl.daemon.contracts import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache
 from knowctl.daemon.pipeline import surfaces
 from knowctl.daemon.pipeline.replies import CACHE_HEADER, send_cached, send_refusal, send_upstream_error
 from knowctl.daemon.upstream.client import (
@@ -240,6 +240,8 @@ class Generation:
         try:
             if outcome.spent:
                 await self._quota.settle(ticket, outcome.usage)
+                if outcome.usage is None:
+                    ctx.unsettled = ticket  # e.g. a background interaction, reconciled when seen
             else:
                 self._quota.release(ticket)
             if outcome.provider_refused:

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from knowctl.daemon.context import CallContext, notes_of
+from knowctl.daemon.context import CallContext, Ticket, notes_of
 from knowctl.daemon.contracts import (
     Callers,
     CallRefused,
@@ -16,7 +16,6 @@ from knowctl.daemon.contracts import (
     Interactions,
     QuotaGate,
     ResponseCache,
-    Ticket,
 )
 from knowctl.daemon.pipeline.embedding import Embeddings
 from knowctl.daemon.pipeline.generation import Generation
@@ -108,7 +107,7 @@ class ModelCallHandler:
         self._embeddings = Embeddings(
             upstream, quota, items, callers.upstream_answered, config.batch_as_one_call
         )
-        self._interactions = InteractionCalls(interactions, self._generate, self._pass_on)
+        self._interactions = InteractionCalls(interactions, self._generate, self._pass_on, quota.reconcile)
         self._allowed = config.allowed_actions
         self._batch_as_one = config.batch_as_one_call
         # Set where the gateway calls Google with its own credentials (keys mode); callers

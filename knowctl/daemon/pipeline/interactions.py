@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from knowctl.daemon.context import CallContext
+from knowctl.daemon.context import CallContext, Ticket
 from knowctl.daemon.contracts import CallRefused, Interactions, Owned
 from knowctl.net.asgi import Message, Send
 from knowctl.policy.wire import interactions as wire
@@ -16,6 +16,8 @@ from knowctl.policy.wire import interactions as wire
 PassOn = Callable[[CallContext, Send], Awaitable[Any]]
 # Runs a generation call through the pipeline (Generation.__call__ with the caller's limits).
 Generate = Callable[[CallContext, Send], Awaitable[int]]
+# Corrects a reservation settled without usage, once the usage is seen (QuotaGate.reconcile).
+Reconcile = Callable[[Ticket, dict[str, int]], Awaitable[None]]
 
 # An answer this large is not read for its usage (a GET's Interaction is far smaller).
 MAX_READ_BYTES = 4 * 1024 * 1024
@@ -36,10 +38,11 @@ def not_found(interaction_id: str) -> CallRefused:
 
 
 class InteractionCalls:
-    def __init__(self, book: Interactions, generate: Generate, pass_on: PassOn) -> None:
+    def __init__(self, book: Interactions, generate: Generate, pass_on: PassOn, reconcile: Reconcile) -> None:
         self._book = book
         self._generate = generate
         self._pass_on = pass_on
+        self._reconcile = reconcile
 
     async def create(self, ctx: CallContext, send: Send) -> int:
         owner = owner_of(ctx)
@@ -58,9 +61,11 @@ class InteractionCalls:
             and payload.get("store") is not False
         ):
             tokens = _conversation_tokens(reported.usage)
+            unsettled = None
             if tokens is None:  # not finished yet (background): what is known so far
-                tokens = ctx.history_tokens
-            await self._book.remember(reported.interaction_id, Owned(owner, ctx.call.model or "-", tokens))
+                tokens, unsettled = ctx.history_tokens, ctx.unsettled
+            record = Owned(owner, ctx.call.model or "-", tokens, unsettled)
+            await self._book.remember(reported.interaction_id, record)
         return status
 
     async def access(self, ctx: CallContext, send: Send) -> int:
@@ -85,8 +90,13 @@ class InteractionCalls:
             await self._book.forget(interaction_id)
         elif status == 200 and ctx.method == "GET" and "stream=true" not in ctx.query:
             found = wire.read_interaction(bytes(body))
-            tokens = _conversation_tokens(found.usage if found else None)
-            if tokens is not None and tokens != record.tokens:  # a background run finished
+            usage = found.usage if found else None
+            tokens = _conversation_tokens(usage)
+            if usage is not None and tokens is not None and (tokens != record.tokens or record.unsettled):
+                # A background run finished: its reservation made its real usage, its record
+                # the conversation's tokens. Two daemons doing both at once do it alike.
+                if record.unsettled is not None:
+                    await self._reconcile(record.unsettled, usage)
                 await self._book.remember(interaction_id, Owned(record.owner, record.model, tokens))
         return int(passed.sent)
 

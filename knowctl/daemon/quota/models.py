@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from knowctl.daemon import metrics
-from knowctl.daemon.contracts import Ticket
+from knowctl.daemon.context import Ticket
 from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp

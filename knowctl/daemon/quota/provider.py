@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from knowctl.daemon import metrics
-from knowctl.daemon.context import CallContext
-from knowctl.daemon.contracts import CallRefused, Ticket
+from knowctl.daemon.context import CallContext, Ticket
+from knowctl.daemon.contracts import CallRefused
 from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota import stats
 from knowctl.daemon.quota.bus import QuotaBus
@@ -249,6 +249,15 @@ class ProviderQuota:
         if unreserved:
             m.unreserved -= unreserved
             metrics.QUOTA_UNRESERVED_BY(self._models.label(m)).set(m.unreserved)
+        await self._true_up(m, ticket, usage)
+
+    async def reconcile(self, ticket: Ticket, usage: dict[str, Any]) -> None:
+        # Often on another daemon than the one that admitted it: one that may not know the model yet.
+        if ticket.reservation_id:
+            await self._true_up(self._models.known(ticket.model), ticket, usage)
+
+    async def _true_up(self, m: ModelState, ticket: Ticket, usage: dict[str, Any] | None) -> None:
+        """The windows' record of ``ticket`` made its real usage (None: left as reserved)."""
         output = tp.output_tokens(usage)
         if output is not None:
             m.output.observe(output)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -94,7 +94,8 @@ def sentinel(url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CON
         sentinel_kwargs["password"] = parsed.sentinel_password
     if parsed.sentinel_username:
         sentinel_kwargs["username"] = parsed.sentinel_username
-    manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    # Through Any: redis-py before 8.2 leaves Sentinel() untyped, 8.2 types it.
+    manager = cast(Any, Sentinel)(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs)
     kwargs: dict[str, Any] = {
         "db": parsed.db,
         "username": parsed.username,
