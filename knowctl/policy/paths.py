@@ -109,6 +109,13 @@ _OPENAI = re.compile(
     rf"|(?P<models>models)(?:/(?:models/)?(?P<model>{_NAME}))?)"
 )
 
+# Vertex AI's OpenAI-compatible endpoint: chat completions and embeddings of one project and
+# location (its models are named "google/{model}").
+_VERTEX_OPENAI = re.compile(
+    rf"/(?P<version>v1|v1beta1)/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
+    r"/endpoints/openapi/(?P<resource>chat/completions|embeddings)"
+)
+
 GEMINI_HOST = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_HOST = "https://aiplatform.googleapis.com"
 
@@ -173,7 +180,7 @@ def parse_path(path: str) -> ApiCall | None:
     """The API call named by ``path`` (without query string), or None if it is not one."""
     if "/interactions" in path and (found := _parse_interaction(path)) is not None:
         return found
-    if "/openai/" in path and (found := _parse_openai(path)) is not None:
+    if ("/openai/" in path or "/openapi/" in path) and (found := _parse_openai(path)) is not None:
         return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
@@ -211,7 +218,19 @@ def _parse_interaction(path: str) -> ApiCall | None:
 def _parse_openai(path: str) -> ApiCall | None:
     match = _OPENAI.fullmatch(path)
     if match is None:
-        return None
+        vertex = _VERTEX_OPENAI.fullmatch(path)
+        if vertex is None:
+            return None
+        return ApiCall(
+            family=Family.VERTEX,
+            version=vertex["version"],
+            model=None,
+            action=None,
+            project=vertex["project"],
+            location=vertex["location"],
+            surface=Surface.OPENAI,
+            resource=vertex["resource"],
+        )
     return ApiCall(
         family=Family.GEMINI,
         version=match["version"],

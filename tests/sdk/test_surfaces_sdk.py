@@ -161,6 +161,23 @@ def test_openai_chat_embeddings_and_models(gateway: Gateway, simulator: Simulato
     assert [m.id for m in client.models.list()]
 
 
+def test_vertex_openai_endpoint_counts_the_model_without_its_google_prefix(
+    gateway: Gateway, simulator: Simulator
+) -> None:
+    model = "surfaces-vertex-chat"
+    base_url = f"{gateway.url}/v1/projects/p/locations/us-central1/endpoints/openapi/"
+    client = openai.OpenAI(api_key=new_key(gateway), base_url=base_url, max_retries=0)
+    before = quota_used(gateway, model)
+    answer = client.chat.completions.create(
+        model=f"google/{model}", messages=[{"role": "user", "content": "hello vertex"}]
+    )
+    assert answer.choices[0].message.content and answer.usage is not None
+    vectors = client.embeddings.create(model="google/surfaces-vertex-embed", input=["a", "b", "c"])
+    assert len(vectors.data) == 3
+    assert quota_used(gateway, model) == before + 1
+    assert quota_used(gateway, "surfaces-vertex-embed") == 3
+
+
 def test_openai_429_in_openais_shape_with_retry_after(gateway: Gateway, simulator: Simulator) -> None:
     client = openai_client(gateway, new_key(gateway))
     for i in range(2):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from knowctl.policy.paths import Action, ApiCall, Family, allowed_methods, google_origin, parse_path
+from knowctl.policy.paths import Action, ApiCall, Family, Surface, allowed_methods, google_origin, parse_path
+from knowctl.policy.wire import openai as openai_wire
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,83 @@ def test_methods() -> None:
 )
 def test_google_origin(call: ApiCall, origin: str) -> None:
     assert google_origin(call) == origin
+
+
+@pytest.mark.parametrize(
+    ("path", "family", "resource", "action", "methods"),
+    [
+        ("/v1/interactions", Family.GEMINI, None, None, ("POST",)),
+        ("/v1beta/interactions/v1_abc", Family.GEMINI, "v1_abc", None, ("GET", "DELETE")),
+        ("/v1beta/interactions/v1_abc/cancel", Family.GEMINI, "v1_abc", "cancel", ("POST",)),
+        ("/v1beta1/interactions", Family.EXPRESS, None, None, ("POST",)),
+        ("/v1/projects/p/locations/global/interactions/x", Family.VERTEX, "x", None, ("GET", "DELETE")),
+    ],
+)
+def test_interaction_paths(
+    path: str, family: Family, resource: str | None, action: str | None, methods: tuple[str, ...]
+) -> None:
+    call = parse_path(path)
+    assert call is not None and call.surface is Surface.INTERACTIONS
+    assert (call.family, call.resource, call.action) == (family, resource, action)
+    assert allowed_methods(call) == methods
+    assert call.generates == (resource is None)
+    assert call.route == ("interactions.create" if resource is None else call.route)
+
+
+@pytest.mark.parametrize(
+    ("path", "family", "resource", "generates", "embeds"),
+    [
+        ("/v1beta/openai/chat/completions", Family.GEMINI, "chat/completions", True, False),
+        ("/v1/openai/embeddings", Family.GEMINI, "embeddings", False, True),
+        ("/v1beta/openai/models", Family.GEMINI, "models", False, False),
+        (
+            "/v1/projects/p/locations/us-central1/endpoints/openapi/chat/completions",
+            Family.VERTEX,
+            "chat/completions",
+            True,
+            False,
+        ),
+        (
+            "/v1/projects/p/locations/global/endpoints/openapi/embeddings",
+            Family.VERTEX,
+            "embeddings",
+            False,
+            True,
+        ),
+    ],
+)
+def test_openai_paths(path: str, family: Family, resource: str, generates: bool, embeds: bool) -> None:
+    call = parse_path(path)
+    assert call is not None and call.surface is Surface.OPENAI
+    assert (call.family, call.resource) == (family, resource)
+    assert (call.generates, call.embeds) == (generates, embeds)
+    if family is Family.VERTEX:
+        assert google_origin(call).endswith("aiplatform.googleapis.com")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/openai/chat",
+        "/v1/projects/p/locations/l/endpoints/openapi/models",
+        "/v1/projects/p/locations/l/endpoints/other/chat/completions",
+        "/v1/interactions/a/b",
+        "/v1/interactions/..",
+    ],
+)
+def test_other_surface_paths_are_not_api_calls(path: str) -> None:
+    assert parse_path(path) is None
+
+
+@pytest.mark.parametrize(
+    ("named", "model"),
+    [
+        ("gemini-2.5-flash", "gemini-2.5-flash"),
+        ("models/m", "m"),
+        ("google/gemini-2.5-pro", "gemini-2.5-pro"),
+        ("", None),
+        ("models/", None),
+    ],
+)
+def test_openai_model_names(named: str, model: str | None) -> None:
+    assert openai_wire.model_name({"model": named}) == model

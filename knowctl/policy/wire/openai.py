@@ -25,11 +25,12 @@ _ERROR_TYPES = {
 
 
 def model_name(payload: Mapping[str, Any] | None) -> str | None:
-    """The ``model`` field, with or without a ``models/`` prefix."""
+    """The ``model`` field, with or without a ``models/`` (Gemini API) or ``google/``
+    (Vertex AI) prefix."""
     value = payload.get("model") if payload else None
     if not isinstance(value, str) or not value:
         return None
-    return value.removeprefix("models/")
+    return value.removeprefix("models/").removeprefix("google/") or None
 
 
 def prompt_texts(payload: Mapping[str, Any] | None) -> Iterator[str]:
