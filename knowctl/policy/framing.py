@@ -10,7 +10,7 @@ framing the next caller asks for.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -52,7 +52,8 @@ def render_json_array(chunks: Sequence[bytes]) -> bytes:
     return b"[" + b"\n,\r\n".join(chunks) + b"\n]"
 
 
-def _load(chunk: bytes) -> dict[str, Any] | None:
+def load_object(chunk: bytes) -> dict[str, Any] | None:
+    """``chunk`` as a JSON object, or None (not JSON, or not an object)."""
     try:
         value = orjson.loads(chunk)
     except orjson.JSONDecodeError:
@@ -60,16 +61,29 @@ def _load(chunk: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def renamed_counts(usage: Any, names: Mapping[str, str]) -> dict[str, int] | None:
+    """Another surface's token counts in generateContent's ``usageMetadata`` names (``names``:
+    theirs to ours), keeping only counts that are non-negative integers; None if none is."""
+    if not isinstance(usage, Mapping):
+        return None
+    out = {
+        ours: value
+        for theirs, ours in names.items()
+        if isinstance(value := usage.get(theirs), int) and not isinstance(value, bool) and value >= 0
+    }
+    return out or None
+
+
 def is_complete_success(chunks: Sequence[bytes]) -> bool:
     """True only for an answer worth storing: every chunk parses, none is an error, the
     prompt was not blocked, and the last chunk ends a candidate with a normal finishReason."""
-    return bool(chunks) and _complete([_load(chunk) for chunk in chunks])
+    return bool(chunks) and _complete([load_object(chunk) for chunk in chunks])
 
 
 def summarize(chunks: Sequence[bytes]) -> tuple[bool, dict[str, Any] | None] | None:
     """One parse of an answer: (is it a complete success, its final usageMetadata), or None
     when a chunk is not a JSON object at all (a broken upstream answer)."""
-    parsed = [_load(chunk) for chunk in chunks]
+    parsed = [load_object(chunk) for chunk in chunks]
     if not parsed or any(p is None for p in parsed):
         return None
     usage = next(

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from knowctl.policy.framing import load_object, renamed_counts
 
 # Statuses after which an interaction changes no more.
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete", "budget_exceeded"})
@@ -82,24 +82,20 @@ def creates_state(payload: Mapping[str, Any]) -> bool:
     return payload.get("store") is not False or bool(payload.get("background")) or bool(previous_id(payload))
 
 
+# An Interaction's usage fields, and their usageMetadata names.
+_USAGE_NAMES = {
+    "total_input_tokens": "promptTokenCount",
+    "total_output_tokens": "candidatesTokenCount",
+    "total_thought_tokens": "thoughtsTokenCount",
+    "total_tool_use_tokens": "toolUsePromptTokenCount",
+    "total_tokens": "totalTokenCount",
+}
+
+
 def usage_metadata(usage: Any) -> dict[str, int] | None:
     """An Interaction's ``usage`` in generateContent's ``usageMetadata`` names, which the
     provider quota reconciles with."""
-    if not isinstance(usage, Mapping):
-        return None
-    names = {
-        "total_input_tokens": "promptTokenCount",
-        "total_output_tokens": "candidatesTokenCount",
-        "total_thought_tokens": "thoughtsTokenCount",
-        "total_tool_use_tokens": "toolUsePromptTokenCount",
-        "total_tokens": "totalTokenCount",
-    }
-    out = {
-        gemini: value
-        for name, gemini in names.items()
-        if isinstance(value := usage.get(name), int) and not isinstance(value, bool) and value >= 0
-    }
-    return out or None
+    return renamed_counts(usage, _USAGE_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +111,9 @@ class Reported:
         return self.status == COMPLETED
 
 
-def _load(chunk: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(chunk)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def read_interaction(body: bytes) -> Reported | None:
     """One Interaction (a create's or a get's answer), or None if the body is not one."""
-    found = _load(body)
+    found = load_object(body)
     if found is None or "error" in found:
         return None
     return _reported(found)
@@ -161,7 +149,7 @@ def read_events(frames: Sequence[bytes]) -> Reported | None:
         data = sse_data(frame)
         if not data:
             continue
-        event = _load(data)
+        event = load_object(data)
         if event is None:
             return None
         if "error" in event and "event_type" not in event:

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from knowctl.policy.framing import load_object, renamed_counts
+
 DONE = b"[DONE]"
 COMPLETE_REASONS = frozenset({"stop", "length"})
 # Google's status codes as OpenAI's error types (the SDK maps the HTTP status to its classes;
@@ -71,29 +73,17 @@ def embedding_inputs(payload: Mapping[str, Any]) -> list[str] | None:
     return None
 
 
+# OpenAI's usage fields, and their usageMetadata names.
+_USAGE_NAMES = {
+    "prompt_tokens": "promptTokenCount",
+    "completion_tokens": "candidatesTokenCount",
+    "total_tokens": "totalTokenCount",
+}
+
+
 def usage_metadata(usage: Any) -> dict[str, int] | None:
     """OpenAI's ``usage`` in generateContent's ``usageMetadata`` names."""
-    if not isinstance(usage, Mapping):
-        return None
-    names = {
-        "prompt_tokens": "promptTokenCount",
-        "completion_tokens": "candidatesTokenCount",
-        "total_tokens": "totalTokenCount",
-    }
-    out = {
-        gemini: value
-        for name, gemini in names.items()
-        if isinstance(value := usage.get(name), int) and not isinstance(value, bool) and value >= 0
-    }
-    return out or None
-
-
-def _load(chunk: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(chunk)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
+    return renamed_counts(usage, _USAGE_NAMES)
 
 
 def summarize(chunks: Sequence[bytes]) -> tuple[bool, dict[str, int] | None] | None:
@@ -101,7 +91,7 @@ def summarize(chunks: Sequence[bytes]) -> tuple[bool, dict[str, int] | None] | N
     completion, or a stream's chunks (``[DONE]`` included, when it came); None when a chunk
     is not a JSON object."""
     done = bool(chunks) and chunks[-1] == DONE
-    parsed = [_load(chunk) for chunk in (chunks[:-1] if done else chunks)]
+    parsed = [load_object(chunk) for chunk in (chunks[:-1] if done else chunks)]
     if not parsed or any(p is None for p in parsed):
         return None
     usage = next((u for p in reversed(parsed) if p and (u := usage_metadata(p.get("usage")))), None)
