@@ -79,16 +79,21 @@ CANCEL = "cancel"
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}"
 _MODEL = rf"(?P<model>{_NAME})(?::(?P<action>[A-Za-z]{{1,64}}))?"
+# What every Vertex AI path of one project and location starts with.
+_VERTEX_PROJECT = rf"/(?P<version>v1|v1beta1)/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
 _PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
-    (Family.GEMINI, re.compile(rf"/(?P<version>v1|v1beta|v1alpha)/models(?:/{_MODEL})?")),
+    (
+        Family.GEMINI,
+        re.compile(rf"/(?P<version>v1|v1beta|v1alpha)/models(?:/{_MODEL})?"),
+    ),
     (
         Family.VERTEX,
-        re.compile(
-            rf"/(?P<version>v1|v1beta1)/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
-            rf"/publishers/google/models(?:/{_MODEL})?"
-        ),
+        re.compile(rf"{_VERTEX_PROJECT}/publishers/google/models(?:/{_MODEL})?"),
     ),
-    (Family.EXPRESS, re.compile(rf"/(?P<version>v1|v1beta1)/publishers/google/models(?:/{_MODEL})?")),
+    (
+        Family.EXPRESS,
+        re.compile(rf"/(?P<version>v1|v1beta1)/publishers/google/models(?:/{_MODEL})?"),
+    ),
 )
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}"
@@ -97,10 +102,7 @@ _INTERACTION_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
     (Family.GEMINI, re.compile(rf"/(?P<version>v1|v1beta|v1alpha){_INTERACTIONS}")),
     (
         Family.VERTEX,
-        re.compile(
-            rf"/(?P<version>v1|v1beta1)/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
-            + _INTERACTIONS
-        ),
+        re.compile(_VERTEX_PROJECT + _INTERACTIONS),
     ),
     (Family.EXPRESS, re.compile(rf"/(?P<version>v1beta1){_INTERACTIONS}")),
 )
@@ -112,8 +114,7 @@ _OPENAI = re.compile(
 # Vertex AI's OpenAI-compatible endpoint: chat completions and embeddings of one project and
 # location (its models are named "google/{model}").
 _VERTEX_OPENAI = re.compile(
-    rf"/(?P<version>v1|v1beta1)/projects/(?P<project>{_NAME})/locations/(?P<location>{_NAME})"
-    r"/endpoints/openapi/(?P<resource>chat/completions|embeddings)"
+    rf"{_VERTEX_PROJECT}/endpoints/openapi/(?P<resource>chat/completions|embeddings)"
 )
 
 GEMINI_HOST = "https://generativelanguage.googleapis.com"
@@ -170,7 +171,9 @@ class ApiCall:
         if self.surface is Surface.INTERACTIONS:
             if self.resource is None:
                 return "interactions.create"
-            return "interactions.cancel" if self.action == CANCEL else "interactions.get"
+            return (
+                "interactions.cancel" if self.action == CANCEL else "interactions.get"
+            )
         if self.surface is Surface.OPENAI:
             return f"openai.{(self.resource or OPENAI_MODELS).replace('/', '.')}"
         return self.action or "list_models"
@@ -180,7 +183,9 @@ def parse_path(path: str) -> ApiCall | None:
     """The API call named by ``path`` (without query string), or None if it is not one."""
     if "/interactions" in path and (found := _parse_interaction(path)) is not None:
         return found
-    if ("/openai/" in path or "/openapi/" in path) and (found := _parse_openai(path)) is not None:
+    if ("/openai/" in path or "/openapi/" in path) and (
+        found := _parse_openai(path)
+    ) is not None:
         return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
@@ -245,7 +250,11 @@ def allowed_methods(call: ApiCall) -> tuple[str, ...]:
     """Model actions are POSTs; a model or a collection is read with GET. An interaction is
     read or deleted, created or cancelled with POST."""
     if call.surface is Surface.INTERACTIONS:
-        return ("GET", "DELETE") if call.resource is not None and call.action is None else ("POST",)
+        return (
+            ("GET", "DELETE")
+            if call.resource is not None and call.action is None
+            else ("POST",)
+        )
     if call.surface is Surface.OPENAI:
         return ("GET",) if call.resource == OPENAI_MODELS else ("POST",)
     return ("POST",) if call.action is not None else ("GET",)
