@@ -113,9 +113,7 @@ _OPENAI = re.compile(
 
 # Vertex AI's OpenAI-compatible endpoint: chat completions and embeddings of one project and
 # location (its models are named "google/{model}").
-_VERTEX_OPENAI = re.compile(
-    rf"{_VERTEX_PROJECT}/endpoints/openapi/(?P<resource>chat/completions|embeddings)"
-)
+_VERTEX_OPENAI = re.compile(rf"{_VERTEX_PROJECT}/endpoints/openapi/(?P<resource>chat/completions|embeddings)")
 
 GEMINI_HOST = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_HOST = "https://aiplatform.googleapis.com"
@@ -171,9 +169,7 @@ class ApiCall:
         if self.surface is Surface.INTERACTIONS:
             if self.resource is None:
                 return "interactions.create"
-            return (
-                "interactions.cancel" if self.action == CANCEL else "interactions.get"
-            )
+            return "interactions.cancel" if self.action == CANCEL else "interactions.get"
         if self.surface is Surface.OPENAI:
             return f"openai.{(self.resource or OPENAI_MODELS).replace('/', '.')}"
         return self.action or "list_models"
@@ -183,9 +179,7 @@ def parse_path(path: str) -> ApiCall | None:
     """The API call named by ``path`` (without query string), or None if it is not one."""
     if "/interactions" in path and (found := _parse_interaction(path)) is not None:
         return found
-    if ("/openai/" in path or "/openapi/" in path) and (
-        found := _parse_openai(path)
-    ) is not None:
+    if ("/openai/" in path or "/openapi/" in path) and (found := _parse_openai(path)) is not None:
         return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
@@ -250,11 +244,7 @@ def allowed_methods(call: ApiCall) -> tuple[str, ...]:
     """Model actions are POSTs; a model or a collection is read with GET. An interaction is
     read or deleted, created or cancelled with POST."""
     if call.surface is Surface.INTERACTIONS:
-        return (
-            ("GET", "DELETE")
-            if call.resource is not None and call.action is None
-            else ("POST",)
-        )
+        return ("GET", "DELETE") if call.resource is not None and call.action is None else ("POST",)
     if call.surface is Surface.OPENAI:
         return ("GET",) if call.resource == OPENAI_MODELS else ("POST",)
     return ("POST",) if call.action is not None else ("GET",)
