@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -124,6 +124,109 @@ class ModelQuota(BaseModel):
     # What a batch of N embeddings counts in the request windows: N (as Google's batch limits
     # count them) or one call.
     batch_counts: Literal["items", "call"] = "items"
+
+
+_DEPLOYMENT_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")  # as knowctl.policy.paths reads them
+
+
+class DeploymentModel(BaseModel):
+    """One model an upstream deployment serves: its name there, and its limits there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstream_model: str | None = Field(
+        None, description="The model's name at this deployment, when it differs (a rename)."
+    )
+    rpm: int | None = Field(None, ge=1)
+    rpd: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    tpd: int | None = Field(None, ge=1)
+
+    @field_validator("upstream_model")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _MODEL_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a model name")
+        return value
+
+
+class UpstreamDeployment(BaseModel):
+    """One upstream deployment of the pool: where its quota lives and how to reach it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_DEPLOYMENT_NAME, description="Lower-case letters, digits and '-'.")
+    family: Literal["gemini", "vertex"] = Field(
+        "gemini", description="gemini (a Gemini API key's project) or vertex (a project in a location)."
+    )
+    url: str | None = Field(
+        None, description="Base URL instead of Google's host (a proxy in front, a simulator)."
+    )
+    api_key: SecretStr | None = Field(None, description="API key (better api_key_file).")
+    api_key_file: Path | None = Field(None, description="File holding the API key (a mounted Secret).")
+    credentials: str | None = Field(
+        None, description="OAuth: 'adc' (application-default credentials) or a service-account JSON file."
+    )
+    project: str | None = Field(None, description="Vertex project.")
+    location: str = Field("global", description="Vertex location (global included).")
+    order: int = Field(0, ge=0, description="Preference: lower first; ties go to the most headroom.")
+    models: dict[str, DeploymentModel] | None = Field(
+        None,
+        description="The models it serves (a list, or {model: {upstream_model, rpm, rpd, tpm, tpd}}); "
+        "unset: every model, with no declared limits.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value).rstrip("/") if value else None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        if isinstance(value, list):  # [gemini-2.5-flash, ...]: served as named, no declared limits
+            return {str(name): {} for name in value}
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: dict[str, DeploymentModel] | None) -> dict[str, DeploymentModel] | None:
+        for name in value or {}:
+            if not _MODEL_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a model name")
+        return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _check_key_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    def key(self) -> str | None:
+        """The API key, from the setting or its file (read now: a rotated Secret is picked up
+        at the next start)."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            try:
+                return self.api_key_file.read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise ConfigError(
+                    f"upstreams.{self.name}.api_key_file: cannot read it: {exc.strerror}"
+                ) from exc
+        return None
+
+    @model_validator(mode="after")
+    def _check_deployment(self) -> UpstreamDeployment:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("set api_key or api_key_file, not both")
+        if self.family == "vertex" and not self.project:
+            raise ValueError("a vertex deployment needs its project")
+        if self.family == "gemini" and self.project:
+            raise ValueError("project is for vertex deployments (a Gemini API key names its own)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -297,6 +400,12 @@ class Settings(BaseSettings):
         description="Per-model limits (config file): {model: {rpm, rpd, tpm, tpd}}; "
         "unset keys use the defaults.",
     )
+    upstreams: list[UpstreamDeployment] = Field(
+        default_factory=list,
+        description="Upstream deployments (config file): a pool over several keys, projects and "
+        "regions, each with its models and limits; a call is admitted wherever there is room. "
+        "Unset: one upstream from upstream_url, google_api_key and google_credentials.",
+    )
     quota_minute_s: float = Field(60.0, gt=0, description="Length of the 'minute' windows, in seconds.")
     quota_day_s: float = Field(86400.0, gt=0, description="Length of the rolling 'day' windows, in seconds.")
     quota_day_tz: str | None = Field(
@@ -445,6 +554,33 @@ class Settings(BaseSettings):
             return None
         assert value is not None
         return _check_http_url(value).rstrip("/")
+
+    @field_validator("upstreams")
+    @classmethod
+    def _check_upstreams(
+        cls, value: list[UpstreamDeployment], info: ValidationInfo
+    ) -> list[UpstreamDeployment]:
+        if not value:
+            return value
+        names = [d.name for d in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"deployment names must be unique: {', '.join(twice)}")
+        single = [n for n in ("upstream_url", "google_api_key", "google_credentials") if info.data.get(n)]
+        if single:
+            raise ValueError(f"set either upstreams or {', '.join(single)} (the pool of one), not both")
+        limits = [n for n in ("quota_rpm", "quota_rpd", "quota_tpm", "quota_tpd") if info.data.get(n)]
+        limits += [
+            f"quota_models.{m}"
+            for m, q in (info.data.get("quota_models") or {}).items()
+            if any(getattr(q, w) is not None for w in ("rpm", "rpd", "tpm", "tpd"))
+        ]
+        if limits:
+            raise ValueError(
+                "with upstreams the limits are each deployment's (upstreams[].models): "
+                f"drop {', '.join(limits)}"
+            )
+        return value
 
     @field_validator("cdn_purge_url")
     @classmethod

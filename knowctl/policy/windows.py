@@ -208,10 +208,12 @@ def try_admit(
     reservation_id: str,
     now: float,
     held: Sequence[int] | None = None,
+    *,
+    record: bool = True,
 ) -> Verdict:
     """Admit iff every window with a positive amount stays within its cap, and within its
     limit with the units ``held`` by others' claims counted too (see ``claim_size``);
-    record only then.
+    record only then (and only with ``record``: without, the usage is left as it was).
 
     A reservation id already present in any window is a replay (e.g. a retried call whose
     first attempt did land): it is reported admitted and nothing is recorded twice.
@@ -226,6 +228,8 @@ def try_admit(
         if a > 0 and (u + a > c or u + a + h > w.limit)
     ]
     if not blocked:
+        if not record:
+            return Verdict(True, 0.0, tuple(used), _resets(logs, windows, now), ())
         for log, amount in zip(logs, amounts, strict=True):
             log.record(reservation_id, amount, now)
         usage = tuple(u + a for u, a in zip(used, amounts, strict=True))
@@ -239,6 +243,31 @@ def try_admit(
         retry = max(retry, logs[i].wait_for(windows[i], need, now))
     names = tuple(windows[i].name for i in blocked)
     return Verdict(False, retry, tuple(used), _resets(logs, windows, now), names)
+
+
+def room(used: Sequence[int], amounts: Sequence[int], caps: Sequence[int]) -> float:
+    """The headroom a call leaves in a scope it fits in: the smallest share any of its windows
+    (those it costs something in) has left after it; 1.0 when it costs nothing."""
+    shares = [(c - u - a) / c for u, a, c in zip(used, amounts, caps, strict=True) if a > 0 and c > 0]
+    return min(shares, default=1.0)
+
+
+def pick(orders: Sequence[int], rooms: Sequence[float | None]) -> int | None:
+    """Which candidate scope admits a call (None: none can): of those it fits in (a room, not
+    None), the lowest order, then the most headroom, then the first given. The same choice as
+    knowctl/store/lua/acquire.lua."""
+    best: int | None = None
+    for i, (order, free) in enumerate(zip(orders, rooms, strict=True)):
+        if free is None:
+            continue
+        if best is None:
+            best = i
+            continue
+        best_free = rooms[best]
+        assert best_free is not None
+        if order < orders[best] or (order == orders[best] and free > best_free):
+            best = i
+    return best
 
 
 def claim_size(limit: int, used: int, others: int, parts: int) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from knowctl.store.base import (
     Admission,
     Announcement,
+    Candidate,
+    Choice,
     Claim,
     Health,
     Keys,
@@ -29,6 +31,8 @@ from knowctl.store.urls import SCHEMES, scheme_of
 __all__ = [
     "Admission",
     "Announcement",
+    "Candidate",
+    "Choice",
     "Claim",
     "Health",
     "Keys",

@@ -22,6 +22,8 @@ from knowctl.policy.windows import Window
 
 __all__ = [
     "Admission",
+    "Candidate",
+    "Choice",
     "Health",
     "Keys",
     "LeaseRead",
@@ -35,6 +37,7 @@ __all__ = [
     "Window",
     "WindowUsage",
     "Windows",
+    "check_candidates",
     "check_ttl",
     "check_window_call",
     "redact_url",
@@ -74,6 +77,33 @@ class Admission:
     blocked: tuple[str, ...] = ()
     # With a Claim: the units per window this daemon now holds for a store outage.
     claimed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One scope a reservation may be admitted in (one deployment that serves the model):
+    its windows, what the call costs in each, and its preference ``order`` (lower first)."""
+
+    scope: str
+    windows: Sequence[Window]
+    amounts: Sequence[int]
+    order: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The outcome of :meth:`Windows.acquire_any`: the candidate that admitted the call (its
+    index, None when none did) and every candidate's admission, in the order given. Only the
+    chosen one recorded anything; a refused choice's ``retry_after`` is the soonest any
+    candidate fits."""
+
+    chosen: int | None
+    admissions: tuple[Admission, ...]
+    retry_after: float
+
+    @property
+    def admitted(self) -> bool:
+        return self.chosen is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +254,21 @@ class Windows(Protocol):
         """
 
     @abstractmethod
+    async def acquire_any(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        share: float = 1.0,
+        reservation_id: str,
+        claim: Claim | None = None,
+    ) -> Choice:
+        """``acquire`` over several scopes in one atomic step: the call is admitted and recorded
+        in at most one, the admissible candidate of the lowest order and, among those, the one
+        with the most headroom (knowctl.policy.windows.pick). A replay is admitted where it
+        was recorded. With ``claim``, the claimant's claim is set anew in every candidate.
+        Every candidate's scope must share one hash tag (knowctl.store.keys.quota_scope)."""
+
+    @abstractmethod
     async def record(
         self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
     ) -> None:
@@ -368,6 +413,18 @@ def check_window_call(
                 raise ValueError(f"amounts must be integers >= 0, got {a!r}")
     if reservation_id is not None and not reservation_id:
         raise ValueError("reservation_id must not be empty")
+
+
+def check_candidates(candidates: Sequence[Candidate], reservation_id: str) -> None:
+    """Argument checks of ``acquire_any``: one script must reach every candidate's keys."""
+    from knowctl.store.keys import scope_tag
+
+    if not candidates:
+        raise ValueError("at least one candidate is required")
+    for c in candidates:
+        check_window_call(c.scope, c.windows, c.amounts, reservation_id)
+    if len({scope_tag(c.scope) for c in candidates}) > 1:
+        raise ValueError("candidates must share one hash tag (the deployments of one model)")
 
 
 def check_ttl(ttl: float) -> None:

@@ -248,6 +248,7 @@ class BreakerStore(Store):
     get = _guarded(Store.get)
     set = _guarded(Store.set)
     acquire = _guarded(Store.acquire)
+    acquire_any = _guarded(Store.acquire_any)
     record = _guarded(Store.record)
     adjust = _guarded(Store.adjust)
     usage = _guarded(Store.usage)

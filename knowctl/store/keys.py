@@ -31,11 +31,22 @@ def _tag_safe(text: str) -> str:
     return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
-def quota_scope(model: str) -> str:
-    """Scope of one model's provider quota windows (RPM, TPM, RPD, TPD)."""
+# Between a model and the deployment that serves it, in a quota scope: model names never
+# hold a '/' (knowctl.policy.paths), so the model part, and with it the hash tag, is exact.
+LANE = "/"
+
+
+def quota_scope(model: str, deployment: str | None = None) -> str:
+    """Scope of one model's provider quota windows (RPM, TPM, RPD, TPD): the pool of one, or
+    ``deployment`` of a pool of upstreams. Every deployment of a model shares the model's hash
+    tag, so one script can admit a call on whichever has room."""
     if not model:
         raise ValueError("model must not be empty")
-    return f"{QUOTA}:{model}"
+    if deployment is None:
+        return f"{QUOTA}:{model}"
+    if not deployment or LANE in model:
+        raise ValueError(f"bad quota lane {model!r} / {deployment!r}")
+    return f"{QUOTA}:{model}{LANE}{deployment}"
 
 
 def user_scope(user: str) -> str:
@@ -73,10 +84,21 @@ def caller_scope(kind: str, name: str) -> str:
 
 
 def scope_tag(scope: str) -> str:
-    """The hash tag, braces included, that every key of ``scope`` carries."""
+    """The hash tag, braces included, that every key of ``scope`` carries (a quota lane's is
+    its model's)."""
     if not scope:
         raise ValueError("scope must not be empty")
+    if scope.startswith(f"{QUOTA}:"):
+        scope = scope.split(LANE, 1)[0]
     return "{" + _tag_safe(scope) + "}"
+
+
+def scope_part(scope: str) -> str:
+    """What names ``scope`` in its keys: the tag, then a quota lane's deployment."""
+    tag = scope_tag(scope)
+    if scope.startswith(f"{QUOTA}:") and LANE in scope:
+        return f"{tag}:d:{_tag_safe(scope.split(LANE, 1)[1])}"
+    return tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +116,7 @@ class WindowKeys:
 
 @functools.lru_cache(maxsize=4096)  # a caller's or a model's scope recurs on every call
 def window_keys(scope: str, window_name: str) -> WindowKeys:
-    base = f"{PREFIX}{scope_tag(scope)}:w:{window_name}"
+    base = f"{PREFIX}{scope_part(scope)}:w:{window_name}"
     return WindowKeys(log=f"{base}:log", amounts=f"{base}:amt", total=f"{base}:sum", claims=f"{base}:clm")
 
 
@@ -133,13 +155,15 @@ def check(name: str) -> str:
 # --- provider quota (owner: knowctl/daemon/quota/provider.py) ----------------------------------------
 
 
-def quota_hold(model: str) -> str:
-    """Present while the provider's own quota for ``model`` ran dry (an upstream 429).
+def quota_hold(lane: str) -> str:
+    """Present while the provider's own quota for ``lane`` ran dry (an upstream 429): a
+    model (the pool of one), or ``model/deployment`` (one deployment of a pool).
 
     The value is the epoch second the hold ends; the key's TTL ends it in the store too.
     Tagged like the model's windows, so a later script may read it with them.
     """
-    return f"{PREFIX}{scope_tag(quota_scope(model))}:hold"
+    model, _, deployment = lane.partition(LANE)
+    return f"{PREFIX}{scope_part(quota_scope(model, deployment or None))}:hold"
 
 
 def quota_waiting(model: str) -> str:

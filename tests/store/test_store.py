@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aredis
 
 from knowctl.policy.windows import calendar_period
-from knowctl.store import Announcement, Claim, Store, StoreUnavailable, Window, keys, open_store
+from knowctl.store import Announcement, Candidate, Claim, Store, StoreUnavailable, Window, keys, open_store
 from knowctl.store.base import redact_url
 from knowctl.store.memory import MemoryStore
 from tests.support.net import LOOPBACK, free_port
@@ -289,6 +289,92 @@ async def test_publish_reaches_every_subscriber_on_every_daemon(daemons: list[St
         await daemons[1].publish(other, b"not for you")
         await daemons[1].publish(ch, b"for you")
         assert await asyncio.wait_for(anext(sub), 3) == b"for you"
+
+
+# --- a pool of deployments: one admission over several scopes ---------------------------------
+
+
+def lanes(*limits: int, orders: tuple[int, ...] | None = None) -> list[Candidate]:
+    """One model at several deployments (the same hash tag), an rpm window of each limit."""
+    model = f"model-{uuid.uuid4().hex[:12]}"
+    return [
+        Candidate(
+            keys.quota_scope(model, f"d{i}"), [Window("rpm", 60, limit)], [1], orders[i] if orders else 0
+        )
+        for i, limit in enumerate(limits)
+    ]
+
+
+async def test_acquire_any_fills_every_deployment_to_its_limit_and_no_further(daemons: list[Store]) -> None:
+    cands = lanes(5, 10, 20)
+    results = await asyncio.gather(
+        *(daemons[i % 3].acquire_any(cands, reservation_id=rid()) for i in range(100))
+    )
+    assert sum(r.admitted for r in results) == 35
+    chosen = [r.chosen for r in results if r.chosen is not None]
+    assert [chosen.count(i) for i in range(3)] == [5, 10, 20]
+    for c in cands:
+        [u] = await daemons[1].usage(c.scope, c.windows)
+        assert u.used == u.limit
+    refused = [r for r in results if not r.admitted]
+    assert all(0 < r.retry_after <= 60 and len(r.admissions) == 3 for r in refused)
+    assert all(a.blocked == ("rpm",) for r in refused for a in r.admissions)
+
+
+async def test_acquire_any_prefers_the_order_then_the_most_headroom(store: Store) -> None:
+    cands = lanes(10, 30, 100, orders=(0, 0, 1))
+    picks = [(await store.acquire_any(cands, reservation_id=rid())).chosen for _ in range(41)]
+    # Within order 0 the share left stays level: 3 calls at the larger for each at the smaller.
+    assert picks[:4] == [1, 1, 0, 1]  # a tie goes to the first given
+    assert picks[:40].count(0) == 10 and picks[:40].count(1) == 30
+    assert picks[40] == 2  # the second order only once the first is full
+
+
+async def test_acquire_any_replay_is_admitted_where_it_was_recorded(store: Store) -> None:
+    cands = lanes(1, 1)
+    same = rid()
+    first = await store.acquire_any(cands, reservation_id=same)
+    again = await store.acquire_any(cands, reservation_id=same)
+    assert first.chosen is not None and again.chosen == first.chosen
+    other = await store.acquire_any(cands, reservation_id=rid())
+    assert other.chosen == 1 - first.chosen  # the replay took no second unit
+    assert not (await store.acquire_any(cands, reservation_id=rid())).admitted
+
+
+async def test_acquire_any_refusal_says_when_the_soonest_deployment_frees(store: Store) -> None:
+    model = f"model-{uuid.uuid4().hex[:12]}"
+    slow = Candidate(keys.quota_scope(model, "slow"), [Window("rpm", 60, 1)], [1])
+    fast = Candidate(keys.quota_scope(model, "fast"), [Window("rpm", 1, 1)], [1])
+    assert (await store.acquire_any([slow, fast], reservation_id=rid())).admitted
+    assert (await store.acquire_any([slow, fast], reservation_id=rid())).admitted
+    refused = await store.acquire_any([slow, fast], reservation_id=rid())
+    assert refused.chosen is None and 0 < refused.retry_after <= 1.0
+    never = Candidate(keys.quota_scope(model, "tiny"), [Window("tpm", 60, 5)], [6])
+    assert math.isinf((await store.acquire_any([never], reservation_id=rid())).retry_after)
+
+
+async def test_acquire_any_keeps_a_claim_in_every_deployment(store: Store) -> None:
+    cands = lanes(9, 19)
+    got = await store.acquire_any(cands, reservation_id=rid(), claim=Claim("d1", 1, 30.0))
+    assert got.chosen == 1
+    assert [a.claimed for a in got.admissions] == [(4,), (9,)]  # half of what each has left
+
+
+async def test_acquire_any_refuses_scopes_of_different_tags(store: Store) -> None:
+    one = Candidate(scope(), [Window("rpm", 60, 1)], [1])
+    with pytest.raises(ValueError, match="hash tag"):
+        await store.acquire_any([one, Candidate(scope(), [Window("rpm", 60, 1)], [1])], reservation_id=rid())
+    with pytest.raises(ValueError):
+        await store.acquire_any([], reservation_id=rid())
+
+
+def test_a_models_deployments_share_its_tag_and_not_its_keys() -> None:
+    a, b = keys.quota_scope("m", "a"), keys.quota_scope("m", "b")
+    assert keys.scope_tag(a) == keys.scope_tag(b) == keys.scope_tag(keys.quota_scope("m"))
+    assert (
+        keys.window_keys(a, "rpm").log != keys.window_keys(b, "rpm").log != keys.window_keys("q:m", "rpm").log
+    )
+    assert keys.quota_hold("m/a") != keys.quota_hold("m") and keys.hash_tag(keys.quota_hold("m/a")) == "q:m"
 
 
 # --- claims: what each daemon may admit alone while the store is away ---------------------------

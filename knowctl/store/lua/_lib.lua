@@ -13,7 +13,8 @@
 --   length_us, cap, amount, nb, b_1 .. b_nb
 -- nb = 0 for a rolling window; a calendar window sends the local midnights around the
 -- client's day (ascending) and the script picks the period around the server's clock.
--- parse_windows returns the windows and the position of the ARGV that follows them.
+-- parse_windows returns the windows and the position of the ARGV that follows them; acquire.lua
+-- reads several scopes' windows, each count at ``at`` and keys after ``key_base``.
 
 -- Keys outlive their newest entry by this much, then vanish: idle scopes leave nothing.
 local MARGIN_MS = 5000
@@ -43,12 +44,15 @@ local function bounds(w, now, days)
   if w.finish == nil then w.finish = w.floor + w.length end
 end
 
-local function parse_windows(now)
+local function parse_windows(now, at, key_base)
+  at = at or 2
+  key_base = key_base or 0
   local ws = {}
-  local pos = 3
-  for i = 1, tonumber(ARGV[2]) do
+  local pos = at + 1
+  for i = 1, tonumber(ARGV[at]) do
+    local k = key_base + 4 * i
     local w = {
-      log = KEYS[4 * i - 3], amt = KEYS[4 * i - 2], sum = KEYS[4 * i - 1], clm = KEYS[4 * i],
+      log = KEYS[k - 3], amt = KEYS[k - 2], sum = KEYS[k - 1], clm = KEYS[k],
       length = tonumber(ARGV[pos]), cap = tonumber(ARGV[pos + 1]), amount = tonumber(ARGV[pos + 2]),
     }
     local nb = tonumber(ARGV[pos + 3])

@@ -23,16 +23,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from knowctl.policy.windows import Window, WindowLog, capacity, claim_size, try_admit
+from knowctl.policy.windows import Verdict, Window, WindowLog, capacity, claim_size, pick, room, try_admit
 from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
     Announcement,
+    Candidate,
+    Choice,
     Claim,
     Store,
     StoreUnavailable,
     Subscription,
     WindowUsage,
+    check_candidates,
     check_ttl,
     check_window_call,
 )
@@ -197,6 +200,66 @@ class MemoryStore(MemoryCacheOps, Store):
             blocked=verdict.blocked,
             claimed=claimed,
         )
+
+    async def acquire_any(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        share: float = 1.0,
+        reservation_id: str,
+        claim: Claim | None = None,
+    ) -> Choice:
+        check_candidates(candidates, reservation_id)
+        self._check_open()
+        rid = reservation_id
+        with self._lock:
+            now = self._clock()
+            seen: list[tuple[list[WindowLog], list[int], list[int] | None, Verdict]] = []
+            for c in candidates:
+                logs = self._window_logs(c.scope, c.windows)
+                caps = [capacity(w.limit, share) for w in c.windows]
+                held = self._others_claims(c.scope, c.windows, claim, now) if claim is not None else None
+                verdict = try_admit(logs, c.windows, c.amounts, caps, rid, now, held, record=False)
+                seen.append((logs, caps, held, verdict))
+            replayed = next((i for i, (logs, *_) in enumerate(seen) if any(rid in log for log in logs)), None)
+            chosen = replayed
+            if chosen is None:
+                rooms = [
+                    room(v.usage, c.amounts, caps) if v.admitted else None
+                    for c, (_, caps, _, v) in zip(candidates, seen, strict=True)
+                ]
+                chosen = pick([c.order for c in candidates], rooms)
+                if chosen is not None:
+                    c = candidates[chosen]
+                    logs, caps, held, _ = seen[chosen]
+                    seen[chosen] = (
+                        logs,
+                        caps,
+                        held,
+                        try_admit(logs, c.windows, c.amounts, caps, rid, now, held),
+                    )
+            admissions = []
+            for i, (c, (logs, _, held, verdict)) in enumerate(zip(candidates, seen, strict=True)):
+                claimed: tuple[int, ...] = ()
+                if claim is not None and held is not None:
+                    claimed = self._set_claims(c.scope, c.windows, claim, verdict.usage, held, now)
+                self._forget_empty(c.scope, c.windows, logs)
+                won = i == chosen
+                admissions.append(
+                    Admission(
+                        admitted=won,
+                        retry_after=0.0 if won or chosen is not None else verdict.retry_after,
+                        usage=verdict.usage,
+                        limits=tuple(w.limit for w in c.windows),
+                        reset_after=verdict.reset_after,
+                        blocked=() if verdict.admitted else verdict.blocked,
+                        claimed=claimed,
+                    )
+                )
+        if chosen is not None:
+            return Choice(chosen, tuple(admissions), 0.0)
+        waits = [a.retry_after for a in admissions]
+        return Choice(None, tuple(admissions), min(waits))
 
     def _others_claims(self, scope: str, windows: Sequence[Window], claim: Claim, now: float) -> list[int]:
         held = []

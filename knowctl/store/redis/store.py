@@ -43,11 +43,14 @@ from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
     Announcement,
+    Candidate,
+    Choice,
     Claim,
     Store,
     StoreUnavailable,
     Subscription,
     WindowUsage,
+    check_candidates,
     check_ttl,
     check_window_call,
     redact_url,
@@ -100,28 +103,42 @@ def _midnights(tz: str, hour: int) -> tuple[int, ...]:
     return tuple(_us(b) for b in day_boundaries(tz, hour * 3600.0))
 
 
-def _admission(raw: list[int], windows: Sequence[Window]) -> Admission:
-    """acquire.lua's reply: admitted, retry_after_us, then per window usage, reset_after_us,
-    blocked, then the claims if asked for (one pass: this runs on every limit check and
-    quota admission)."""
-    usage: list[int] = []
-    reset_after: list[float] = []
-    blocked: list[str] = []
-    for i, w in enumerate(windows):
-        at = 2 + 3 * i
-        usage.append(int(raw[at]))
-        reset_after.append(raw[at + 1] / 1e6)
-        if raw[at + 2] == 1:
-            blocked.append(w.name)
-    return Admission(
-        admitted=raw[0] == 1,
-        retry_after=float("inf") if raw[1] < 0 else raw[1] / 1e6,
-        usage=tuple(usage),
-        limits=tuple(w.limit for w in windows),
-        reset_after=tuple(reset_after),
-        blocked=tuple(blocked),
-        claimed=tuple(int(v) for v in raw[2 + 3 * len(windows) :]),
-    )
+def _choice(raw: list[int], windows: Sequence[Sequence[Window]], claimed: bool) -> Choice:
+    """acquire.lua's reply: admitted, retry_after_us, chosen, then per candidate and window
+    usage, reset_after_us, blocked, then the claims if asked for (one pass: this runs on
+    every limit check and quota admission)."""
+    chosen = raw[2] - 1 if raw[2] > 0 else None
+    retry_after = float("inf") if raw[1] < 0 else raw[1] / 1e6
+    at = 3
+    claims_at = 3 + 3 * sum(len(ws) for ws in windows)
+    admissions: list[Admission] = []
+    for c, ws in enumerate(windows):
+        usage: list[int] = []
+        reset_after: list[float] = []
+        blocked: list[str] = []
+        for w in ws:
+            usage.append(int(raw[at]))
+            reset_after.append(raw[at + 1] / 1e6)
+            if raw[at + 2] == 1:
+                blocked.append(w.name)
+            at += 3
+        held: tuple[int, ...] = ()
+        if claimed:
+            held = tuple(int(v) for v in raw[claims_at : claims_at + len(ws)])
+            claims_at += len(ws)
+        won = chosen == c
+        admissions.append(
+            Admission(
+                admitted=won,
+                retry_after=0.0 if won else (retry_after if chosen is None else 0.0),
+                usage=tuple(usage),
+                limits=tuple(w.limit for w in ws),
+                reset_after=tuple(reset_after),
+                blocked=tuple(blocked),
+                claimed=held,
+            )
+        )
+    return Choice(chosen, tuple(admissions), 0.0 if chosen is not None else retry_after)
 
 
 def _us(seconds: float) -> int:
@@ -277,13 +294,26 @@ class RedisStore(RedisCacheOps, Store):
         amounts: Sequence[int],
     ) -> tuple[list[str], list[Arg]]:
         script_keys: list[str] = []
-        args: list[Arg] = [reservation_id, len(windows)]
+        args: list[Arg] = [reservation_id]
+        self._windows_input(scope, windows, caps, amounts, script_keys, args)
+        return script_keys, args
+
+    @staticmethod
+    def _windows_input(
+        scope: str,
+        windows: Sequence[Window],
+        caps: Sequence[int],
+        amounts: Sequence[int],
+        script_keys: list[str],
+        args: list[Arg],
+    ) -> None:
+        """One scope's window keys and arguments (_lib.lua, parse_windows), appended."""
+        args.append(len(windows))
         around = time.time()  # only picks which midnights to send; the script uses TIME
         for w, cap, amount in zip(windows, caps, amounts, strict=True):
             script_keys += keys.window_keys(scope, w.name).as_list()
             days = _midnights(w.calendar_tz, int(around // 3600)) if w.calendar_tz else ()
             args += [_us(w.length_s), cap, amount, len(days), *days]
-        return script_keys, args
 
     async def acquire(
         self,
@@ -297,19 +327,51 @@ class RedisStore(RedisCacheOps, Store):
     ) -> Admission:
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [capacity(w.limit, share) for w in windows]
-        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
-        if claim is not None:
-            args += [claim.claimant, claim.divisor, _us(claim.ttl_s), *(w.limit for w in windows)]
+        choice = await self._acquire_in(((scope, windows, caps, amounts, 0),), reservation_id, claim)
+        return choice.admissions[0]
+
+    async def acquire_any(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        share: float = 1.0,
+        reservation_id: str,
+        claim: Claim | None = None,
+    ) -> Choice:
+        check_candidates(candidates, reservation_id)
+        return await self._acquire_in(
+            [
+                (c.scope, c.windows, [capacity(w.limit, share) for w in c.windows], c.amounts, c.order)
+                for c in candidates
+            ],
+            reservation_id,
+            claim,
+        )
+
+    async def _acquire_in(
+        self,
+        candidates: Sequence[tuple[str, Sequence[Window], Sequence[int], Sequence[int], int]],
+        reservation_id: str,
+        claim: Claim | None,
+    ) -> Choice:
+        """acquire.lua over ``candidates`` (scope, windows, caps, amounts, order)."""
+        script_keys: list[str] = []
+        args: list[Arg] = [reservation_id, len(candidates)]
+        args += [claim.claimant, claim.divisor, _us(claim.ttl_s)] if claim is not None else ["", 0, 0]
+        for scope, windows, caps, amounts, order in candidates:
+            args.append(order)
+            self._windows_input(scope, windows, caps, amounts, script_keys, args)
+            if claim is not None:
+                args += [w.limit for w in windows]
         raw: list[int] = await self._eval("acquire", self._acquire, script_keys, args)
-        return _admission(raw, windows)
+        return _choice(raw, [c[1] for c in candidates], claim is not None)
 
     async def record(
         self, scope: str, windows: Sequence[Window], amounts: Sequence[int], *, reservation_id: str
     ) -> None:
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [UNBOUNDED_CAP] * len(windows)  # acquire.lua then admits whatever is recorded
-        script_keys, args = self._script_input(scope, windows, reservation_id, caps, amounts)
-        await self._eval("acquire", self._acquire, script_keys, args)
+        await self._acquire_in(((scope, windows, caps, amounts, 0),), reservation_id, None)
 
     async def adjust(
         self,

@@ -1,0 +1,148 @@
+"""The pool of upstream deployments: which deployments may serve a call, in which order, with
+which quota windows, and where exactly the call goes at each.
+
+A deployment is one place that holds provider quota: a Gemini API key's project, or one Vertex
+project in one location. Quotas are per project (Gemini API) or per project, location and
+model (Vertex), so a team with several keys, projects or regions owns several quotas; the
+gateway admits each call at whichever deployment has room (docs/architecture.md, "Upstream
+deployments").
+
+Without deployments configured the pool holds one, ``default``, that serves every family at
+the address the caller used (today's single upstream): its windows are the quota settings'
+own and its quota scope the model's, so nothing about it changes.
+
+Pure code: the daemon picks among the candidates through the store and sends the call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from knowctl.policy.paths import GEMINI_HOST, VERTEX_GLOBAL_HOST, ApiCall, Family, Surface
+from knowctl.policy.quota import RPD, RPM, TPD, TPM, Limits, QuotaConfig
+from knowctl.policy.windows import Window
+
+DEFAULT = "default"
+
+# The Vertex project form of a path: its project and location are the deployment's.
+_VERTEX_PREFIX = re.compile(r"^/(v1|v1beta1)/projects/[^/]+/locations/[^/]+/")
+# The model segment of a models-surface path, renamed where the deployment knows it otherwise.
+_MODEL_SEGMENT = re.compile(r"/models/([^/:]+)(?=:|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One model a deployment serves: its name there, and the limits it holds there."""
+
+    upstream: str
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream deployment (see the module doc)."""
+
+    name: str
+    # The API family it speaks; None only for the pool of one, which serves each as addressed.
+    family: Family | None = None
+    order: int = 0  # preference: lower first (e.g. Provisioned Throughput 0, pay-as-you-go 1)
+    models: Mapping[str, Served] | None = None  # None: every model, no declared limits
+    base_url: str | None = None  # None: Google's own host for the family and location
+    project: str | None = None  # Vertex
+    location: str | None = None  # Vertex
+
+    @property
+    def legacy(self) -> bool:
+        """The pool of one made from the single-upstream settings."""
+        return self.family is None
+
+    def serves(self, call: ApiCall) -> bool:
+        if self.family is not None and _family(call) is not self.family:
+            return False
+        return self.models is None or call.model is None or call.model in self.models
+
+    def upstream_model(self, model: str) -> str:
+        served = self.models.get(model) if self.models is not None else None
+        return served.upstream if served is not None else model
+
+    def origin(self, call: ApiCall) -> str:
+        """Scheme, host and port (plus a base path) the call goes to at this deployment."""
+        if self.base_url is not None:
+            return self.base_url
+        family = _family(call) if self.family is None else self.family
+        if family is Family.GEMINI:
+            return GEMINI_HOST
+        location = self.location or call.location
+        if location and location != "global":
+            return f"https://{location}-aiplatform.googleapis.com"
+        return VERTEX_GLOBAL_HOST
+
+    def target_path(self, call: ApiCall, raw_path: str) -> str:
+        """The path as this deployment must see it: its own project and location, and the
+        model under its name there (models surface; elsewhere the model is in the body)."""
+        path = raw_path
+        if self.project is not None and call.family is Family.VERTEX:
+            location = self.location or "global"
+            path = _VERTEX_PREFIX.sub(rf"/\1/projects/{self.project}/locations/{location}/", path, count=1)
+        if call.model is not None and call.surface is Surface.MODELS and self.models is not None:
+            upstream = self.upstream_model(call.model)
+            if upstream != call.model:
+                path = _MODEL_SEGMENT.sub(f"/models/{upstream}", path, count=1)
+        return path
+
+
+def _family(call: ApiCall) -> Family:
+    # Vertex express (an API key, no project) is Vertex quota all the same.
+    return Family.VERTEX if call.family is Family.EXPRESS else call.family
+
+
+class Pool:
+    """The deployments, in the order configured, and the quota windows of each model at each."""
+
+    def __init__(self, deployments: Sequence[Deployment], quota: QuotaConfig) -> None:
+        if not deployments:
+            raise ValueError("a pool holds at least one deployment")
+        names = [d.name for d in deployments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"deployment names must be unique: {names}")
+        self.deployments = tuple(deployments)
+        self._quota = quota
+        self._by_name = {d.name: d for d in deployments}
+
+    @property
+    def single(self) -> bool:
+        """The pool of one of the single-upstream settings."""
+        return len(self.deployments) == 1 and self.deployments[0].legacy
+
+    def get(self, name: str) -> Deployment | None:
+        return self._by_name.get(name)
+
+    def candidates(self, call: ApiCall) -> tuple[Deployment, ...]:
+        """The deployments that may serve ``call``, by preference order (ties as configured)."""
+        found = [d for d in self.deployments if d.serves(call)]
+        return tuple(sorted(found, key=lambda d: d.order))
+
+    def first(self, call: ApiCall) -> Deployment | None:
+        """Where a call that spends no quota goes (a listing, a token count): the most
+        preferred deployment that serves it."""
+        found = self.candidates(call)
+        return found[0] if found else None
+
+    def windows(self, deployment: Deployment, model: str) -> tuple[Window, ...]:
+        """``model``'s quota windows at ``deployment``, in the order rpm, rpd, tpm, tpd; ()
+        when it declares no limit (then only the provider's 429s tell)."""
+        if deployment.legacy:
+            return self._quota.windows(model)
+        served = deployment.models.get(model) if deployment.models is not None else None
+        if served is None:
+            return ()
+        lim = served.limits
+        q = self._quota
+        out: list[Window] = []
+        for name, limit in ((RPM, lim.rpm), (RPD, lim.rpd), (TPM, lim.tpm), (TPD, lim.tpd)):
+            if limit is not None:
+                long = name in (RPD, TPD)
+                out.append(Window(name, q.day_s if long else q.minute_s, limit, q.day_tz if long else None))
+        return tuple(out)
