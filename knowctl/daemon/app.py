@@ -71,15 +71,19 @@ class Gateway:
     def __init__(self, settings: Settings, simulator: Any | None = None) -> None:
         self.settings = settings
         self.phase = Phase.STARTING
-        self.credentials = UpstreamCredentials.from_config(config.credentials_config(settings))
-        self.upstream = UpstreamClient(config.upstream_config(settings), self.credentials)
+        self.pool = config.upstream_pool(settings)
+        credentials = {
+            name: UpstreamCredentials.from_config(c)
+            for name, c in config.credentials_configs(settings).items()
+        }
+        self.upstream = UpstreamClient(config.upstream_config(settings), self.pool, credentials)
         self.store: Store = open_store(settings.store_url, timeout=settings.store_timeout)
         self.callers = CallerRegistry(
-            config.callers_config(settings, self.credentials.holds_credentials), self.store
+            config.callers_config(settings, self.upstream.holds_credentials), self.store
         )
         self.cache = AnswerCache(config.cache_config(settings), self.store)
         self.quota = ProviderQuota(
-            config.provider_config(settings), self.store, count_tokens=self.upstream.count_tokens
+            config.provider_config(settings, self.pool), self.store, count_tokens=self.upstream.count_tokens
         )
         self.interactions = InteractionBook(config.interactions_config(settings), self.store)
         self.model_calls = ModelCallHandler(
@@ -241,7 +245,7 @@ class Gateway:
             "degraded": not store["ok"],
             "dependencies": {
                 "store": store,
-                "upstream": {"target": self.upstream.target, "credentials": self.credentials.mode},
+                "upstream": {"target": self.upstream.target, "credentials": self.upstream.credentials_mode},
             },
         }
         await respond_json(send, status, body)

@@ -18,9 +18,11 @@ from knowctl.daemon.upstream.credentials import CredentialsConfig
 from knowctl.net.uvicorn_glue import TransportLimits
 from knowctl.policy.callers import parse_networks
 from knowctl.policy.limits import parse_limits
+from knowctl.policy.paths import Family
+from knowctl.policy.pool import DEFAULT, Deployment, Pool, Served
 from knowctl.policy.priority import Priority, parse_shares
 from knowctl.policy.quota import Limits, QuotaConfig
-from knowctl.settings import Settings
+from knowctl.settings import Settings, UpstreamDeployment
 
 
 def quota_config(settings: Settings) -> QuotaConfig:
@@ -36,9 +38,50 @@ def quota_config(settings: Settings) -> QuotaConfig:
     )
 
 
-def provider_config(settings: Settings) -> ProviderConfig:
+def upstream_pool(settings: Settings) -> Pool:
+    """The upstream deployments: those configured, or the pool of one of the single-upstream
+    settings (``upstream_url``, Google's hosts otherwise)."""
+    quota = quota_config(settings)
+    if not settings.upstreams:
+        return Pool([Deployment(DEFAULT, base_url=settings.upstream_url)], quota)
+    return Pool([_deployment(d) for d in settings.upstreams], quota)
+
+
+def _deployment(d: UpstreamDeployment) -> Deployment:
+    models = None
+    if d.models is not None:
+        models = {
+            name: Served(m.upstream_model or name, Limits(m.rpm, m.rpd, m.tpm, m.tpd))
+            for name, m in d.models.items()
+        }
+    vertex = d.family == "vertex"
+    return Deployment(
+        d.name,
+        Family(d.family),
+        d.order,
+        models,
+        base_url=d.url,
+        project=d.project if vertex else None,
+        location=d.location if vertex else None,
+    )
+
+
+def credentials_configs(settings: Settings) -> dict[str, CredentialsConfig]:
+    """Each deployment's own credentials, by name (secrets read from their files now)."""
+    if not settings.upstreams:
+        api_key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
+        return {DEFAULT: CredentialsConfig(api_key=api_key, google_credentials=settings.google_credentials)}
+    return {
+        d.name: CredentialsConfig(api_key=d.key(), google_credentials=d.credentials)
+        for d in settings.upstreams
+    }
+
+
+def provider_config(settings: Settings, pool: Pool | None = None) -> ProviderConfig:
+    """``pool``: the gateway's, shared with its upstream client (made from ``settings`` if not given)."""
     return ProviderConfig(
         quota=quota_config(settings),
+        pool=pool or upstream_pool(settings),
         token_estimator=settings.token_estimator,
         token_bytes_per_token=settings.token_bytes_per_token,
         default_max_output_tokens=settings.default_max_output_tokens,
@@ -63,14 +106,8 @@ def transport_limits(settings: Settings) -> TransportLimits:
     )
 
 
-def credentials_config(settings: Settings) -> CredentialsConfig:
-    api_key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
-    return CredentialsConfig(api_key=api_key, google_credentials=settings.google_credentials)
-
-
 def upstream_config(settings: Settings) -> UpstreamConfig:
     return UpstreamConfig(
-        url=settings.upstream_url,
         max_connections=settings.upstream_max_connections,
         connect_timeout=settings.upstream_connect_timeout,
         timeout=settings.upstream_timeout,
@@ -132,6 +169,8 @@ def interactions_config(settings: Settings) -> InteractionsConfig:
 def holds_google_credentials(settings: Settings) -> bool:
     """Whether the gateway calls Google with credentials of its own, as
     ``UpstreamCredentials.from_config`` decides (knowctl/daemon/upstream/credentials.py)."""
+    if settings.upstreams:
+        return any(d.api_key or d.api_key_file or d.credentials for d in settings.upstreams)
     return settings.google_api_key is not None or bool(settings.google_credentials)
 
 

@@ -46,6 +46,7 @@ class Ticket:
     estimated_tokens: int
     data: dict[str, Any] = field(default_factory=dict)  # the quota component's own bookkeeping
     requests: int = 1  # what it counts in request windows
+    deployment: str | None = None  # where the call goes: the deployment that admitted it
 
 
 @dataclass(slots=True)
@@ -76,6 +77,8 @@ class CallContext:
     # The reservation of an answer that reported no usage (a background interaction still
     # running): reconciled later by whoever sees its usage.
     unsettled: Ticket | None = None
+    # The upstream deployment the quota admitted the call at (None: the first that serves it).
+    deployment: str | None = None
 
     @property
     def streaming(self) -> bool:

@@ -146,7 +146,8 @@ class QuotaGate(Protocol):
 
     async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
         """A ticket if quota admits the call now, else the seconds until it could;
-        ``reserved``: what an earlier ``reserve`` of this call got, now counted."""
+        ``reserved``: what an earlier ``reserve`` of this call got, now counted. An admission
+        names the deployment the call goes to on ``ctx.deployment``."""
         ...
 
     def release(self, ticket: Ticket) -> None:
@@ -155,7 +156,7 @@ class QuotaGate(Protocol):
 
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
         """Queue by priority until admitted; raise CallRefused(429, retry_after=...) when the
-        queue is full or the wait times out."""
+        queue is full or the wait times out. Names the deployment on ``ctx.deployment``."""
         ...
 
     async def settle(self, ticket: Ticket, usage: dict[str, Any] | None) -> None:
@@ -167,8 +168,20 @@ class QuotaGate(Protocol):
         usage is seen; idempotent, as long as the reservation is still in its windows."""
         ...
 
-    def upstream_exhausted(self, model: str, retry_delay: float | None) -> None:
-        """The provider answered 429: hold the model for retry_delay (or a back-off)."""
+    def upstream_exhausted(
+        self, model: str, retry_delay: float | None, deployment: str | None = None
+    ) -> None:
+        """The provider answered 429: hold the model at that deployment for retry_delay (or
+        a back-off)."""
+        ...
+
+    def upstream_failed(self, model: str, deployment: str | None) -> None:
+        """The deployment failed the call (a 5xx, unreachable, a timeout): take it out of the
+        model's pool for a back-off, then let a call probe it again."""
+        ...
+
+    def alternatives(self, ctx: CallContext) -> bool:
+        """Whether a deployment other than ``ctx.deployment`` may serve the call now."""
         ...
 
     def record_fallback(self, model: str) -> None:

@@ -124,6 +124,26 @@ QUOTA_LIMIT = Gauge(
     multiprocess_mode="livemax",
     registry=REGISTRY,
 )
+UPSTREAM_QUOTA_USED = Gauge(
+    "knowctl_upstream_quota_used",
+    "Units used in one deployment's provider quota window, by deployment, model and window.",
+    ["deployment", "model", "window"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+UPSTREAM_QUOTA_LIMIT = Gauge(
+    "knowctl_upstream_quota_limit",
+    "Declared provider quota limit of one deployment, by deployment, model and window.",
+    ["deployment", "model", "window"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+UPSTREAM_ADMITTED = Counter(
+    "knowctl_upstream_admitted",
+    "Calls the quota admitted at each deployment, by deployment and model.",
+    ["deployment", "model"],
+    registry=REGISTRY,
+)
 QUOTA_DECISIONS = Counter(
     "knowctl_quota_decisions",
     "Quota decisions by model: admitted, queued, refused, fallback (stale answer served).",
@@ -168,6 +188,8 @@ UPSTREAM_REQUESTS_BY = Children(UPSTREAM_REQUESTS)  # (model, outcome)
 UPSTREAM_DURATION_BY = Children(UPSTREAM_DURATION)  # (model,)
 CACHE_REQUESTS_BY = Children(CACHE_REQUESTS)  # (layer, result)
 QUOTA_USED_BY = Children(QUOTA_USED)  # (model, window)
+UPSTREAM_QUOTA_USED_BY = Children(UPSTREAM_QUOTA_USED)  # (deployment, model, window)
+UPSTREAM_ADMITTED_BY = Children(UPSTREAM_ADMITTED)  # (deployment, model)
 QUOTA_DECISIONS_BY = Children(QUOTA_DECISIONS)  # (model, decision)
 QUEUE_DEPTH_BY = Children(QUEUE_DEPTH)  # (priority,)
 QUOTA_UNRESERVED_BY = Children(QUOTA_UNRESERVED)  # (model,)

@@ -92,7 +92,7 @@ def print_banner(settings: Settings, port: int, gateway: Gateway) -> None:
         )
     else:
         upstream = redact_url(gateway.upstream.target)
-        console.print(f"upstream: {upstream} (credentials: {gateway.credentials.mode})")
+        console.print(f"upstream: {upstream} (credentials: {gateway.upstream.credentials_mode})")
     console.print(f"store: {gateway.store.describe()}")
     if settings.admin_token is None:
         console.print("admin API: no KNOWCTL_ADMIN_TOKEN set, so it answers on loopback only")

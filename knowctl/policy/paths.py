@@ -254,6 +254,11 @@ def google_origin(call: ApiCall) -> str:
     """Google's own host for the family: where the call goes when no upstream is configured."""
     if call.family is Family.GEMINI:
         return GEMINI_HOST
-    if call.family is Family.VERTEX and call.location and call.location != "global":
-        return f"https://{call.location}-aiplatform.googleapis.com"
+    return vertex_host(call.location if call.family is Family.VERTEX else None)
+
+
+def vertex_host(location: str | None) -> str:
+    """Vertex AI's host for ``location`` (the global endpoint for ``global`` or none)."""
+    if location and location != "global":
+        return f"https://{location}-aiplatform.googleapis.com"
     return VERTEX_GLOBAL_HOST

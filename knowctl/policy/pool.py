@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from knowctl.policy.paths import GEMINI_HOST, VERTEX_GLOBAL_HOST, ApiCall, Family, Surface
+from knowctl.policy.paths import GEMINI_HOST, ApiCall, Family, Surface, google_origin, vertex_host
 from knowctl.policy.quota import RPD, RPM, TPD, TPM, Limits, QuotaConfig
 from knowctl.policy.windows import Window
 
@@ -71,13 +71,9 @@ class Deployment:
         """Scheme, host and port (plus a base path) the call goes to at this deployment."""
         if self.base_url is not None:
             return self.base_url
-        family = _family(call) if self.family is None else self.family
-        if family is Family.GEMINI:
-            return GEMINI_HOST
-        location = self.location or call.location
-        if location and location != "global":
-            return f"https://{location}-aiplatform.googleapis.com"
-        return VERTEX_GLOBAL_HOST
+        if self.family is None:
+            return google_origin(call)
+        return GEMINI_HOST if self.family is Family.GEMINI else vertex_host(self.location)
 
     def target_path(self, call: ApiCall, raw_path: str) -> str:
         """The path as this deployment must see it: its own project and location, and the

@@ -412,6 +412,19 @@ async def test_a_claim_that_expired_frees_its_units(store: Store) -> None:
     assert later.admitted and later.claimed == (1,)  # (10 - 7) // 2
 
 
+async def test_a_refused_claimant_lets_go_of_its_claim(store: Store) -> None:
+    """Stale claims of daemons whose own calls are refused must not keep the window's last
+    units from a call that fits: a refused claimant holds nothing until admitted again."""
+    sc, ws = scope(), [Window("rpm", 60, 10)]
+    assert (await store.acquire(sc, ws, [1], reservation_id=rid(), claim=Claim("d1", 2, 30.0))).claimed == (
+        3,
+    )
+    assert not (await store.acquire(sc, ws, [7], reservation_id=rid(), claim=Claim("d2", 2, 30.0))).admitted
+    refused = await store.acquire(sc, ws, [10], reservation_id=rid(), claim=Claim("d1", 2, 30.0))
+    assert not refused.admitted and refused.claimed == (0,)
+    assert (await store.acquire(sc, ws, [7], reservation_id=rid(), claim=Claim("d2", 2, 30.0))).admitted
+
+
 async def test_record_writes_back_whatever_the_window_holds(store: Store) -> None:
     sc = scope()
     ws = [Window("rpm", 60, 3)]

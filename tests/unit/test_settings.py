@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from knowctl.settings import ConfigError, load_settings
 from knowctl.settings_doc import END, START, reference_table, splice
@@ -144,3 +145,24 @@ def test_config_show_hides_secrets(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout and '"admin_token": "***"' in result.stdout
+
+
+def test_bad_pools_fail_at_start_naming_the_field(tmp_path: Path) -> None:
+    cases = {
+        "upstreams.0.name": [{"name": "Bad Name"}],
+        "upstreams.0": [{"name": "v", "family": "vertex"}],  # no project
+        "upstreams.1": [{"name": "x"}, {"name": "y", "api_key": "k", "api_key_file": str(tmp_path)}],
+        "upstreams.0.models": [{"name": "x", "models": {"no/slash": {}}}],
+        "upstreams.0.models.m.rpm": [{"name": "x", "models": {"m": {"rpm": 0}}}],
+    }
+    for field, upstreams in cases.items():
+        config = tmp_path / "bad.yaml"
+        config.write_text(yaml.safe_dump({"upstreams": upstreams}))
+        with pytest.raises(Exception, match=field.replace(".", r"\.")):
+            load_settings(config)
+    config.write_text(yaml.safe_dump({"upstreams": [{"name": "a"}, {"name": "a"}]}))
+    with pytest.raises(Exception, match="unique: a"):
+        load_settings(config)
+    config.write_text(yaml.safe_dump({"upstreams": [{"name": "a"}], "quota_rpm": 5}))
+    with pytest.raises(Exception, match="quota_rpm"):
+        load_settings(config)

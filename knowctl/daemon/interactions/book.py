@@ -98,6 +98,7 @@ def _encode(record: Owned) -> bytes:
             ticket.estimated_tokens,
             ticket.requests,
             ticket.data,
+            ticket.deployment,
         ]
     return orjson.dumps(fields)
 
@@ -107,8 +108,13 @@ def _decode(raw: bytes) -> Owned | None:
         found = orjson.loads(raw)
         unsettled = None
         if "u" in found:
-            model, reservation_id, estimated, requests, data = found["u"]
-            unsettled = Ticket(str(model), str(reservation_id), int(estimated), dict(data), int(requests))
+            model, reservation_id, estimated, requests, data, *rest = found["u"]
+            deployment = (
+                str(rest[0]) if rest and rest[0] is not None else None
+            )  # records of before pools: none
+            unsettled = Ticket(
+                str(model), str(reservation_id), int(estimated), dict(data), int(requests), deployment
+            )
         return Owned(str(found["o"]), str(found["m"]), int(found["t"]), unsettled)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from knowctl.daemon.context import CallContext, Ticket
 from knowctl.daemon.contracts import CallRefused, EmbeddingItems, QuotaGate
 from knowctl.daemon.pipeline.replies import CACHE_HEADER, send_refusal, send_upstream_error
-from knowctl.daemon.upstream.client import OutgoingCall, UpstreamClient, UpstreamFailure, response_headers
+from knowctl.daemon.upstream.client import OutgoingCall, UpstreamClient, UpstreamFailure
 from knowctl.net.asgi import JSON, Send, respond
 from knowctl.policy import embeddings
 from knowctl.policy.paths import Surface
@@ -61,8 +61,10 @@ class Embeddings:
         ctx.input_texts = [batch.texts[i] for i in missing]
         ticket = await self._admit(ctx)
         body = embeddings.request_for(ctx.call, ctx.payload or {}, batch, missing)
-        outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, body)
-        own = self._upstream.own_credentials(ctx.call)
+        outgoing = OutgoingCall(
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, body, ctx.deployment
+        )
+        own = self._upstream.own_credentials(ctx.call, ctx.deployment)
         spent, refused = True, False
         usage: dict[str, object] | None = None
         try:
@@ -72,7 +74,7 @@ class Embeddings:
                 if response.status != 200:
                     spent = provider_counted(response.status, answer)
                     refused = response.status == 429
-                    headers = [*response_headers(response, own), *ctx.response_headers]
+                    headers = [*self._upstream.answer_headers(response, outgoing, own), *ctx.response_headers]
                     return await send_upstream_error(
                         send, ctx, response.status, answer, headers, own_credentials=own
                     )
@@ -96,7 +98,7 @@ class Embeddings:
             else:
                 self._quota.release(ticket)
             if refused:
-                self._quota.upstream_exhausted(model, None)
+                self._quota.upstream_exhausted(model, None, ctx.deployment)
 
     async def _admit(self, ctx: CallContext) -> Ticket:
         got = await self._quota.try_admit(ctx)

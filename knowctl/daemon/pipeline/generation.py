@@ -28,11 +28,11 @@ from knowctl.daemon.upstream.client import (
     UpstreamClient,
     UpstreamFailure,
     drain,
-    response_headers,
 )
 from knowctl.errors import parse_retry_delay, retry_after_header
 from knowctl.net.asgi import Send, respond
 from knowctl.policy.quota import provider_counted
+from knowctl.policy.retries import RetryBudget
 
 log = logging.getLogger("knowctl.generate")
 
@@ -65,6 +65,10 @@ class Outcome:
     provider_refused: bool = False  # the provider answered 429
     retry_delay: float | None = None  # its RetryInfo delay, when it gave one
     spent: bool = True  # the provider may have counted the call against its quota
+    failed: bool = False  # the deployment failed: a 5xx, or no answer (unreachable, timeout)
+    # Nothing reached the caller and another deployment may serve: try it (``_forward``'s
+    # ``failover``); the caller has been sent nothing.
+    failover: bool = False
 
 
 class Holdings:
@@ -130,11 +134,13 @@ class Generation:
         cache: ResponseCache,
         quota: QuotaGate,
         answered: Callable[[CallContext, int], None],
+        retries: RetryBudget | None = None,
     ) -> None:
         self._answered = answered
         self._upstream = upstream
         self._cache = cache
         self._quota = quota
+        self._retries = retries or RetryBudget()
 
     async def __call__(self, ctx: CallContext, send: Send, admit: Admit) -> int:
         """Run one generation call; ``admit`` counts it against the caller's limits (raises
@@ -212,8 +218,32 @@ class Generation:
         reserved: Ticket | float | None = None,
     ) -> Outcome:
         """Admit (with what ``reserved`` got, if anything), forward, then settle the quota
-        and ``keep`` a complete answer."""
-        got = await self._quota.try_admit(ctx, reserved)
+        and ``keep`` a complete answer. A deployment that refuses (429) or fails before the
+        caller has a byte is held, and the call admitted again at another (docs/architecture.md,
+        "Upstream deployments"), within the retry budget."""
+        self._retries.started()
+        try:
+            got = await self._quota.try_admit(ctx, reserved)
+            attempt = 0
+            while True:
+                outcome = await self._attempt(ctx, send, key, keep, got, attempt)
+                if not outcome.failover:
+                    return outcome
+                attempt += 1
+                got = await self._quota.try_admit(ctx)
+        finally:
+            self._retries.finished()
+
+    async def _attempt(
+        self,
+        ctx: CallContext,
+        send: Send,
+        key: str | None,
+        keep: Keep | None,
+        got: Ticket | float,
+        attempt: int,
+    ) -> Outcome:
+        """One admission and upstream call; a failover outcome has sent the caller nothing."""
         if isinstance(got, Ticket):
             ticket = got
             ctx.notes.quota = "admitted"
@@ -227,11 +257,17 @@ class Generation:
                 ctx.notes.quota = "refused"
                 return Outcome(await send_refusal(send, ctx, refusal))
             ctx.notes.quota = "queued"
+        failover = self._quota.alternatives(ctx) and self._retries.may_retry(attempt)
         try:
-            outcome = await self._forward(ctx, send, key)
+            if attempt:
+                self._retries.retrying(+1)
+            outcome = await self._forward(ctx, send, key, failover)
         except BaseException:
             await self._quota.settle(ticket, None)  # keep the reservation: it may have been spent
             raise
+        finally:
+            if attempt:
+                self._retries.retrying(-1)
         # After the answer, the quota's reconciliation and the cache write do not depend on
         # each other: side by side, their commands share one store round trip.
         saving = None
@@ -245,7 +281,9 @@ class Generation:
             else:
                 self._quota.release(ticket)
             if outcome.provider_refused:
-                self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay)
+                self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay, ctx.deployment)
+            elif outcome.failed:
+                self._quota.upstream_failed(ctx.call.model or "-", ctx.deployment)
         finally:
             if saving is not None:
                 await saving
@@ -261,17 +299,31 @@ class Generation:
         await send_cached(send, ctx, stale)
         return True
 
-    async def _forward(self, ctx: CallContext, send: Send, key: str | None) -> Outcome:
-        """Call upstream and pass the answer on as it arrives."""
-        outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
-        own = self._upstream.own_credentials(ctx.call)
+    async def _forward(
+        self, ctx: CallContext, send: Send, key: str | None, failover: bool = False
+    ) -> Outcome:
+        """Call upstream and pass the answer on as it arrives. With ``failover``, a 429, a 5xx
+        or a failure before the first byte is not passed on: the outcome says to try again."""
+        outgoing = OutgoingCall(
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment
+        )
+        own = self._upstream.own_credentials(ctx.call, ctx.deployment)
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
                 self._answered(ctx, response.status)
-                headers = [*response_headers(response, own), *ctx.response_headers]
+                headers = [*self._upstream.answer_headers(response, outgoing, own), *ctx.response_headers]
                 if response.status != 200:
                     body = await response.read()
+                    if failover and (response.status == 429 or response.status >= 500):
+                        return Outcome(
+                            response.status,
+                            provider_refused=response.status == 429,
+                            retry_delay=parse_retry_delay(body) if response.status == 429 else None,
+                            spent=provider_counted(response.status, body),
+                            failed=response.status >= 500,
+                            failover=True,
+                        )
                     return await self._upstream_error(ctx, send, key, response.status, body, headers, own)
                 headers.append((CACHE_HEADER, b"MISS"))
                 ctx.notes.cache = ctx.notes.cache or "MISS"
@@ -306,10 +358,13 @@ class Generation:
         except UpstreamFailure as failure:  # counted and logged by UpstreamClient.send
             if headers_sent:
                 raise  # too late for a status: cut the connection, the answer is incomplete
+            spent = failure.status != 503  # 503: the call never left
+            if failover:
+                return Outcome(failure.status, spent=spent, failed=True, failover=True)
             if await self._serve_stale(ctx, send, key):
-                return Outcome(200)
+                return Outcome(200, failed=True)
             sent = await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
-            return Outcome(sent, spent=failure.status != 503)  # 503: the call never left
+            return Outcome(sent, spent=spent, failed=True)
 
     async def _upstream_error(
         self,
@@ -322,10 +377,10 @@ class Generation:
         own: bool,
     ) -> Outcome:
         if status >= 500 and await self._serve_stale(ctx, send, key):
-            return Outcome(200)  # the provider failed: a stale answer beats its error
+            return Outcome(200, failed=True)  # the provider failed: a stale answer beats its error
         if status != 429:
             sent = await send_upstream_error(send, ctx, status, body, headers, own_credentials=own)
-            return Outcome(sent, spent=provider_counted(status, body))
+            return Outcome(sent, spent=provider_counted(status, body), failed=status >= 500)
         # The provider's own quota ran dry: a stale answer beats an error.
         retry_delay = parse_retry_delay(body)
         if await self._serve_stale(ctx, send, key):

@@ -26,7 +26,6 @@ from knowctl.daemon.upstream.client import (
     UpstreamClient,
     UpstreamFailure,
     drain,
-    response_headers,
 )
 from knowctl.net.asgi import (
     BodyTooLarge,
@@ -170,6 +169,11 @@ class ModelCallHandler:
                 problem = self._name_model(ctx)
             if problem is not None:
                 return await send_error(send, call, 400, problem)
+        if not self._upstream.serves(ctx.call):
+            model = ctx.call.model or "this call"
+            return await send_error(
+                send, call, 404, f"No upstream of this gateway serves {model} on this API."
+            )
         try:
             if call.surface is Surface.INTERACTIONS:
                 if call.generates:
@@ -294,7 +298,7 @@ class ModelCallHandler:
             else:
                 quota.release(ticket)
             if passed.provider == 429:
-                quota.upstream_exhausted(ctx.call.model or "-", None)
+                quota.upstream_exhausted(ctx.call.model or "-", None, ctx.deployment)
         return passed.sent
 
     async def _forward(self, ctx: CallContext, send: Send) -> int:
@@ -304,13 +308,15 @@ class ModelCallHandler:
 
     async def _pass_on(self, ctx: CallContext, send: Send) -> Passed:
         """Forward the call and pass the answer on."""
-        outgoing = OutgoingCall(ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body)
-        own = self._upstream.own_credentials(ctx.call)
+        outgoing = OutgoingCall(
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment
+        )
+        own = self._upstream.own_credentials(ctx.call, ctx.deployment)
         headers_sent = False
         try:
             async with self._upstream.send(outgoing) as response:
                 self._callers.upstream_answered(ctx, response.status)
-                out_headers = [*response_headers(response, own), *ctx.response_headers]
+                out_headers = [*self._upstream.answer_headers(response, outgoing, own), *ctx.response_headers]
                 if response.status >= 400:
                     body = await response.read()
                     sent = await send_upstream_error(

@@ -17,6 +17,8 @@ from knowctl.daemon.context import Ticket
 from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp
+from knowctl.policy.paths import ApiCall
+from knowctl.policy.pool import Deployment, Pool
 from knowctl.policy.windows import Window
 from knowctl.store import keys
 
@@ -24,20 +26,35 @@ DECISIONS = ("admitted", "queued", "refused", "fallback")
 
 
 @dataclass(eq=False, slots=True)
-class ModelState:
-    """What this daemon knows about one model's quota."""
+class Lane:
+    """One deployment's part of a model's quota: its windows in the store, and the provider's
+    holds there (a 429 from one deployment holds that deployment only)."""
 
-    name: str
+    deployment: Deployment
     scope: str
     windows: tuple[Window, ...]
-    tokens: bool  # has a token window
+    hold_name: str  # the hold's key and news name: the model (pool of one), or model/deployment
+    tokens: bool = False  # has a token window
+    hold_until: float = 0.0  # epoch: this deployment's quota for the model exhausted until then
+    streak: int = 0  # upstream 429s in a row without a success
+    inflight: dict[str, int] = field(default_factory=dict)  # window -> units reserved, unsettled
+    admitted: int = 0  # calls admitted here by this daemon (the share of traffic)
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+
+@dataclass(eq=False, slots=True)
+class ModelState:
+    """What this daemon knows about one model's quota, at every deployment that serves it."""
+
+    name: str
+    lanes: tuple[Lane, ...]
     queue: WaitQueue[Ticket] = field(default_factory=WaitQueue)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
     free_at: float = 0.0  # epoch: when the head waiter's blocking window frees
-    hold_until: float = 0.0  # epoch: provider quota exhausted until then
-    streak: int = 0  # upstream 429s in a row without a success
-    inflight: dict[str, int] = field(default_factory=dict)  # window -> units reserved, unsettled
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
     hold_checked: bool = False
     awaited_until: float = 0.0  # epoch: the store's "callers wait for this model" flag lasts
@@ -45,21 +62,52 @@ class ModelState:
     output: tp.OutputHighMark = field(default_factory=tp.OutputHighMark)  # answers' usual length
     unreserved: int = 0  # output tokens the calls in flight may take beyond their reservations
 
+    @property
+    def limited(self) -> bool:
+        """Some deployment declares a limit for the model: calls may wait for its windows."""
+        return any(lane.windows for lane in self.lanes)
+
+    @property
+    def tokens(self) -> bool:
+        return any(lane.tokens for lane in self.lanes)
+
+    @property
+    def hold_until(self) -> float:
+        """Until when every deployment of the model is held (0 when none is, or none serves it)."""
+        return min((lane.hold_until for lane in self.lanes), default=0.0)
+
+    def lane(self, deployment: str | None) -> Lane | None:
+        """The model at ``deployment``; None names the pool of one (a ticket made before
+        deployments were recorded on it)."""
+        if deployment is None:
+            return self.lanes[0] if len(self.lanes) == 1 and self.lanes[0].deployment.legacy else None
+        return next((lane for lane in self.lanes if lane.name == deployment), None)
+
+    def open_lanes(self, call: ApiCall, now: float) -> list[Lane]:
+        """The deployments that serve ``call`` and are not held, by preference order."""
+        return [lane for lane in self.lanes if lane.hold_until <= now and lane.deployment.serves(call)]
+
+    def held_until(self, call: ApiCall, now: float) -> float:
+        """Until when every deployment that serves ``call`` is held (0 if one is open)."""
+        serving = [lane.hold_until for lane in self.lanes if lane.deployment.serves(call)]
+        return min(serving, default=0.0) if all(until > now for until in serving) else 0.0
+
 
 class Models:
-    """The models this daemon has met, by name; ``load_hold(model)`` reads a model's hold
-    from the store (the epoch it ends, or None)."""
+    """The models this daemon has met, by name; ``load_hold(name)`` reads a lane's hold from
+    the store (the epoch it ends, or None)."""
 
     def __init__(
         self,
-        cfg: qp.QuotaConfig,
+        pool: Pool,
         places: QueuePlaces,
         load_hold: Callable[[str], Awaitable[float | None]],
     ) -> None:
-        self._cfg = cfg
+        self._pool = pool
         self._places = places
         self._load_hold = load_hold
         self._by_name: dict[str, ModelState] = {}
+        self._by_hold: dict[str, tuple[ModelState, Lane]] = {}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_name)
@@ -71,11 +119,11 @@ class Models:
         return self._by_name.get(name)
 
     def known(self, name: str) -> ModelState:
-        """The model, made now if this daemon has not met it (its hold not yet read)."""
+        """The model, made now if this daemon has not met it (its holds not yet read)."""
         return self._by_name.get(name) or self._new(name)
 
     async def checked(self, name: str) -> ModelState:
-        """The model, its hold read from the store the first time."""
+        """The model, its holds read from the store the first time."""
         m = self.known(name)
         if not m.hold_checked:
             m.hold_checked = True  # once per model and daemon: later holds arrive by pub/sub
@@ -83,11 +131,25 @@ class Models:
         return m
 
     def _new(self, name: str) -> ModelState:
-        windows = self._cfg.windows(name)
-        m = ModelState(
-            name, keys.quota_scope(name), windows, qp.has_token_window(windows), WaitQueue(self._places)
-        )
-        m.inflight = {w.name: 0 for w in windows}
+        lanes = []
+        for d in self._pool.deployments:
+            if d.models is not None and name not in d.models:
+                continue
+            windows = self._pool.windows(d, name)
+            legacy = d.legacy
+            lane = Lane(
+                d,
+                keys.quota_scope(name) if legacy else keys.quota_scope(name, d.name),
+                windows,
+                name if legacy else f"{name}{keys.LANE}{d.name}",
+                qp.has_token_window(windows),
+            )
+            lane.inflight = {w.name: 0 for w in windows}
+            lanes.append(lane)
+        lanes.sort(key=lambda lane: lane.deployment.order)
+        m = ModelState(name, tuple(lanes), WaitQueue(self._places))
+        for lane in lanes:
+            self._by_hold[lane.hold_name] = (m, lane)
         self.label(m)
         self._by_name[name] = m
         return m
@@ -99,8 +161,11 @@ class Models:
         label = metrics.MODELS(m.name)
         if label != m.label:
             m.label = label
-            for w in m.windows:
-                metrics.QUOTA_LIMIT.labels(label, w.name).set(w.limit)
+            for lane in m.lanes:
+                for w in lane.windows:
+                    if lane.deployment.legacy:
+                        metrics.QUOTA_LIMIT.labels(label, w.name).set(w.limit)
+                    metrics.UPSTREAM_QUOTA_LIMIT.labels(lane.name, label, w.name).set(w.limit)
         return label
 
     def count(self, m: ModelState, decision: str) -> None:
@@ -109,28 +174,29 @@ class Models:
 
     # --- holds and notifications --------------------------------------------------------------
     async def load_hold(self, m: ModelState) -> None:
-        until = await self._load_hold(m.name)
-        if until is not None:
-            self.hold(m, until)
+        for lane in m.lanes:
+            until = await self._load_hold(lane.hold_name)
+            if until is not None:
+                self.hold(m, lane, until)
 
     @staticmethod
-    def hold(m: ModelState, until: float) -> None:
-        if until > m.hold_until:
-            m.hold_until = until
-            m.wake.set()  # a sleeping pump must now wait for the hold instead
+    def hold(m: ModelState, lane: Lane, until: float) -> None:
+        if until > lane.hold_until:
+            lane.hold_until = until
+            m.wake.set()  # a sleeping pump must now wait for the hold, or try elsewhere
 
     def on_freed(self, model: str) -> None:
         m = self._by_name.get(model)
         if m is not None:  # a model never seen here has no waiters here
             m.wake.set()
 
-    def on_hold(self, model: str, until: float) -> None:
-        m = self._by_name.get(model)
-        if m is not None:
-            self.hold(m, until)
+    def on_hold(self, hold_name: str, until: float) -> None:
+        found = self._by_hold.get(hold_name)
+        if found is not None:
+            self.hold(found[0], found[1], until)
 
     async def on_subscribed(self) -> None:
         for m in list(self._by_name.values()):
-            if m.windows:
+            if m.limited:
                 await self.load_hold(m)
                 m.wake.set()

@@ -32,15 +32,17 @@ from knowctl.daemon.contracts import CallRefused
 from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota import stats
 from knowctl.daemon.quota.bus import QuotaBus
-from knowctl.daemon.quota.models import Models, ModelState
+from knowctl.daemon.quota.models import Lane, Models, ModelState
 from knowctl.daemon.quota.waitqueue import QueuePlaces
 from knowctl.daemon.windows.degraded import local_limit
 from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp
+from knowctl.policy.paths import ApiCall
+from knowctl.policy.pool import Pool
 from knowctl.policy.priority import Priority
 from knowctl.policy.windows import capacity
-from knowctl.store import Announcement, Health, Keys, Notifications, Windows
+from knowctl.store import Announcement, Candidate, Health, Keys, Notifications, Windows
 
 log = logging.getLogger("knowctl.quota")
 
@@ -59,6 +61,7 @@ class ProviderConfig:
     """What the provider quota needs of the settings (knowctl.daemon.config.provider_config)."""
 
     quota: qp.QuotaConfig  # the windows of each model, priority shares
+    pool: Pool  # the upstream deployments, and each model's windows at each
     token_estimator: str  # bytes or count_tokens
     token_bytes_per_token: float
     default_max_output_tokens: int
@@ -92,7 +95,7 @@ class ProviderQuota:
         self._waiting = 0
         self._places = QueuePlaces(config.queue_per_caller)
         # The models read their holds through the bus, made next with their callbacks.
-        self._models = Models(self._cfg, self._places, lambda model: self._bus.load_hold(model))
+        self._models = Models(config.pool, self._places, lambda name: self._bus.load_hold(name))
         self._estimates: OrderedDict[int, tuple[CallContext, tp.Reservation]] = OrderedDict()
         self._bus = QuotaBus(
             store,
@@ -144,23 +147,26 @@ class ProviderQuota:
     async def reserve(self, ctx: CallContext) -> Ticket | float:
         m = await self._models.checked(ctx.call.model or "-")
         now = time.time()
-        if m.hold_until > now:
-            # Also for models without limits of ours: the provider said 429, and asking it
-            # again before the hold ends only earns another (a stale answer may serve instead).
-            return m.hold_until - now
-        if not m.windows:
-            return Ticket(m.name, "", 0)
+        lanes = m.open_lanes(ctx.call, now)
+        if not lanes:
+            # Also for models without limits of ours: the provider said 429 at every deployment,
+            # and asking again before the hold ends only earns another (a stale answer may
+            # serve instead).
+            return max(m.held_until(ctx.call, now) - now, STORE_BUSY_RETRY_S)
+        if not lanes[0].windows:
+            return self._unmetered(m, lanes[0])
         if m.queue.ahead_of(ctx.priority):
             # Strict priority and FIFO hold for newcomers too: do not overtake the queue.
             return max(0.0, m.free_at - now)
-        return await self._acquire(m, ctx.priority, await self._estimate(ctx, m))
+        return await self._acquire(m, ctx.call, ctx.priority, await self._estimate(ctx, m))
 
     async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
         # With ``reserved`` nothing here suspends: a reservation handed in cannot be lost
         # to a cancellation between its hand-over and this return.
         result = await self.reserve(ctx) if reserved is None else reserved
         if isinstance(result, Ticket):
-            self._count(self._models.known(result.model), "admitted")
+            self._admitted(self._models.known(result.model), result)
+            ctx.deployment = result.deployment
         return result
 
     def release(self, ticket: Ticket) -> None:
@@ -171,14 +177,19 @@ class ProviderQuota:
 
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
         m = await self._models.checked(ctx.call.model or "-")
-        if not m.windows:
-            held = m.hold_until - time.time()
-            if held > 0:  # no queue without windows: the caller retries after the hold
-                self._refuse(m, f"The provider's quota for {m.name} is exhausted.", held)
-            self._count(m, "admitted")
-            return Ticket(m.name, "", 0)
+        now = time.time()
+        lanes = m.open_lanes(ctx.call, now)
+        if not m.limited or (lanes and not lanes[0].windows):
+            if not lanes:  # no queue without windows: the caller retries after the hold
+                self._refuse(
+                    m, f"The provider's quota for {m.name} is exhausted.", m.held_until(ctx.call, now) - now
+                )
+            ticket = self._unmetered(m, lanes[0])
+            self._admitted(m, ticket)
+            ctx.deployment = ticket.deployment
+            return ticket
         timeout = self._config.queue_timeout
-        held = m.hold_until - time.time()
+        held = m.held_until(ctx.call, now) - now
         if qp.never_fits(retry_after):
             self._refuse(
                 m,
@@ -196,7 +207,7 @@ class ProviderQuota:
             self._refuse(
                 m, f"Quota exceeded for {m.name}; this caller holds its share of the wait queue.", retry_after
             )
-        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller, reserving.requests)
+        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller, reserving.requests, ctx.call)
         now = time.time()
         if now >= m.awaited_until - timeout / 2:  # marked for at least another half wait
             m.awaited_until = now + timeout + 1
@@ -236,15 +247,19 @@ class ProviderQuota:
             self._count(m, "refused")
             raise refused from None
         self._unreserved(m, ticket, reserving.unreserved)
-        self._count(m, "admitted")
+        self._admitted(m, ticket)
+        ctx.deployment = ticket.deployment
         return ticket
 
     async def settle(self, ticket: Ticket, usage: dict[str, Any] | None) -> None:
         m = self._models.get(ticket.model)
-        if m is None or not ticket.reservation_id:
+        lane = m.lane(ticket.deployment) if m is not None else None
+        if m is None or lane is None or not ticket.reservation_id:
             return
-        for w in m.windows:
-            m.inflight[w.name] -= ticket.estimated_tokens if w.name in qp.TOKEN_WINDOWS else ticket.requests
+        for w in lane.windows:
+            lane.inflight[w.name] -= (
+                ticket.estimated_tokens if w.name in qp.TOKEN_WINDOWS else ticket.requests
+            )
         unreserved = ticket.data.pop("unreserved", 0)
         if unreserved:
             m.unreserved -= unreserved
@@ -262,37 +277,62 @@ class ProviderQuota:
         if output is not None:
             m.output.observe(output)
         actual = tp.actual_tokens(usage, self._cfg.token_mode)
-        if actual is None:
+        lane = m.lane(ticket.deployment)
+        if actual is None or lane is None:
             return  # cut off or no counts: the reservation stands, which can only under-admit
-        m.streak = 0
-        if not m.tokens:
+        lane.streak = 0
+        if not lane.tokens:
             return
         metrics.TOKEN_ESTIMATE_ERROR.observe(actual - ticket.estimated_tokens)
         if actual == ticket.estimated_tokens:
             return
         returned = actual < ticket.estimated_tokens
         announce = self._bus.freed(m.name) if returned else None
-        if not await self._adjust(m, ticket, qp.amounts(m.windows, actual, ticket.requests), announce):
+        if not await self._adjust(
+            m, lane, ticket, qp.amounts(lane.windows, actual, ticket.requests), announce
+        ):
             return
         if returned:
             m.wake.set()
 
-    def upstream_exhausted(self, model: str, retry_delay: float | None) -> None:
+    def upstream_exhausted(
+        self, model: str, retry_delay: float | None, deployment: str | None = None
+    ) -> None:
+        """The provider said 429 for ``model`` at ``deployment`` (the pool's most preferred
+        when not given): hold that deployment for the model, here and on every daemon."""
         m = self._models.known(model)
+        lane = m.lane(deployment) or (m.lanes[0] if m.lanes else None)
+        if lane is None:
+            return
         now = time.time()
-        if m.hold_until <= now:
+        if lane.hold_until <= now:
             # Count a new 429 only once the previous hold ended: calls already in flight
             # when the first 429 came must not escalate the back-off.
-            m.streak += 1
+            lane.streak += 1
         delay = qp.hold_delay(
             retry_delay,
-            max(1, m.streak),
+            max(1, lane.streak),
             self._config.upstream_backoff_s,
             self._config.upstream_backoff_max_s,
         )
         until = now + delay
-        self._models.hold(m, until)
-        self._bus.hold(m.name, until, delay)
+        self._models.hold(m, lane, until)
+        self._bus.hold(lane.hold_name, until, delay)
+
+    def upstream_failed(self, model: str, deployment: str | None) -> None:
+        """A circuit breaker per deployment and model: a failure takes the deployment out for
+        a back-off that doubles while it keeps failing (the hold of a 429, without RetryInfo);
+        when it ends the next call probes it, and a success closes it (``streak`` back to 0).
+        The pool of one is never taken out: there is nowhere else to go."""
+        m = self._models.known(model)
+        if len(m.lanes) > 1:
+            self.upstream_exhausted(model, None, deployment)
+
+    def alternatives(self, ctx: CallContext) -> bool:
+        m = self._models.get(ctx.call.model or "-")
+        if m is None or len(m.lanes) < 2:
+            return False
+        return any(lane.name != ctx.deployment for lane in m.open_lanes(ctx.call, time.time()))
 
     def record_fallback(self, model: str) -> None:
         """The pipeline served a stale answer instead of waiting for quota."""
@@ -300,27 +340,59 @@ class ProviderQuota:
 
     # --- admission ---------------------------------------------------------------------------
     async def _acquire(
-        self, m: ModelState, priority: Priority, reserving: tp.Reservation | int
+        self, m: ModelState, call: ApiCall | None, priority: Priority, reserving: tp.Reservation | int
     ) -> Ticket | float:
+        """Reserve at whichever open deployment of the model has room, in one store call."""
         planned = reserving if isinstance(reserving, tp.Reservation) else tp.Reservation(reserving)
         tokens = planned.tokens
+        now = time.time()
+        lanes = m.open_lanes(call, now) if call is not None else list(m.lanes)
+        if not lanes:
+            return max(m.held_until(call, now) - now if call is not None else 0.0, STORE_BUSY_RETRY_S)
+        if not lanes[0].windows:
+            return self._unmetered(m, lanes[0])
+        metered = [lane for lane in lanes if lane.windows]
         rid = unique_id()
-        amounts = qp.amounts(m.windows, tokens, planned.requests)
-        share = self._cfg.share(priority)
-        got = await self._windows.acquire(m.scope, m.windows, amounts, share, rid)
+        candidates = [
+            Candidate(
+                lane.scope,
+                lane.windows,
+                qp.amounts(lane.windows, tokens, planned.requests),
+                lane.deployment.order,
+            )
+            for lane in metered
+        ]
+        got = await self._windows.acquire_any(candidates, self._cfg.share(priority), rid)
         if got is None:  # the store is overloaded: admit nothing blind, come back shortly
             return STORE_BUSY_RETRY_S
-        admission, where = got
+        choice, where = got
         label = self._models.label(m)
-        for w, used in zip(m.windows, admission.usage, strict=True):
-            metrics.QUOTA_USED_BY(label, w.name).set(used)
-        if not admission.admitted:
-            return admission.retry_after
-        for w, amount in zip(m.windows, amounts, strict=True):
-            m.inflight[w.name] += amount
-        ticket = Ticket(m.name, rid, tokens, {"where": where}, planned.requests)
+        for lane, admission in zip(metered, choice.admissions, strict=True):
+            for w, used in zip(lane.windows, admission.usage, strict=False):  # unasked: none
+                if lane.deployment.legacy:
+                    metrics.QUOTA_USED_BY(label, w.name).set(used)
+                metrics.UPSTREAM_QUOTA_USED_BY(lane.name, label, w.name).set(used)
+        if choice.chosen is None:
+            spare = next((lane for lane in lanes if not lane.windows), None)
+            return self._unmetered(m, spare) if spare is not None else choice.retry_after
+        lane = metered[choice.chosen]
+        for w, amount in zip(lane.windows, candidates[choice.chosen].amounts, strict=True):
+            lane.inflight[w.name] += amount
+        ticket = Ticket(m.name, rid, tokens, {"where": where}, planned.requests, deployment=lane.name)
         self._unreserved(m, ticket, planned.unreserved)
         return ticket
+
+    @staticmethod
+    def _unmetered(m: ModelState, lane: Lane) -> Ticket:
+        """Admission at a deployment without declared limits: nothing to reserve."""
+        return Ticket(m.name, "", 0, deployment=lane.name)
+
+    def _admitted(self, m: ModelState, ticket: Ticket) -> None:
+        self._count(m, "admitted")
+        lane = m.lane(ticket.deployment)
+        if lane is not None:
+            lane.admitted += 1
+            metrics.UPSTREAM_ADMITTED_BY(lane.name, self._models.label(m)).inc()
 
     def _unreserved(self, m: ModelState, ticket: Ticket, tokens: int) -> None:
         """Count what the ticket's answer may take beyond its reservation, until settled."""
@@ -368,8 +440,15 @@ class ProviderQuota:
         at the call's priority (this daemon's share of it while the store is down)."""
         share = self._cfg.share(priority)
         replicas = self._windows.local.replicas if self.degraded else 1
-        return min(
-            capacity(local_limit(w.limit, replicas), share) for w in m.windows if w.name in qp.TOKEN_WINDOWS
+        # The most any one deployment admits: a call that fits one of them is admissible.
+        return max(
+            min(
+                capacity(local_limit(w.limit, replicas), share)
+                for w in lane.windows
+                if w.name in qp.TOKEN_WINDOWS
+            )
+            for lane in m.lanes
+            if lane.tokens
         )
 
     async def _pump(self, m: ModelState) -> None:
@@ -378,12 +457,16 @@ class ProviderQuota:
             while (waiter := m.queue.head()) is not None:
                 m.wake.clear()  # cleared before trying, so a wake-up during the try is kept
                 now = time.time()
-                if m.hold_until > now:
-                    await self._sleep(m, m.hold_until - now)
+                held = m.held_until(waiter.call, now) if waiter.call is not None else m.hold_until
+                if held > now:
+                    await self._sleep(m, held - now)
                     continue
                 try:
                     result = await self._acquire(
-                        m, waiter.priority, tp.Reservation(waiter.tokens, requests=waiter.requests)
+                        m,
+                        waiter.call,
+                        waiter.priority,
+                        tp.Reservation(waiter.tokens, requests=waiter.requests),
                     )
                 except Exception as exc:  # a bug or a broken store: fail this waiter, not all
                     if not waiter.gone:
@@ -391,7 +474,7 @@ class ProviderQuota:
                     m.queue.remove(waiter)
                     continue
                 if waiter.gone:  # gave up while we asked: hand the capacity back
-                    if isinstance(result, Ticket):
+                    if isinstance(result, Ticket) and result.reservation_id:
                         await self._release(m, result)
                     continue
                 if isinstance(result, Ticket):
@@ -414,15 +497,25 @@ class ProviderQuota:
             await asyncio.wait_for(m.wake.wait(), max(delay, 0.001))
 
     async def _adjust(
-        self, m: ModelState, ticket: Ticket, amounts: tuple[int, ...], announce: Announcement | None = None
+        self,
+        m: ModelState,
+        lane: Lane,
+        ticket: Ticket,
+        amounts: tuple[int, ...],
+        announce: Announcement | None = None,
     ) -> bool:
         where = str(ticket.data.get("where", "shared"))
-        return await self._windows.adjust(m.scope, m.windows, ticket.reservation_id, amounts, where, announce)
+        return await self._windows.adjust(
+            lane.scope, lane.windows, ticket.reservation_id, amounts, where, announce
+        )
 
     async def _release(self, m: ModelState, ticket: Ticket) -> None:
         """Give back an admission nobody will use: amounts 0 free it in every window."""
         await self.settle(ticket, None)
-        if not await self._adjust(m, ticket, (0,) * len(m.windows), self._bus.freed(m.name)):
+        lane = m.lane(ticket.deployment)
+        if lane is None or not lane.windows:
+            return
+        if not await self._adjust(m, lane, ticket, (0,) * len(lane.windows), self._bus.freed(m.name)):
             return
         m.wake.set()
 

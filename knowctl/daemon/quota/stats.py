@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from knowctl.daemon import metrics
-from knowctl.daemon.quota.models import Models
+from knowctl.daemon.quota.models import Lane, Models, ModelState
 from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import quota as qp
 from knowctl.policy.priority import Priority
@@ -28,20 +28,15 @@ async def report(
     out: dict[str, Any] = {}
     for name in names:
         m = models.known(name)
-        found: dict[str, Any] = {}
-        if m.windows:
-            for w, u in zip(m.windows, await windows.usage(m.scope, m.windows), strict=True):
-                metrics.QUOTA_USED_BY(models.label(m), w.name).set(u.used)
-                found[w.name] = qp.window_stats(w, u.used, max(0, m.inflight[w.name]), u.reset_after, now)
-        held = m.hold_until - now
+        lanes = {lane.name: await lane_report(models, windows, m, lane, now) for lane in m.lanes}
+        single = len(m.lanes) == 1 and m.lanes[0].deployment.legacy
         out[name] = {
-            "limited": bool(m.windows),
-            "windows": found,
+            "limited": m.limited,
+            "windows": lanes[m.lanes[0].name]["windows"] if single else {},
+            "deployments": lanes,
             "queue": {p.name: m.queue.depth(p) for p in Priority},
             "counts": dict(m.counts),
-            "exhausted": {"remaining_s": round(held, 3), "until": qp.iso_utc(m.hold_until)}
-            if held > 0
-            else None,
+            "exhausted": _held(m.hold_until, now),
         }
     return {
         "degraded": windows.degraded,
@@ -53,3 +48,29 @@ async def report(
         "queue": queue,
         "models": out,
     }
+
+
+async def lane_report(
+    models: Models, windows: FailoverWindows, m: ModelState, lane: Lane, now: float
+) -> dict[str, Any]:
+    """One deployment's part of one model: each window used, in flight and limit, its hold,
+    and the calls this daemon admitted there. Refreshes the usage gauges it reads."""
+    found: dict[str, Any] = {}
+    if lane.windows:
+        label = models.label(m)
+        for w, u in zip(lane.windows, await windows.usage(lane.scope, lane.windows), strict=True):
+            if lane.deployment.legacy:
+                metrics.QUOTA_USED_BY(label, w.name).set(u.used)
+            metrics.UPSTREAM_QUOTA_USED_BY(lane.name, label, w.name).set(u.used)
+            found[w.name] = qp.window_stats(w, u.used, max(0, lane.inflight[w.name]), u.reset_after, now)
+    return {
+        "order": lane.deployment.order,
+        "windows": found,
+        "held": _held(lane.hold_until, now),
+        "admitted": lane.admitted,
+    }
+
+
+def _held(until: float, now: float) -> dict[str, Any] | None:
+    held = until - now
+    return {"remaining_s": round(held, 3), "until": qp.iso_utc(until)} if held > 0 else None

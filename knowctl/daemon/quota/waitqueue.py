@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from knowctl.policy.paths import ApiCall
 from knowctl.policy.priority import Priority
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ class Waiter(Generic[T]):
     future: asyncio.Future[T] = field(repr=False)
     caller: str | None = None  # Identity.caller: whose place in the queue this is
     requests: int = 1  # what it counts in request windows (a batch of N embeddings: N)
+    call: ApiCall | None = None  # what it calls: which deployments may serve it
 
     @property
     def gone(self) -> bool:
@@ -86,13 +88,18 @@ class WaitQueue(Generic[T]):
         return self._size
 
     def push(
-        self, priority: Priority, tokens: int, caller: str | None = None, requests: int = 1
+        self,
+        priority: Priority,
+        tokens: int,
+        caller: str | None = None,
+        requests: int = 1,
+        call: ApiCall | None = None,
     ) -> tuple[Waiter[T], bool]:
         """Queue a new waiter last in its level, holding one of ``caller``'s places until it
         is removed (or drained); also say whether it became the head. The bound is the
         pusher's to check first (``places.full``): a push always succeeds."""
         waiter: Waiter[T] = Waiter(
-            priority, tokens, asyncio.get_running_loop().create_future(), caller, requests
+            priority, tokens, asyncio.get_running_loop().create_future(), caller, requests, call
         )
         head = self.head()
         self._levels[priority].append(waiter)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,8 @@ from knowctl.daemon import metrics
 from knowctl.daemon.upstream.credentials import UpstreamCredentials
 from knowctl.net import http1
 from knowctl.policy.callers import STRIPPED_HEADERS, without_credentials
-from knowctl.policy.paths import ApiCall, Family, google_origin
+from knowctl.policy.paths import ApiCall, Family
+from knowctl.policy.pool import Deployment, Pool
 from knowctl.redact import redact_url
 
 if TYPE_CHECKING:
@@ -95,21 +96,26 @@ class OutgoingCall:
     query: str
     headers: list[tuple[str, str]]
     body: bytes
+    deployment: str | None = None  # the pool's deployment that admitted it; None: the first that serves it
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     """What the upstream client needs of the settings (knowctl.daemon.config.upstream_config)."""
 
-    url: str | None  # None: Google itself
     max_connections: int
     connect_timeout: float
     timeout: float
 
 
 class UpstreamClient:
-    def __init__(self, config: UpstreamConfig, credentials: UpstreamCredentials) -> None:
-        self._base = config.url
+    """Sends calls to the pool's deployments (knowctl.policy.pool), each with its own
+    credentials (``credentials``, by deployment name), over one connection pool."""
+
+    def __init__(
+        self, config: UpstreamConfig, pool: Pool, credentials: Mapping[str, UpstreamCredentials]
+    ) -> None:
+        self._pool_of = pool
         self._credentials = credentials
         self._config = config
         self._pool: http1.Pool | None = None
@@ -118,12 +124,44 @@ class UpstreamClient:
     @property
     def target(self) -> str:
         """Where calls go, for people (banner, /api/ready): never with a password."""
-        return redact_url(self._base) if self._base else "google"
+        if self._pool_of.single:
+            base = self._pool_of.deployments[0].base_url
+            return redact_url(base) if base else "google"
+        return "pool: " + ", ".join(d.name for d in self._pool_of.deployments)
 
-    def own_credentials(self, call: ApiCall) -> bool:
-        """Whether ``call`` goes upstream with the gateway's credentials (then what comes
-        back is about the gateway's account, not the caller's)."""
-        return self._credentials.own_for(call)
+    @property
+    def credentials_mode(self) -> str:
+        """What the gateway authenticates with upstream, for people (never the secret)."""
+        modes = {d.name: self._credentials[d.name].mode for d in self._pool_of.deployments}
+        if self._pool_of.single:
+            return next(iter(modes.values()))
+        return ", ".join(f"{name}: {mode}" for name, mode in modes.items())
+
+    @property
+    def holds_credentials(self) -> bool:
+        """Whether the gateway calls Google with credentials of its own (at any deployment)."""
+        return any(c.holds_credentials for c in self._credentials.values())
+
+    @property
+    def pooled(self) -> bool:
+        """Deployments are configured (not the pool of one): answers name the one that served."""
+        return not self._pool_of.single
+
+    def serves(self, call: ApiCall) -> bool:
+        """Whether some deployment of the pool serves ``call`` (its family and model)."""
+        return self._pool_of.first(call) is not None
+
+    def _deployment(self, call: ApiCall, name: str | None) -> Deployment:
+        found = self._pool_of.get(name) if name is not None else self._pool_of.first(call)
+        if found is None:
+            raise UpstreamFailure(404, f"no upstream deployment serves {call.model or 'this call'}")
+        return found
+
+    def own_credentials(self, call: ApiCall, deployment: str | None = None) -> bool:
+        """Whether ``call`` goes upstream with the gateway's credentials (as ``send`` does at
+        ``deployment``): then what comes back is about the gateway's account, not the caller's."""
+        found = self._pool_of.get(deployment) if deployment is not None else self._pool_of.first(call)
+        return found is not None and self._credentials[found.name].own_for(call)
 
     async def start(self) -> None:
         self._pool = http1.Pool(
@@ -154,11 +192,17 @@ class UpstreamClient:
         assert self._pool is not None, "UpstreamClient.start() was not awaited"
         model = outgoing.call.model or "-"
         started = time.perf_counter()
-        own = await self._credentials.headers_for(outgoing.call)
+        deployment = self._deployment(outgoing.call, outgoing.deployment)
+        own = await self._credentials[deployment.name].headers_for(outgoing.call)
         headers = _request_headers(outgoing.headers, own)
         query = _strip_key_param(outgoing.query) if own is not None else outgoing.query
-        origin, prefix = self._origin(self._base or google_origin(outgoing.call))
-        target = prefix + outgoing.raw_path + (f"?{query}" if query else "")
+        origin, prefix = self._origin(deployment.origin(outgoing.call))
+        path = (
+            outgoing.raw_path
+            if deployment.legacy
+            else deployment.target_path(outgoing.call, outgoing.raw_path)
+        )
+        target = prefix + path + (f"?{query}" if query else "")
         try:
             async with self._pool.request(
                 outgoing.method, origin, target, headers, outgoing.body
@@ -179,6 +223,22 @@ class UpstreamClient:
             if counted:
                 _count_failure(model, failure)
             raise
+
+    def answer_headers(
+        self, response: http1.Response, outgoing: OutgoingCall, own_credentials: bool
+    ) -> list[tuple[bytes, bytes]]:
+        """The upstream's headers passed back (``response_headers``), and with deployments
+        configured the one that answered (``X-Knowctl-Upstream``)."""
+        headers = response_headers(response, own_credentials)
+        if self.pooled:
+            found = (
+                self._pool_of.get(outgoing.deployment)
+                if outgoing.deployment
+                else self._pool_of.first(outgoing.call)
+            )
+            if found is not None:
+                headers.append((UPSTREAM_HEADER, found.name.encode()))
+        return headers
 
     async def count_tokens(self, ctx: CallContext) -> int:
         """Exact input tokens of a generation call, from the provider's countTokens."""
@@ -233,6 +293,9 @@ def _request_headers(
     if own_credentials:
         headers.update(own_credentials)
     return headers
+
+
+UPSTREAM_HEADER = b"x-knowctl-upstream"
 
 
 def response_headers(response: http1.Response, own_credentials: bool = False) -> list[tuple[bytes, bytes]]:

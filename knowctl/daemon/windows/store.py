@@ -27,7 +27,17 @@ from knowctl.daemon import metrics
 from knowctl.daemon.ids import unique_id
 from knowctl.daemon.windows.degraded import LocalShare, Mode, WriteBack
 from knowctl.policy.windows import Window
-from knowctl.store import Admission, Announcement, Claim, Health, StoreUnavailable, Windows, WindowUsage
+from knowctl.store import (
+    Admission,
+    Announcement,
+    Candidate,
+    Choice,
+    Claim,
+    Health,
+    StoreUnavailable,
+    Windows,
+    WindowUsage,
+)
 from knowctl.store.breaker import intervals
 
 log = logging.getLogger("knowctl.quota")
@@ -141,6 +151,46 @@ class FailoverWindows:
                     return admission, "both"
                 self.local.adjust(scope, windows, rid, [0] * len(windows))
             return admission, "shared"
+
+    async def acquire_any(
+        self, candidates: Sequence[Candidate], share: float, rid: str
+    ) -> tuple[Choice, str] | None:
+        """``acquire`` at whichever candidate has room (Store.acquire_any, one script), and
+        where it is recorded; None when the store is overloaded. ``candidates`` come in
+        preference order: while the store is down or recovering, each is asked in turn
+        through ``acquire``, and the first with room admits."""
+        give_up = time.monotonic() + self._decide_s
+        while all(self.local.mode(c.scope, c.windows) is Mode.SHARED for c in candidates):
+            try:
+                choice = await self.shared.acquire_any(
+                    candidates, share=share, reservation_id=rid, claim=self._claim
+                )
+            except StoreUnavailable:
+                if self.degraded:
+                    break  # the fallback below asks each candidate's local share
+                if time.monotonic() < give_up:
+                    await asyncio.sleep(STORE_RETRY_PAUSE_S)
+                    continue
+                for c in candidates:
+                    self._spawn(self._forget(c.scope, c.windows, rid))
+                return None
+            for c, admission in zip(candidates, choice.admissions, strict=True):
+                if admission.claimed:
+                    self.local.claimed(c.scope, c.windows, admission.claimed)
+            return choice, "shared"
+        # Store down or recovering: each candidate in turn, in the order given (the caller's
+        # preference), each through its own mode; the ones not asked report nothing.
+        asked: list[Admission] = []
+        for c in candidates:
+            got = await self.acquire(c.scope, c.windows, c.amounts, share, rid)
+            if got is None:
+                return None
+            admission, where = got
+            asked.append(admission)
+            if admission.admitted:
+                unasked = [Admission(False, 0.0, (), (), ())] * (len(candidates) - len(asked))
+                return Choice(len(asked) - 1, (*asked, *unasked), 0.0), where
+        return Choice(None, tuple(asked), min(a.retry_after for a in asked)), "local"
 
     async def adjust(
         self,

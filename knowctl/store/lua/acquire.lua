@@ -14,7 +14,8 @@
 -- plus every claim never exceeds the limit: what the daemons admit during an outage from
 -- their claims fits in the window (docs/architecture.md, "A store outage"). The one part
 -- that always stays unclaimed keeps room for a daemon that has no claim yet (a new pod
--- while the one it replaces still holds its claim, until that expires).
+-- while the one it replaces still holds its claim, until that expires). A claimant whose call
+-- is refused holds no claim until its next admission.
 --
 -- ARGV: reservation id, number of candidates, claimant ('' for none), divisor, claim_ttl_us,
 -- then per candidate: order, its windows (see _lib.lua), and with a claimant one limit per
@@ -138,7 +139,10 @@ if claimant then
       local free = w.limit - w.used - w.others
       local parts = math.max(divisor, w.claimants) + 1
       local claim = 0
-      if free > 0 then claim = math.floor(free / parts) end
+      -- A claimant refused everywhere holds nothing: its stale claim must not keep the last
+      -- units of a window from another daemon's call (the daemons' claims would otherwise
+      -- keep each other's calls out until they expire).
+      if free > 0 and chosen > 0 then claim = math.floor(free / parts) end
       if claim > 0 then
         redis.call('HSET', w.clm, claimant, string.format('%d:%d', claim, now))
         redis.call('PEXPIRE', w.clm, math.ceil(ttl / 1000) + MARGIN_MS)

@@ -189,7 +189,7 @@ class MemoryStore(MemoryCacheOps, Store):
             held = self._others_claims(scope, windows, claim, now) if claim is not None else None
             verdict = try_admit(logs, windows, amounts, caps, reservation_id, now, held)
             if claim is not None and held is not None:
-                claimed = self._set_claims(scope, windows, claim, verdict.usage, held, now)
+                claimed = self._set_claims(scope, windows, claim, verdict.usage, held, now, verdict.admitted)
             self._forget_empty(scope, windows, logs)
         return Admission(
             admitted=verdict.admitted,
@@ -242,7 +242,9 @@ class MemoryStore(MemoryCacheOps, Store):
             for i, (c, (logs, _, held, verdict)) in enumerate(zip(candidates, seen, strict=True)):
                 claimed: tuple[int, ...] = ()
                 if claim is not None and held is not None:
-                    claimed = self._set_claims(c.scope, c.windows, claim, verdict.usage, held, now)
+                    claimed = self._set_claims(
+                        c.scope, c.windows, claim, verdict.usage, held, now, chosen is not None
+                    )
                 self._forget_empty(c.scope, c.windows, logs)
                 won = i == chosen
                 admissions.append(
@@ -279,12 +281,14 @@ class MemoryStore(MemoryCacheOps, Store):
         usage: Sequence[int],
         held: Sequence[int],
         now: float,
+        admitted: bool,
     ) -> tuple[int, ...]:
+        """The claimant's claims set anew (acquire.lua); a refused claimant holds none."""
         out = []
         for w, used, others in zip(windows, usage, held, strict=True):
             claims = self._claims.setdefault((scope, w.name), {})
             parts = max(claim.divisor, 1 + sum(1 for who in claims if who != claim.claimant)) + 1
-            units = claim_size(w.limit, used, others, parts)
+            units = claim_size(w.limit, used, others, parts) if admitted else 0
             if units > 0:
                 claims[claim.claimant] = (units, now)
             else:

@@ -1,0 +1,199 @@
+"""A pool of upstream deployments with real processes: three simulators with different quotas
+(each the size its deployment declares), one pool over them, three ``knowctl serve`` on one
+real Redis, bursts of concurrent calls. The simulators count what really reached them, so
+"spend every quota, never over any" is checked where it matters.
+
+Each test uses its own model names: the session's Redis is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.gateway.test_quota_e2e import WINDOW_S, body, burst, check_refusals, env, gen_path
+from tests.support.fixtures import Gateway, start_gateway
+from tests.support.net import stop_process
+from tests.support.simulator import Simulator, simulator_process
+
+QUOTAS = {"a": 5, "b": 10, "c": 15}
+
+
+@pytest.fixture(scope="module")
+def simulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Simulator]]:
+    """One simulator per deployment, each its own provider with its own quota."""
+    logs = tmp_path_factory.mktemp("pool-simulators")
+    with ExitStack() as stack:
+        yield {name: stack.enter_context(simulator_process(log_path=logs / f"{name}.log")) for name in QUOTAS}
+
+
+@pytest.fixture
+def pool(
+    tmp_path: Path, redis_url: str, simulators: dict[str, Simulator]
+) -> Iterator[Callable[..., list[Gateway]]]:
+    """``pool(name, orders={...}, daemons=3)``: gateways on one Redis, each with the pool of the
+    three simulators declaring ``QUOTAS`` for model ``name``."""
+    for name, sim in simulators.items():
+        sim.restore()
+        sim.configure(rpm=QUOTAS[name], window_s=WINDOW_S)
+    with ExitStack() as stack:
+
+        def start(model: str, orders: dict[str, int] | None = None, daemons: int = 3) -> list[Gateway]:
+            config = tmp_path / "pool.yaml"
+            upstreams = [
+                {
+                    "name": name,
+                    "url": sim.url,
+                    "api_key": f"key-{name}",
+                    "order": (orders or {}).get(name, 0),
+                    "models": {model: {"rpm": QUOTAS[name]}},
+                }
+                for name, sim in simulators.items()
+            ]
+            config.write_text(yaml.safe_dump({"upstreams": upstreams}))
+            gateways = []
+            for _ in range(daemons):
+                handle, process = start_gateway(
+                    tmp_path,
+                    "--store",
+                    redis_url,
+                    env={**env(), "KNOWCTL_CONFIG": str(config), "KNOWCTL_AUTH_MODE": "anonymous"},
+                )
+                stack.enter_context(process)
+                gateways.append(handle)
+            return gateways
+
+        yield start
+
+
+def served(simulators: dict[str, Simulator]) -> dict[str, int]:
+    return {name: int(sim.stats()["served"]) for name, sim in simulators.items()}
+
+
+def test_a_burst_spends_every_deployments_quota_and_no_more(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    three = pool(name)
+    total = sum(QUOTAS.values())
+    responses = asyncio.run(burst(three, [(gen_path(name), body(f"q {i}"), {}) for i in range(3 * total)]))
+    check_refusals(responses)
+    ok = [r for r in responses if r.status_code == 200]
+    # Callers see no 429 while any deployment has room: every unit of every quota is used.
+    assert len(ok) == total
+    assert served(simulators) == QUOTAS
+    assert all(int(sim.stats()["rejected"]) == 0 for sim in simulators.values())
+    by_header = {n: sum(r.headers["x-knowctl-upstream"] == n for r in ok) for n in QUOTAS}
+    assert by_header == QUOTAS
+    refused = [r for r in responses if r.status_code == 429]
+    assert all("x-knowctl-upstream" not in r.headers for r in refused)
+
+
+def test_the_preferred_deployments_fill_first(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    [gateway] = pool(name, orders={"a": 1, "b": 0, "c": 0}, daemons=1)
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        upstreams = [
+            client.post(gen_path(name), json=body(f"q {i}")).headers["x-knowctl-upstream"] for i in range(30)
+        ]
+    # b and c (order 0) take 25 calls between them, level by headroom; a only after.
+    assert sorted(upstreams[:25]) == sorted(["b"] * 10 + ["c"] * 15)
+    assert upstreams[25:] == ["a"] * 5
+    assert served(simulators) == QUOTAS
+    stats = httpx.get(f"{gateway.url}/api/quota/stats", params={"model": name}, timeout=10).json()
+    deployments = stats["models"][name]["deployments"]
+    assert {d: deployments[d]["windows"]["rpm"]["used"] for d in QUOTAS} == QUOTAS
+    assert {d: deployments[d]["admitted"] for d in QUOTAS} == QUOTAS
+
+
+def test_a_provider_429_moves_the_call_and_holds_that_deployment_only(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    [gateway] = pool(name, orders={"a": 0, "b": 1, "c": 1}, daemons=1)
+    simulators["a"].configure(rpm=2)  # below what its deployment declares
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        answers = [client.post(gen_path(name), json=body(f"q {i}")) for i in range(12)]
+    assert [r.status_code for r in answers] == [200] * 12  # the third tried a, then went on
+    upstreams = [r.headers["x-knowctl-upstream"] for r in answers]
+    assert upstreams[:2] == ["a", "a"] and set(upstreams[2:]) <= {"b", "c"}
+    assert int(simulators["a"].stats()["rejected"]) == 1  # a was asked once more, not again
+    stats = httpx.get(f"{gateway.url}/api/quota/stats", params={"model": name}, timeout=10).json()
+    assert stats["models"][name]["deployments"]["a"]["held"]["remaining_s"] > 0
+    assert stats["models"][name]["exhausted"] is None  # the model is not held everywhere
+
+
+def test_a_deployment_killed_under_load_loses_no_call(
+    tmp_path: Path, redis_url: str, simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    for sim in simulators.values():
+        sim.restore()
+    with simulator_process(log_path=tmp_path / "doomed.log") as doomed:
+        config = tmp_path / "pool.yaml"
+        upstreams = [{"name": "doomed", "url": doomed.url, "order": 0}]
+        upstreams += [{"name": n, "url": s.url, "order": 1} for n, s in simulators.items() if n != "a"]
+        config.write_text(yaml.safe_dump({"upstreams": upstreams}))
+        handle, process = start_gateway(
+            tmp_path,
+            "--store",
+            redis_url,
+            env={**env(), "KNOWCTL_CONFIG": str(config), "KNOWCTL_AUTH_MODE": "anonymous"},
+        )
+        with process:
+
+            async def load() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=handle.url, timeout=30) as client:
+
+                    async def one(i: int) -> httpx.Response:
+                        await asyncio.sleep(i * 0.01)  # 2 s of steady arrivals
+                        return await client.post(gen_path(name), json=body(f"q {i}"))
+
+                    calls = [asyncio.ensure_future(one(i)) for i in range(200)]
+                    await asyncio.sleep(0.5)
+                    stop_process(doomed.proc)  # the preferred deployment dies mid-load
+                    return await asyncio.gather(*calls)
+
+            answers = asyncio.run(load())
+            assert [r.status_code for r in answers] == [200] * 200  # no 5xx, no 429
+            upstreams = [r.headers["x-knowctl-upstream"] for r in answers]
+            assert upstreams[:20].count("doomed") > 10  # it served while it lived
+            assert "doomed" not in upstreams[-100:]  # and no call waited on it after
+            stats = httpx.get(f"{handle.url}/api/quota/stats", params={"model": name}, timeout=10).json()
+            assert stats["models"][name]["deployments"]["doomed"]["held"] is not None
+
+
+def test_a_failing_deployment_is_taken_out_then_probed_back_in(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    [gateway] = pool(name, orders={"a": 0, "b": 1, "c": 1}, daemons=1)
+    simulators["a"].configure(fault="error500", count=1)
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        first = client.post(gen_path(name), json=body("q 0"))
+        assert first.status_code == 200 and first.headers["x-knowctl-upstream"] in ("b", "c")
+        during = client.post(gen_path(name), json=body("q 1"))
+        assert during.headers["x-knowctl-upstream"] in ("b", "c")  # a is out for its back-off
+        time.sleep(1.2)  # KNOWCTL_UPSTREAM_BACKOFF_S defaults to 1 s
+        after = client.post(gen_path(name), json=body("q 2"))
+        assert after.status_code == 200 and after.headers["x-knowctl-upstream"] == "a"  # back in
+    assert int(simulators["a"].stats()["faults"]) == 1
+
+
+def test_a_model_no_deployment_serves_is_a_404_in_googles_shape(pool: Callable[..., list[Gateway]]) -> None:
+    [gateway] = pool(f"pool-{uuid.uuid4().hex[:10]}", daemons=1)
+    response = httpx.post(f"{gateway.url}{gen_path('not-in-the-pool')}", json=body("q"), timeout=10)
+    assert response.status_code == 404
+    error: dict[str, Any] = response.json()["error"]
+    assert error["status"] == "NOT_FOUND" and "not-in-the-pool" in error["message"]
