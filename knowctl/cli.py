@@ -18,6 +18,7 @@ from knowctl.commands import quota as quota_cmd
 from knowctl.commands import serve as serve_cmd
 from knowctl.commands import simulate as simulate_cmd
 from knowctl.commands import topics as topics_cmd
+from knowctl.commands import upstreams as upstreams_cmd
 from knowctl.commands import users as users_cmd
 
 app = typer.Typer(
@@ -47,6 +48,7 @@ def _root(
 app.command("serve")(serve_cmd.serve)
 app.command("simulate")(simulate_cmd.simulate)
 app.add_typer(quota_cmd.app, name="quota")
+app.command("upstreams")(upstreams_cmd.upstreams)
 app.add_typer(cache_cmd.app, name="cache")
 app.add_typer(topics_cmd.app, name="topics")
 app.add_typer(keys_cmd.app, name="keys")

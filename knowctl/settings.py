@@ -138,10 +138,10 @@ class DeploymentModel(BaseModel):
     upstream_model: str | None = Field(
         None, description="The model's name at this deployment, when it differs (a rename)."
     )
-    rpm: int | None = Field(None, ge=1)
-    rpd: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    tpd: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, description="Requests per minute this deployment serves the model.")
+    rpd: int | None = Field(None, ge=1, description="Requests per day.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute.")
+    tpd: int | None = Field(None, ge=1, description="Tokens per day.")
 
     @field_validator("upstream_model")
     @classmethod

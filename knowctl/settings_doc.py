@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from knowctl.settings import ENV_PREFIX, SECRET_FIELDS, Settings
+from pydantic import BaseModel
+
+from knowctl.settings import ENV_PREFIX, SECRET_FIELDS, DeploymentModel, Settings, UpstreamDeployment
 
 START = "<!-- settings-reference:start -->"
 END = "<!-- settings-reference:end -->"
@@ -33,7 +35,22 @@ def reference_table() -> str:
         default = field.get_default(call_default_factory=True)
         rows.append(f"| {env} | {_default_text(default)} | {description} |")
     rows.append(f"| `{ENV_PREFIX}CONFIG` | unset | YAML config file with any of the settings above. |")
+    rows += ["", "Each entry of `upstreams` (a deployment; config file, or JSON in the variable):", ""]
+    rows += _fields_table(UpstreamDeployment, "upstreams[].")
+    rows += ["", "Each model of a deployment's `models` mapping:", ""]
+    rows += _fields_table(DeploymentModel, "upstreams[].models.{model}.")
     return "\n".join(rows) + "\n"
+
+
+def _fields_table(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+    for name, field in model.model_fields.items():
+        description = (field.description or "").replace("|", "\\|")
+        default = (
+            "required" if field.is_required() else _default_text(field.get_default(call_default_factory=True))
+        )
+        rows.append(f"| `{prefix}{name}` | {default} | {description} |")
+    return rows
 
 
 def splice(document: str) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -11,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from rich.console import RenderableType
+
     from knowctl.client import AdminClient
     from knowctl.settings import Settings
 
@@ -144,3 +148,61 @@ def print_json(data: Any) -> None:
     import json
 
     typer.echo(json.dumps(data, indent=None, sort_keys=True))
+
+
+def show(
+    fetch: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], RenderableType],
+    line: Callable[[dict[str, Any]], str],
+    *,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+) -> None:
+    """Print what ``fetch`` gets: as JSON, as a Rich view (``render``), or with ``watch`` a live
+    view redrawn every ``interval`` seconds until Ctrl-C; not on a terminal, where a redraw
+    shows nothing, one ``line`` per interval instead."""
+    if as_json and watch:
+        fail("--json prints one document; it cannot be combined with --watch", EXIT_CONFIG)
+    if as_json:
+        print_json(fetch())
+        return
+    from rich.console import Console
+
+    console = Console()
+    if not watch:
+        console.print(render(fetch()))
+        return
+    if not sys.stdout.isatty():
+        _watch_lines(fetch, line, interval)
+        return
+    from rich.live import Live
+
+    with Live(render(fetch()), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(render(fetch()), refresh=True)
+        except KeyboardInterrupt:
+            pass
+
+
+def _watch_lines(
+    fetch: Callable[[], dict[str, Any]], line: Callable[[dict[str, Any]], str], interval: float
+) -> None:
+    try:
+        while True:
+            typer.echo(line(fetch()))  # click flushes each line
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `| head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+WatchOption = Annotated[
+    bool, typer.Option("--watch", help="Redraw live until Ctrl-C (not on a terminal: one line per interval).")
+]
+IntervalOption = Annotated[
+    float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")
+]

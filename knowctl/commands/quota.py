@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from knowctl.commands.common import (
-    EXIT_CONFIG,
+    IntervalOption,
     JsonOption,
     TokenOption,
     UrlOption,
+    WatchOption,
     admin_client,
-    fail,
-    print_json,
+    show,
 )
 
 if TYPE_CHECKING:
@@ -43,17 +40,10 @@ def stats(
         str | None,
         typer.Option("--model", help="Only this model (also one this daemon has not served yet)."),
     ] = None,
-    watch: Annotated[
-        bool,
-        typer.Option("--watch", help="Redraw live until Ctrl-C (not on a terminal: one line per interval)."),
-    ] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", min=0.2, help="Seconds between redraws with --watch.")
-    ] = 2.0,
+    watch: WatchOption = False,
+    interval: IntervalOption = 2.0,
 ) -> None:
     """Usage, limits, reserved tokens, reset times, queue depth and decisions per model."""
-    if as_json and watch:
-        fail("--json prints one document; it cannot be combined with --watch", EXIT_CONFIG)
     params = {"model": model} if model else None
     with admin_client(url, token) as client:
 
@@ -61,41 +51,7 @@ def stats(
             data: dict[str, Any] = client.call("GET", STATS_PATH, params=params)
             return data
 
-        if as_json:
-            print_json(fetch())
-            return
-        from rich.console import Console
-
-        console = Console()
-        if not watch:
-            console.print(render(fetch()))
-            return
-        if not sys.stdout.isatty():
-            # A live redraw shows nothing in a pipe or a log; a line per interval does.
-            _watch_lines(fetch, interval)
-            return
-        from rich.live import Live
-
-        with Live(render(fetch()), console=console, auto_refresh=False) as live:
-            try:
-                while True:
-                    time.sleep(interval)
-                    live.update(render(fetch()), refresh=True)
-            except KeyboardInterrupt:
-                pass
-
-
-def _watch_lines(fetch: Callable[[], dict[str, Any]], interval: float) -> None:
-    try:
-        while True:
-            typer.echo(summary_line(fetch()))  # click flushes each line
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:  # `| head`: the reader has seen enough
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        show(fetch, render, summary_line, as_json=as_json, watch=watch, interval=interval)
 
 
 def summary_line(data: dict[str, Any]) -> str:
@@ -127,7 +83,7 @@ def usage_bar(used: int, limit: int, width: int = BAR_WIDTH) -> str:
     return f"[{colour}]{'█' * filled}[/{colour}][dim]{'░' * (width - filled)}[/dim]"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds <= 0:
         return "-"
     if seconds < 120:
@@ -158,7 +114,7 @@ def render(data: dict[str, Any]) -> Group:
         counts = model.get("counts", {})
         decisions = "/".join(str(counts.get(k, 0)) for k in ("admitted", "queued", "refused", "fallback"))
         exhausted = model.get("exhausted")
-        label = name if not exhausted else f"{name} [red](held {_duration(exhausted['remaining_s'])})[/red]"
+        label = name if not exhausted else f"{name} [red](held {duration(exhausted['remaining_s'])})[/red]"
         windows = model.get("windows", {})
         if not windows:
             table.add_row(label, "-", "[dim]unlimited[/dim]", "", "", "", "", "", depth, decisions)
@@ -172,7 +128,7 @@ def render(data: dict[str, Any]) -> Group:
                 str(w["reserved"]),
                 str(w["limit"]),
                 str(w["remaining"]),
-                _duration(float(w["reset_after_s"])),
+                duration(float(w["reset_after_s"])),
                 depth if i == 0 else "",
                 decisions if i == 0 else "",
             )

@@ -17,6 +17,7 @@ from knowctl.daemon.admin import cache as cache_admin
 from knowctl.daemon.admin import callers as callers_admin
 from knowctl.daemon.admin import quota as quota_admin
 from knowctl.daemon.admin import topics as topics_admin
+from knowctl.daemon.admin import upstreams as upstreams_admin
 from knowctl.daemon.admin.api import AdminApi, AdminError, is_loopback
 from knowctl.daemon.cache.answers import AnswerCache
 from knowctl.daemon.cache.items import EmbeddingItemCache
@@ -98,7 +99,8 @@ class Gateway:
         )
         # Route labels are the actions the gateway knows; a made-up one is "other".
         self._action_routes = {name: name for name in (*KNOWN_ACTIONS, *settings.allowed_action_names)}
-        metrics.MODELS.allow((*settings.quota_models, settings.topics_model))
+        declared = (m for d in settings.upstreams for m in d.models or ())
+        metrics.MODELS.allow((*settings.quota_models, *declared, settings.topics_model))
         self.topics = TopicService(
             config.topics_config(settings), self.store, self.cache, self.model_calls.generate_internal
         )
@@ -106,6 +108,7 @@ class Gateway:
         self.admin.add_routes(callers_admin.routes(self.callers))
         self.admin.add_routes(cache_admin.routes(self.cache))
         self.admin.add_routes(quota_admin.routes(self.quota))
+        self.admin.add_routes(upstreams_admin.routes(self.quota, self.upstream))
         self.admin.add_routes(topics_admin.routes(self.topics))
         self._simulator = simulator  # an ASGI app, only with --simulate
         self._access_log = settings.access_log

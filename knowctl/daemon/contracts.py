@@ -171,8 +171,9 @@ class QuotaGate(Protocol):
     def upstream_exhausted(
         self, model: str, retry_delay: float | None, deployment: str | None = None
     ) -> None:
-        """The provider answered 429: hold the model at that deployment for retry_delay (or
-        a back-off)."""
+        """The provider answered 429: hold the model (a ticket's ``model``, which names a
+        pass-through credential's own quota too) at that deployment for retry_delay (or a
+        back-off)."""
         ...
 
     def upstream_failed(self, model: str, deployment: str | None) -> None:

@@ -9,6 +9,7 @@ Each test uses its own model names: the session's Redis is shared.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from knowctl import cli
 from tests.gateway.test_quota_e2e import WINDOW_S, body, burst, check_refusals, env, gen_path
 from tests.support.fixtures import Gateway, start_gateway
 from tests.support.net import stop_process
@@ -189,6 +192,37 @@ def test_a_failing_deployment_is_taken_out_then_probed_back_in(
         after = client.post(gen_path(name), json=body("q 2"))
         assert after.status_code == 200 and after.headers["x-knowctl-upstream"] == "a"  # back in
     assert int(simulators["a"].stats()["faults"]) == 1
+
+
+def test_upstreams_shows_each_deployment_by_api_and_cli(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    [gateway] = pool(name, orders={"a": 0, "b": 1, "c": 1}, daemons=1)
+    for i in range(7):  # a's 5, then 2 more at b or c
+        assert (
+            httpx.post(f"{gateway.url}{gen_path(name)}", json=body(f"q {i}"), timeout=30).status_code == 200
+        )
+    data = httpx.get(f"{gateway.url}/api/upstreams", timeout=10).json()
+    assert data["pooled"] is True
+    by_name = {d["name"]: d for d in data["deployments"]}
+    assert list(by_name) == ["a", "b", "c"]
+    a = by_name["a"]
+    assert (a["credentials"], a["target"], a["serves"]) == ("api-key", simulators["a"].url, [name])
+    assert "key-a" not in str(data)  # the secret is never shown
+    assert a["models"][name]["windows"]["rpm"]["used"] == 5 and a["models"][name]["health"] == "ok"
+    assert a["models"][name]["share_1m"] == round(5 / 7, 4)
+    assert sum(by_name[d]["models"][name]["recent"] for d in ("b", "c")) == 2
+
+    result = CliRunner().invoke(cli.app, ["upstreams", "--url", gateway.url], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "upstream deployments" in result.output
+    row = next(line for line in result.output.splitlines() if line.lstrip("│ ").startswith("a "))
+    assert name in row and "rpm" in row and "71%" in row
+    as_json = CliRunner().invoke(cli.app, ["upstreams", "--url", gateway.url, "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.output)["deployments"][0]["name"] == "a"
+    both = CliRunner().invoke(cli.app, ["upstreams", "--url", gateway.url, "--json", "--watch"])
+    assert both.exit_code == 2
 
 
 def test_a_model_no_deployment_serves_is_a_404_in_googles_shape(pool: Callable[..., list[Gateway]]) -> None:

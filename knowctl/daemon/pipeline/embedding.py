@@ -98,7 +98,7 @@ class Embeddings:
             else:
                 self._quota.release(ticket)
             if refused:
-                self._quota.upstream_exhausted(model, None, ctx.deployment)
+                self._quota.upstream_exhausted(ticket.model, None, ticket.deployment)
 
     async def _admit(self, ctx: CallContext) -> Ticket:
         got = await self._quota.try_admit(ctx)

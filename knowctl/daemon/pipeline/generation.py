@@ -281,9 +281,9 @@ class Generation:
             else:
                 self._quota.release(ticket)
             if outcome.provider_refused:
-                self._quota.upstream_exhausted(ctx.call.model or "-", outcome.retry_delay, ctx.deployment)
+                self._quota.upstream_exhausted(ticket.model, outcome.retry_delay, ticket.deployment)
             elif outcome.failed:
-                self._quota.upstream_failed(ctx.call.model or "-", ctx.deployment)
+                self._quota.upstream_failed(ticket.model, ticket.deployment)
         finally:
             if saving is not None:
                 await saving

@@ -298,7 +298,7 @@ class ModelCallHandler:
             else:
                 quota.release(ticket)
             if passed.provider == 429:
-                quota.upstream_exhausted(ctx.call.model or "-", None, ctx.deployment)
+                quota.upstream_exhausted(ticket.model, None, ticket.deployment)
         return passed.sent
 
     async def _forward(self, ctx: CallContext, send: Send) -> int:

@@ -23,6 +23,30 @@ from knowctl.policy.windows import Window
 from knowctl.store import keys
 
 DECISIONS = ("admitted", "queued", "refused", "fallback")
+# Past this many models (and pass-through credentials' own states), idle credentials' go.
+MAX_MODELS = 4096
+# Between a deployment and a pass-through credential in a lane's scope.
+CREDENTIAL_JOIN = "~"
+RECENT_S = 60  # "the last minute" of a deployment's share of traffic
+
+
+@dataclass(slots=True)
+class RecentCount:
+    """Events in the last ``RECENT_S`` seconds, in one-second buckets (no per-event memory)."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * RECENT_S)
+    seconds: list[int] = field(default_factory=lambda: [0] * RECENT_S)
+
+    def add(self, now: float) -> None:
+        second = int(now)
+        i = second % RECENT_S
+        if self.seconds[i] != second:
+            self.seconds[i], self.buckets[i] = second, 0
+        self.buckets[i] += 1
+
+    def total(self, now: float) -> int:
+        oldest = int(now) - RECENT_S
+        return sum(n for n, s in zip(self.buckets, self.seconds, strict=True) if s > oldest)
 
 
 @dataclass(eq=False, slots=True)
@@ -38,7 +62,8 @@ class Lane:
     hold_until: float = 0.0  # epoch: this deployment's quota for the model exhausted until then
     streak: int = 0  # upstream 429s in a row without a success
     inflight: dict[str, int] = field(default_factory=dict)  # window -> units reserved, unsettled
-    admitted: int = 0  # calls admitted here by this daemon (the share of traffic)
+    admitted: int = 0  # calls admitted here by this daemon
+    recent: RecentCount = field(default_factory=RecentCount)  # of them, in the last minute
 
     @property
     def name(self) -> str:
@@ -49,8 +74,9 @@ class Lane:
 class ModelState:
     """What this daemon knows about one model's quota, at every deployment that serves it."""
 
-    name: str
+    name: str  # the model, or model/cred-... for one pass-through credential's own quota
     lanes: tuple[Lane, ...]
+    model: str = ""  # the model alone (pool lookups, metrics labels)
     queue: WaitQueue[Ticket] = field(default_factory=WaitQueue)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
@@ -131,23 +157,33 @@ class Models:
         return m
 
     def _new(self, name: str) -> ModelState:
+        if len(self._by_name) >= MAX_MODELS:
+            self._forget_idle()
+        model, _, credential = name.partition(keys.LANE)
         lanes = []
         for d in self._pool.deployments:
-            if d.models is not None and name not in d.models:
+            if d.models is not None and model not in d.models:
                 continue
-            windows = self._pool.windows(d, name)
-            legacy = d.legacy
+            windows = self._pool.windows(d, model)
+            # A pass-through credential's calls spend its own project's quota: lanes of their own.
+            part = (
+                d.name
+                if credential == ""
+                else credential
+                if d.legacy
+                else f"{d.name}{CREDENTIAL_JOIN}{credential}"
+            )
             lane = Lane(
                 d,
-                keys.quota_scope(name) if legacy else keys.quota_scope(name, d.name),
+                keys.quota_scope(model, None if d.legacy and not credential else part),
                 windows,
-                name if legacy else f"{name}{keys.LANE}{d.name}",
+                model if d.legacy and not credential else f"{model}{keys.LANE}{part}",
                 qp.has_token_window(windows),
             )
             lane.inflight = {w.name: 0 for w in windows}
             lanes.append(lane)
         lanes.sort(key=lambda lane: lane.deployment.order)
-        m = ModelState(name, tuple(lanes), WaitQueue(self._places))
+        m = ModelState(name, tuple(lanes), model, WaitQueue(self._places))
         for lane in lanes:
             self._by_hold[lane.hold_name] = (m, lane)
         self.label(m)
@@ -158,7 +194,7 @@ class Models:
     def label(m: ModelState) -> str:
         """The model's metrics label (``other`` until the provider has known the name), its
         limits exported under it whenever it changes."""
-        label = metrics.MODELS(m.name)
+        label = metrics.MODELS(m.model)
         if label != m.label:
             m.label = label
             for lane in m.lanes:
@@ -167,6 +203,21 @@ class Models:
                         metrics.QUOTA_LIMIT.labels(label, w.name).set(w.limit)
                     metrics.UPSTREAM_QUOTA_LIMIT.labels(lane.name, label, w.name).set(w.limit)
         return label
+
+    def _forget_idle(self) -> None:
+        """Drop the states of pass-through credentials with nothing queued or in flight here:
+        one per credential and model would otherwise grow without bound. Their windows stay
+        in the store; a state made again reads its holds again."""
+        for name, m in list(self._by_name.items()):
+            busy = (
+                len(m.queue)
+                or m.pump is not None
+                or any(n for lane in m.lanes for n in lane.inflight.values())
+            )
+            if keys.LANE in name and not busy:
+                del self._by_name[name]
+                for lane in m.lanes:
+                    self._by_hold.pop(lane.hold_name, None)
 
     def count(self, m: ModelState, decision: str) -> None:
         m.counts[decision] += 1

@@ -42,7 +42,7 @@ from knowctl.policy.paths import ApiCall
 from knowctl.policy.pool import Pool
 from knowctl.policy.priority import Priority
 from knowctl.policy.windows import capacity
-from knowctl.store import Announcement, Candidate, Health, Keys, Notifications, Windows
+from knowctl.store import Announcement, Candidate, Health, Keys, Notifications, Windows, keys
 
 log = logging.getLogger("knowctl.quota")
 
@@ -144,8 +144,16 @@ class ProviderQuota:
         it can share a round trip with the caller's limit check and the cache lookup."""
         return self._count_tokens is None
 
+    @staticmethod
+    def _key(ctx: CallContext) -> str:
+        """Whose quota the call spends: the model's, or with a pass-through credential that
+        credential's own (its project's), never shared with another caller's."""
+        model = ctx.call.model or "-"
+        credential = ctx.identity.credential if ctx.identity is not None else None
+        return model if credential is None else f"{model}{keys.LANE}{credential}"
+
     async def reserve(self, ctx: CallContext) -> Ticket | float:
-        m = await self._models.checked(ctx.call.model or "-")
+        m = await self._models.checked(self._key(ctx))
         now = time.time()
         lanes = m.open_lanes(ctx.call, now)
         if not lanes:
@@ -176,7 +184,7 @@ class ProviderQuota:
             self._bus.spawn(self._release(m, ticket))
 
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
-        m = await self._models.checked(ctx.call.model or "-")
+        m = await self._models.checked(self._key(ctx))
         now = time.time()
         lanes = m.open_lanes(ctx.call, now)
         if not m.limited or (lanes and not lanes[0].windows):
@@ -329,7 +337,7 @@ class ProviderQuota:
             self.upstream_exhausted(model, None, deployment)
 
     def alternatives(self, ctx: CallContext) -> bool:
-        m = self._models.get(ctx.call.model or "-")
+        m = self._models.get(self._key(ctx))
         if m is None or len(m.lanes) < 2:
             return False
         return any(lane.name != ctx.deployment for lane in m.open_lanes(ctx.call, time.time()))
@@ -392,6 +400,7 @@ class ProviderQuota:
         lane = m.lane(ticket.deployment)
         if lane is not None:
             lane.admitted += 1
+            lane.recent.add(time.time())
             metrics.UPSTREAM_ADMITTED_BY(lane.name, self._models.label(m)).inc()
 
     def _unreserved(self, m: ModelState, ticket: Ticket, tokens: int) -> None:
@@ -527,6 +536,15 @@ class ProviderQuota:
         self._models.count(m, decision)
 
     # --- stats ------------------------------------------------------------------------------------
+    async def upstreams(self) -> list[dict[str, Any]]:
+        """What /api/upstreams answers of the quota: each deployment's models, their windows,
+        holds, health and share of this daemon's traffic in the last minute."""
+        for d in self._config.pool.deployments:
+            for name in d.models or ():
+                self._models.known(name)  # declared models show before their first call
+        return await stats.upstreams(self._models, self._windows, self._config.pool)
+
+    # --- stats (per model) ----------------------------------------------------------------------
     async def stats(self, model: str | None = None) -> dict[str, Any]:
         """What /api/quota/stats answers: per model and window, and for the whole daemon."""
         queue = {

@@ -11,6 +11,7 @@ from knowctl.daemon import metrics
 from knowctl.daemon.quota.models import Lane, Models, ModelState
 from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import quota as qp
+from knowctl.policy.pool import Pool
 from knowctl.policy.priority import Priority
 
 
@@ -67,8 +68,30 @@ async def lane_report(
         "order": lane.deployment.order,
         "windows": found,
         "held": _held(lane.hold_until, now),
+        "health": "held" if lane.hold_until > now else "failing" if lane.streak else "ok",
         "admitted": lane.admitted,
+        "recent": lane.recent.total(now),
     }
+
+
+async def upstreams(models: Models, windows: FailoverWindows, pool: Pool) -> list[dict[str, Any]]:
+    """Per deployment of ``pool``, each model it has served or declares (``lane_report``),
+    with its share of the model's calls this daemon admitted in the last minute."""
+    now = time.time()
+    out = []
+    for d in pool.deployments:
+        served: dict[str, Any] = {}
+        for name in sorted(models):
+            m = models.known(name)
+            lane = m.lane(d.name)
+            if lane is None:
+                continue
+            report = await lane_report(models, windows, m, lane, now)
+            total = sum(other.recent.total(now) for other in m.lanes)
+            report["share_1m"] = round(report["recent"] / total, 4) if total else None
+            served[name] = report
+        out.append({"name": d.name, "order": d.order, "models": served})
+    return out
 
 
 def _held(until: float, now: float) -> dict[str, Any] | None:

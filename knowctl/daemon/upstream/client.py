@@ -147,6 +147,25 @@ class UpstreamClient:
         """Deployments are configured (not the pool of one): answers name the one that served."""
         return not self._pool_of.single
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each deployment as configured, for people and scripts: where it is (never with a
+        password), how the gateway authenticates there (never the secret), what it serves."""
+        out = []
+        for d in self._pool_of.deployments:
+            out.append(
+                {
+                    "name": d.name,
+                    "family": d.family.value if d.family is not None else "any",
+                    "target": redact_url(d.base_url) if d.base_url else "google",
+                    "project": d.project,
+                    "location": d.location,
+                    "credentials": self._credentials[d.name].mode,
+                    "serves": sorted(d.models) if d.models is not None else "*",
+                    "renames": {m: s.upstream for m, s in (d.models or {}).items() if s.upstream != m},
+                }
+            )
+        return out
+
     def serves(self, call: ApiCall) -> bool:
         """Whether some deployment of the pool serves ``call`` (its family and model)."""
         return self._pool_of.first(call) is not None
