@@ -184,6 +184,29 @@ def gateway(upstream: str, store_url: str, **extra_env: str) -> contextlib.Abstr
     return service("gateway", argv, f"{url}/api/health", url, env={**GATEWAY_ENV, **extra_env})
 
 
+@contextlib.contextmanager
+def pool_gateway(upstream: str, store_url: str, deployments: int = 3) -> Iterator[Service]:
+    """The gateway with a pool of ``deployments`` upstream deployments (all at ``upstream``),
+    each declaring the bench's generous limits for the bench's models: what admission over
+    several lanes costs beside one."""
+    import yaml
+
+    limits = {"rpm": int(GATEWAY_ENV["KNOWCTL_QUOTA_RPM"]), "tpm": int(GATEWAY_ENV["KNOWCTL_QUOTA_TPM"])}
+    models = {m: dict(limits) for m in ("gemini-2.5-flash", "gemini-embedding-001")}
+    pool = [{"name": f"d{i}", "url": upstream, "models": models} for i in range(deployments)]
+    env = {k: v for k, v in GATEWAY_ENV.items() if not k.startswith("KNOWCTL_QUOTA_")}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "pool.yaml"
+        config.write_text(yaml.safe_dump({"upstreams": pool}))
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "knowctl", "serve", "--port", str(port), "--store", store_url]
+        with service(
+            "gateway", argv, f"{url}/api/health", url, env={**env, "KNOWCTL_CONFIG": str(config)}
+        ) as gw:
+            yield gw
+
+
 def baseline_app(
     store_url: str, upstream: str | None = None, round_trips: int = 0, client: str = "pipelined"
 ) -> contextlib.AbstractContextManager[Service]:

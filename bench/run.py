@@ -13,6 +13,8 @@ the same load generator for gateway and baseline:
   surfaces the other call families, each vs the simulator directly, wrk c32: Interactions API
            create (miss; hit of a store:false interaction), OpenAI-compatible chat (miss), and
            a batchEmbedContents of 100 texts of which 90 were embedded before
+  pool     a pool of three deployments beside one deployment (the same simulator behind
+           each): cache hit and miss, wrk c32, CPU per request of each
   ops      /api/health, ready, metrics, quota/stats, cache/stats while wrk loads the gateway
   memory   idle RSS, and RSS with 10,000 L1 entries
   cli      `knowctl --help` wall time (hyperfine when installed)
@@ -56,6 +58,7 @@ from harness import (
     gateway,
     machine_state,
     percentile,
+    pool_gateway,
     redis_command,
     redis_server,
     rss_mb,
@@ -65,7 +68,7 @@ from harness import (
 )
 
 HERE = Path(__file__).resolve().parent
-CASES = ("hit", "miss", "slow", "stream", "surfaces", "ops", "memory", "cli")
+CASES = ("hit", "miss", "slow", "stream", "surfaces", "pool", "ops", "memory", "cli")
 BUSY_WARNING = 0.25  # CPU busy fraction, sampled while our processes idle
 OPS = ("/api/health", "/api/ready", "/api/metrics", "/api/quota/stats", "/api/cache/stats")
 OPS_TARGET_MS = {"/api/health": 10, "/api/ready": 10, "/api/metrics": 50}
@@ -211,6 +214,21 @@ class Bench:
                     met=added50 < 1 and added99 < 3,
                 )
             )
+
+    def pool(self, sim: Service, store: str) -> None:
+        """Admission over three lanes (one store script over all three) beside one: the CPU
+        per request of a hit and of a miss, one deployment as the baseline."""
+        with gateway(sim.url, store) as one, pool_gateway(sim.url, store) as three:
+            for gw in (one, three):  # each caches the fixed prompt's answer first
+                httpx.post(
+                    gw.url + GENERATE, content=generate_body(SAME_PROMPT), timeout=10
+                ).raise_for_status()
+            self.state("pool")
+            for label, same in (("hit L1", True), ("miss", False)):
+                b, g = self.pair_wrk(f"pool {label} c32", one, three, 32, same=same)
+                row = self.throughput_row(f"pool of 3, {label} c32 (vs one deployment)", b, g, 0.9)
+                row.extra["baseline_cpu_us_per_request"] = b["cpu_us_per_request"]
+                self.rows.append(row)
 
     def slow(self, sim: Service, store: str) -> None:
         configure_simulator(sim, latency_ms=200)
@@ -515,6 +533,7 @@ def main() -> None:
             "slow": lambda: bench.slow(sim, store),
             "stream": lambda: bench.stream(sim.url, store, sim, args.streams),
             "surfaces": lambda: bench.surfaces(sim, store),
+            "pool": lambda: bench.pool(sim, store),
             "ops": lambda: bench.ops(sim.url, store),
             "memory": lambda: bench.memory(sim.url, store),
             "cli": bench.cli,

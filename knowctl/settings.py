@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from knowctl.policy.limits import parse_limits
 from knowctl.policy.paths import KNOWN_ACTIONS
 from knowctl.policy.priority import parse_shares
+from knowctl.policy.tiers import GEMINI_TIERS, VERTEX_TIERS, TierName
 from knowctl.policy.windows import zone
 
 _ACTION_NAME = re.compile(r"[A-Za-z]{1,64}")
@@ -171,6 +172,12 @@ class UpstreamDeployment(BaseModel):
     project: str | None = Field(None, description="Vertex project.")
     location: str = Field("global", description="Vertex location (global included).")
     order: int = Field(0, ge=0, description="Preference: lower first; ties go to the most headroom.")
+    service_tiers: dict[Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"], TierName] = Field(
+        default_factory=dict,
+        description="The provider's service tier for calls of each knowctl priority, where the caller set "
+        "none (e.g. {CRITICAL: priority, LOW: flex}): Gemini API flex, standard or priority (the body's "
+        "serviceTier); Vertex flex, priority, dedicated or shared (its request-type headers).",
+    )
     models: dict[str, DeploymentModel] | None = Field(
         None,
         description="The models it serves (a list, or {model: {upstream_model, rpm, rpd, tpm, tpd}}); "
@@ -226,6 +233,12 @@ class UpstreamDeployment(BaseModel):
             raise ValueError("a vertex deployment needs its project")
         if self.family == "gemini" and self.project:
             raise ValueError("project is for vertex deployments (a Gemini API key names its own)")
+        allowed = GEMINI_TIERS if self.family == "gemini" else VERTEX_TIERS
+        wrong = sorted({t for t in self.service_tiers.values() if t not in allowed})
+        if wrong:
+            raise ValueError(
+                f"service_tiers: {', '.join(wrong)} is not a {self.family} tier ({', '.join(allowed)})"
+            )
         return self
 
 

@@ -63,6 +63,7 @@ def _deployment(d: UpstreamDeployment) -> Deployment:
         base_url=d.url,
         project=d.project if vertex else None,
         location=d.location if vertex else None,
+        tiers={Priority[p]: tier for p, tier in d.service_tiers.items()},
     )
 
 

@@ -144,6 +144,18 @@ UPSTREAM_ADMITTED = Counter(
     ["deployment", "model"],
     registry=REGISTRY,
 )
+UPSTREAM_TIERS = Counter(
+    "knowctl_upstream_service_tier_requests",
+    "Calls sent with the service tier their priority maps to at the deployment, by deployment and tier.",
+    ["deployment", "tier"],
+    registry=REGISTRY,
+)
+UPSTREAM_TIER_DOWNGRADES = Counter(
+    "knowctl_upstream_service_tier_downgrades",
+    "Calls that asked for the priority tier and were served at standard, by deployment and model.",
+    ["deployment", "model"],
+    registry=REGISTRY,
+)
 QUOTA_DECISIONS = Counter(
     "knowctl_quota_decisions",
     "Quota decisions by model: admitted, queued, refused, fallback (stale answer served).",
@@ -190,6 +202,8 @@ CACHE_REQUESTS_BY = Children(CACHE_REQUESTS)  # (layer, result)
 QUOTA_USED_BY = Children(QUOTA_USED)  # (model, window)
 UPSTREAM_QUOTA_USED_BY = Children(UPSTREAM_QUOTA_USED)  # (deployment, model, window)
 UPSTREAM_ADMITTED_BY = Children(UPSTREAM_ADMITTED)  # (deployment, model)
+UPSTREAM_TIERS_BY = Children(UPSTREAM_TIERS)  # (deployment, tier)
+UPSTREAM_TIER_DOWNGRADES_BY = Children(UPSTREAM_TIER_DOWNGRADES)  # (deployment, model)
 QUOTA_DECISIONS_BY = Children(QUOTA_DECISIONS)  # (model, decision)
 QUEUE_DEPTH_BY = Children(QUEUE_DEPTH)  # (priority,)
 QUOTA_UNRESERVED_BY = Children(QUOTA_UNRESERVED)  # (model,)

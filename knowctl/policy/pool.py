@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from knowctl.policy.paths import GEMINI_HOST, ApiCall, Family, Surface, google_origin, vertex_host
+from knowctl.policy.priority import Priority
 from knowctl.policy.quota import RPD, RPM, TPD, TPM, Limits, QuotaConfig
 from knowctl.policy.windows import Window
 
@@ -52,6 +53,7 @@ class Deployment:
     base_url: str | None = None  # None: Google's own host for the family and location
     project: str | None = None  # Vertex
     location: str | None = None  # Vertex
+    tiers: Mapping[Priority, str] = field(default_factory=dict)  # knowctl priority -> provider tier
 
     @property
     def legacy(self) -> bool:

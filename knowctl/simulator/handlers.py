@@ -55,12 +55,31 @@ async def generate(
     counters.prompt_tokens += answer.prompt_tokens
     counters.candidates_tokens += answer.candidates_tokens
     state.by_model[model] = state.by_model.get(model, 0) + 1
+    tier = asked_tier(call, body, scope)
+    state.by_tier[tier] = state.by_tier.get(tier, 0) + 1
+    served = "standard" if tier == "priority" and state.config.downgrade_priority else tier
     if not stream:
-        await respond(send, 200, orjson.dumps(answers.response(answer)))
+        headers = [(b"x-gemini-service-tier", served.encode())] if call.family is not Family.VERTEX else []
+        await respond(send, 200, orjson.dumps(answers.response(answer)), extra_headers=headers)
         return
     counters.streams += 1
     chunks = answers.stream_chunks(answer, state.config.chunks)
     await send_chunks(send, chunks, sse, state.config.chunk_delay_ms)
+
+
+def asked_tier(call: ApiCall, body: bytes, scope: Scope) -> str:
+    """The service tier a generation call asked for: ``serviceTier`` in a Gemini API body
+    (standard when absent); on Vertex its request-type headers, as ``type/shared-type``."""
+    if call.family is Family.VERTEX:
+        headers = dict(scope["headers"])
+        kind = headers.get(b"x-vertex-ai-llm-request-type", b"").decode("latin-1") or "-"
+        shared = headers.get(b"x-vertex-ai-llm-shared-request-type", b"").decode("latin-1") or "-"
+        return f"{kind}/{shared}"
+    try:
+        tier = orjson.loads(body).get("serviceTier")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "standard"
+    return str(tier).lower() if tier else "standard"
 
 
 async def count_tokens(state: SimulatorState, call: ApiCall, body: bytes, send: Send) -> None:

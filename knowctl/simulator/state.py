@@ -29,6 +29,9 @@ class SimulatorConfig:
     models: tuple[str, ...] = MODELS
     any_model: bool = False
     background_ms: float = 300.0  # how long a background interaction runs before it completes
+    # Serve calls that ask for the priority tier at standard, as Google does past the priority
+    # limit (saying so in x-gemini-service-tier).
+    downgrade_priority: bool = False
 
 
 @dataclass(slots=True)
@@ -61,6 +64,7 @@ class SimulatorState:
         self.quota = SlidingWindowQuota(self.config.rpm, self.config.tpm, self.config.window_s)
         self.counters = Counters()
         self.by_model: dict[str, int] = {}
+        self.by_tier: dict[str, int] = {}  # generation calls by the service tier they asked for
         self.fault: str | None = None
         self.fault_count = 0
         self.interaction_book = InteractionBook()
@@ -89,6 +93,7 @@ class SimulatorState:
         return {
             **asdict(self.counters),
             "by_model": dict(self.by_model),
+            "by_tier": dict(self.by_tier),
             "max_in_window": self.quota.max_in_window,
             "max_tokens_in_window": self.quota.max_tokens_in_window,
             "in_window": now_requests,
@@ -103,6 +108,7 @@ class SimulatorState:
     def reset(self) -> None:
         self.counters = Counters()
         self.by_model.clear()
+        self.by_tier.clear()
         self.quota.reset()
         self.interaction_book.clear()
         self.fault, self.fault_count = None, 0
@@ -128,10 +134,11 @@ class SimulatorState:
                 setattr(new, name, value)
         if "models" in changes:
             new.models = check_models(changes["models"])
-        if "any_model" in changes:
-            if not isinstance(changes["any_model"], bool):
-                raise answers.BadRequest("any_model must be true or false")
-            new.any_model = changes["any_model"]
+        for name in ("any_model", "downgrade_priority"):
+            if name in changes:
+                if not isinstance(changes[name], bool):
+                    raise answers.BadRequest(f"{name} must be true or false")
+                setattr(new, name, changes[name])
         if new.window_s <= 0 or new.chunks < 1:
             raise answers.BadRequest("window_s must be > 0 and chunks >= 1")
         fault, count = self.fault, self.fault_count

@@ -50,7 +50,13 @@ def pool(
         sim.configure(rpm=QUOTAS[name], window_s=WINDOW_S)
     with ExitStack() as stack:
 
-        def start(model: str, orders: dict[str, int] | None = None, daemons: int = 3) -> list[Gateway]:
+        def start(
+            model: str,
+            orders: dict[str, int] | None = None,
+            daemons: int = 3,
+            extra: dict[str, dict[str, Any]] | None = None,
+            environ: dict[str, str] | None = None,
+        ) -> list[Gateway]:
             config = tmp_path / "pool.yaml"
             upstreams = [
                 {
@@ -59,6 +65,7 @@ def pool(
                     "api_key": f"key-{name}",
                     "order": (orders or {}).get(name, 0),
                     "models": {model: {"rpm": QUOTAS[name]}},
+                    **(extra or {}).get(name, {}),
                 }
                 for name, sim in simulators.items()
             ]
@@ -69,7 +76,12 @@ def pool(
                     tmp_path,
                     "--store",
                     redis_url,
-                    env={**env(), "KNOWCTL_CONFIG": str(config), "KNOWCTL_AUTH_MODE": "anonymous"},
+                    env={
+                        **env(),
+                        "KNOWCTL_CONFIG": str(config),
+                        "KNOWCTL_AUTH_MODE": "anonymous",
+                        **(environ or {}),
+                    },
                 )
                 stack.enter_context(process)
                 gateways.append(handle)
@@ -223,6 +235,43 @@ def test_upstreams_shows_each_deployment_by_api_and_cli(
     assert as_json.exit_code == 0 and json.loads(as_json.output)["deployments"][0]["name"] == "a"
     both = CliRunner().invoke(cli.app, ["upstreams", "--url", gateway.url, "--json", "--watch"])
     assert both.exit_code == 2
+
+
+def test_service_tiers_follow_the_priority_where_the_caller_chose_none(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    extra = {
+        "a": {"service_tiers": {"CRITICAL": "priority", "LOW": "flex"}},
+        "c": {"family": "vertex", "project": "pool-p", "location": "us-central1",
+              "service_tiers": {"CRITICAL": "priority", "LOW": "dedicated"}},
+    }  # fmt: skip
+    [gateway] = pool(
+        name, orders={"a": 0, "b": 1, "c": 0}, daemons=1, extra=extra,
+        environ={"KNOWCTL_UNAUTHENTICATED_MAX_PRIORITY": "CRITICAL"},
+    )  # fmt: skip
+    vertex = f"/v1/projects/callers-p/locations/europe-west4/publishers/google/models/{name}:generateContent"
+
+    def call(path: str, priority: str, payload: dict[str, Any] | None = None) -> httpx.Response:
+        sent = payload or body(f"{priority} {uuid.uuid4().hex}")
+        got = httpx.post(
+            f"{gateway.url}{path}", json=sent, headers={"x-knowctl-priority": priority}, timeout=30
+        )
+        assert got.status_code == 200, got.text
+        return got
+
+    for priority in ("CRITICAL", "LOW", "MEDIUM"):
+        assert call(gen_path(name), priority).headers["x-knowctl-upstream"] == "a"
+        assert call(vertex, priority).headers["x-knowctl-upstream"] == "c"
+    call(gen_path(name), "CRITICAL", {**body("own"), "serviceTier": "flex"})  # the caller's choice stands
+    assert simulators["a"].stats()["by_tier"] == {"priority": 1, "flex": 2, "standard": 1}
+    assert simulators["c"].stats()["by_tier"] == {"shared/priority": 1, "dedicated/-": 1, "-/-": 1}
+
+    simulators["a"].configure(downgrade_priority=True)
+    assert call(gen_path(name), "CRITICAL").headers["x-gemini-service-tier"] == "standard"
+    exposition = httpx.get(f"{gateway.url}/api/metrics", timeout=10).text
+    assert 'knowctl_upstream_service_tier_downgrades_total{deployment="a"' in exposition
+    assert 'knowctl_upstream_service_tier_requests_total{deployment="a",tier="priority"} 2.0' in exposition
 
 
 def test_a_model_no_deployment_serves_is_a_404_in_googles_shape(pool: Callable[..., list[Gateway]]) -> None:

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "tpm": 0,
     "window_s": 60,
     "fault": None,
+    "downgrade_priority": False,
 }
 
 

@@ -160,6 +160,12 @@ def test_bad_pools_fail_at_start_naming_the_field(tmp_path: Path) -> None:
         config.write_text(yaml.safe_dump({"upstreams": upstreams}))
         with pytest.raises(Exception, match=field.replace(".", r"\.")):
             load_settings(config)
+    config.write_text(yaml.safe_dump({"upstreams": [{"name": "x", "service_tiers": {"LOW": "dedicated"}}]}))
+    with pytest.raises(Exception, match="dedicated is not a gemini tier"):
+        load_settings(config)
+    config.write_text(yaml.safe_dump({"upstreams": [{"name": "x", "service_tiers": {"SOMETIMES": "flex"}}]}))
+    with pytest.raises(Exception, match=r"upstreams\.0\.service_tiers"):
+        load_settings(config)
     config.write_text(yaml.safe_dump({"upstreams": [{"name": "a"}, {"name": "a"}]}))
     with pytest.raises(Exception, match="unique: a"):
         load_settings(config)

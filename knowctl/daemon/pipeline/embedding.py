@@ -62,7 +62,7 @@ class Embeddings:
         ticket = await self._admit(ctx)
         body = embeddings.request_for(ctx.call, ctx.payload or {}, batch, missing)
         outgoing = OutgoingCall(
-            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, body, ctx.deployment
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, body, ctx.deployment, ctx.priority
         )
         own = self._upstream.own_credentials(ctx.call, ctx.deployment)
         spent, refused = True, False

@@ -305,7 +305,7 @@ class Generation:
         """Call upstream and pass the answer on as it arrives. With ``failover``, a 429, a 5xx
         or a failure before the first byte is not passed on: the outcome says to try again."""
         outgoing = OutgoingCall(
-            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment, ctx.priority
         )
         own = self._upstream.own_credentials(ctx.call, ctx.deployment)
         headers_sent = False

@@ -309,7 +309,7 @@ class ModelCallHandler:
     async def _pass_on(self, ctx: CallContext, send: Send) -> Passed:
         """Forward the call and pass the answer on."""
         outgoing = OutgoingCall(
-            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment, ctx.priority
         )
         own = self._upstream.own_credentials(ctx.call, ctx.deployment)
         headers_sent = False

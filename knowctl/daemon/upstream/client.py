@@ -20,9 +20,11 @@ import orjson
 from knowctl.daemon import metrics
 from knowctl.daemon.upstream.credentials import UpstreamCredentials
 from knowctl.net import http1
+from knowctl.policy import tiers
 from knowctl.policy.callers import STRIPPED_HEADERS, without_credentials
 from knowctl.policy.paths import ApiCall, Family
 from knowctl.policy.pool import Deployment, Pool
+from knowctl.policy.priority import Priority
 from knowctl.redact import redact_url
 
 if TYPE_CHECKING:
@@ -97,6 +99,7 @@ class OutgoingCall:
     headers: list[tuple[str, str]]
     body: bytes
     deployment: str | None = None  # the pool's deployment that admitted it; None: the first that serves it
+    priority: Priority | None = None  # the caller's: the deployment's service tier for it, if mapped
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,15 @@ class UpstreamClient:
         deployment = self._deployment(outgoing.call, outgoing.deployment)
         own = await self._credentials[deployment.name].headers_for(outgoing.call)
         headers = _request_headers(outgoing.headers, own)
+        body, tier = outgoing.body, self._tier(deployment, outgoing)
+        if tier is not None:
+            tiered = tiers.with_tier(outgoing.call.family, outgoing.call.surface, body, headers, tier)
+            if tiered is None:
+                tier = None  # the caller chose its tier itself
+            else:
+                body, extra = tiered
+                headers.update(extra)
+                metrics.UPSTREAM_TIERS_BY(deployment.name, tier).inc()
         query = _strip_key_param(outgoing.query) if own is not None else outgoing.query
         origin, prefix = self._origin(deployment.origin(outgoing.call))
         path = (
@@ -223,9 +235,9 @@ class UpstreamClient:
         )
         target = prefix + path + (f"?{query}" if query else "")
         try:
-            async with self._pool.request(
-                outgoing.method, origin, target, headers, outgoing.body
-            ) as response:
+            async with self._pool.request(outgoing.method, origin, target, headers, body) as response:
+                if tier is not None and tiers.downgraded(tier, response.header(tiers.SERVED_HEADER)):
+                    metrics.UPSTREAM_TIER_DOWNGRADES_BY(deployment.name, metrics.MODELS(model)).inc()
                 if counted:
                     if response.status < 300:  # the provider knows it: a real model's name
                         metrics.MODELS.learn(model)
@@ -242,6 +254,13 @@ class UpstreamClient:
             if counted:
                 _count_failure(model, failure)
             raise
+
+    @staticmethod
+    def _tier(deployment: Deployment, outgoing: OutgoingCall) -> str | None:
+        """The service tier the deployment maps the call's priority to (generation only)."""
+        if not deployment.tiers or outgoing.priority is None or not outgoing.call.generates:
+            return None
+        return deployment.tiers.get(outgoing.priority)
 
     def answer_headers(
         self, response: http1.Response, outgoing: OutgoingCall, own_credentials: bool
