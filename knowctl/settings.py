@@ -419,6 +419,19 @@ class Settings(BaseSettings):
         "regions, each with its models and limits; a call is admitted wherever there is room. "
         "Unset: one upstream from upstream_url, google_api_key and google_credentials.",
     )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Model fallback chains (config file): {gemini-2.5-pro: [gemini-2.5-flash]}. When no "
+        "deployment of a model has room, the next model with room serves the call instead (its answer "
+        "says so in X-Knowctl-Model); X-Knowctl-Fallback: off on a request turns it off.",
+    )
+    overflow_order: dict[
+        Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"], list[Literal["stale", "fallback", "queue"]]
+    ] = Field(
+        default_factory=dict,
+        description="What a call gets when no deployment of its model has room, in order, per priority "
+        "(config file): {LOW: [stale, fallback]}; a 429 after the last. Unset: stale, fallback, queue.",
+    )
     quota_minute_s: float = Field(60.0, gt=0, description="Length of the 'minute' windows, in seconds.")
     quota_day_s: float = Field(86400.0, gt=0, description="Length of the rolling 'day' windows, in seconds.")
     quota_day_tz: str | None = Field(
@@ -593,6 +606,17 @@ class Settings(BaseSettings):
                 "with upstreams the limits are each deployment's (upstreams[].models): "
                 f"drop {', '.join(limits)}"
             )
+        return value
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _check_fallbacks(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from knowctl.policy.fallback import check_chains
+
+        for name in (n for chain in value.items() for n in (chain[0], *chain[1])):
+            if not _MODEL_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a model name")
+        check_chains(value)
         return value
 
     @field_validator("cdn_purge_url")

@@ -17,6 +17,7 @@ from knowctl.daemon.upstream.client import UpstreamConfig
 from knowctl.daemon.upstream.credentials import CredentialsConfig
 from knowctl.net.uvicorn_glue import TransportLimits
 from knowctl.policy.callers import parse_networks
+from knowctl.policy.fallback import Fallbacks
 from knowctl.policy.limits import parse_limits
 from knowctl.policy.paths import Family
 from knowctl.policy.pool import DEFAULT, Deployment, Pool, Served
@@ -151,6 +152,10 @@ def handler_config(settings: Settings) -> HandlerConfig:
         default_priority=Priority[settings.default_priority],
         allowed_actions=frozenset(settings.allowed_action_names),
         batch_as_one_call=frozenset(m for m, q in settings.quota_models.items() if q.batch_counts == "call"),
+        fallbacks=Fallbacks(
+            chains={m: tuple(chain) for m, chain in settings.fallbacks.items()},
+            order={Priority[p]: tuple(order) for p, order in settings.overflow_order.items()},
+        ),
     )
 
 

@@ -362,3 +362,38 @@ def test_pass_through_callers_spend_their_own_quota_not_each_others(
     assert sorted(m["windows"]["rpm"]["used"] for m in own.values()) == [2, 2]
     assert name not in data["models"]  # no window of the model itself was touched
     assert "AIza-caller" not in str(data)
+
+
+def test_a_full_model_falls_back_along_its_chain_unless_the_caller_opts_out(
+    tmp_path: Path, redis_url: str, simulator: Simulator
+) -> None:
+    pro, flash = model(), model()
+    chains = orjson.dumps({pro: [flash]}).decode()
+    limits = orjson.dumps({pro: {"rpm": 2}}).decode()
+    order = orjson.dumps({"LOW": ["stale", "queue"]}).decode()
+    handle, process = start_gateway(
+        tmp_path,
+        "--upstream",
+        simulator.url,
+        "--store",
+        redis_url,
+        env=env(quota_models=limits, fallbacks=chains, overflow_order=order),
+    )
+    with process, httpx.Client(base_url=handle.url, timeout=30) as client:
+
+        def call(text: str, **headers: str) -> httpx.Response:
+            return client.post(gen_path(pro), json=body(text), headers=headers)
+
+        first = [call(f"q {i}") for i in range(2)]
+        assert [r.status_code for r in first] == [200, 200]
+        assert all("x-knowctl-model" not in r.headers for r in first)
+        moved = call("q 2")  # pro is full: flash serves, and says so
+        assert moved.status_code == 200 and moved.headers["x-knowctl-model"] == flash
+        assert moved.json()["modelVersion"] == flash
+        kept = call("q 3", **{"x-knowctl-fallback": "off"})  # no fallback: the queue, or a 429
+        assert kept.status_code == 429 and "x-knowctl-model" not in kept.headers
+        low = call("q 4", **{"x-knowctl-priority": "LOW"})  # LOW's order has no fallback
+        assert low.status_code == 429 and int(low.headers["retry-after"]) >= 1
+        assert call("q 5").headers["x-knowctl-model"] == flash  # the others still fall back
+    served = simulator.stats()["by_model"]
+    assert (served.get(pro), served.get(flash)) == (2, 2)

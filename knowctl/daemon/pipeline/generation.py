@@ -13,11 +13,15 @@ one after (tests/gateway/test_round_trips.py holds it to that).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from knowctl.daemon.context import CallContext, Ticket
 from knowctl.daemon.contracts import Answer, Cached, CallRefused, Lookup, QuotaGate, ResponseCache
@@ -31,6 +35,7 @@ from knowctl.daemon.upstream.client import (
 )
 from knowctl.errors import parse_retry_delay, retry_after_header
 from knowctl.net.asgi import Send, respond
+from knowctl.policy.fallback import MODEL_HEADER, Fallbacks, retarget
 from knowctl.policy.quota import provider_counted
 from knowctl.policy.retries import RetryBudget
 
@@ -135,12 +140,14 @@ class Generation:
         quota: QuotaGate,
         answered: Callable[[CallContext, int], None],
         retries: RetryBudget | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self._answered = answered
         self._upstream = upstream
         self._cache = cache
         self._quota = quota
         self._retries = retries or RetryBudget()
+        self._fallbacks = fallbacks or Fallbacks()
 
     async def __call__(self, ctx: CallContext, send: Send, admit: Admit) -> int:
         """Run one generation call; ``admit`` counts it against the caller's limits (raises
@@ -248,15 +255,69 @@ class Generation:
             ticket = got
             ctx.notes.quota = "admitted"
         else:
-            if await self._serve_stale(ctx, send, key):
-                ctx.notes.quota = "fallback"
-                return Outcome(200)
-            try:
-                ticket = await self._quota.wait_admit(ctx, got)
-            except CallRefused as refusal:
-                ctx.notes.quota = "refused"
-                return Outcome(await send_refusal(send, ctx, refusal))
-            ctx.notes.quota = "queued"
+            remedied = await self._overflow(ctx, send, key, got)
+            if isinstance(remedied, Outcome):
+                return remedied
+            ticket = remedied
+        return await self._spend(ctx, send, key, keep, ticket, attempt)
+
+    async def _overflow(
+        self, ctx: CallContext, send: Send, key: str | None, retry_after: float
+    ) -> Ticket | Outcome:
+        """No deployment of the model has room now: the remedies in the order set for the
+        call's priority (a stale copy, a fallback model, the queue), then a 429."""
+        for remedy in self._fallbacks.remedies(ctx.priority):
+            if remedy == "stale":
+                if await self._serve_stale(ctx, send, key):
+                    ctx.notes.quota = "fallback"
+                    return Outcome(200)
+            elif remedy == "fallback":
+                moved = await self._fall_back(ctx, send)
+                if moved is not None:
+                    return moved
+            else:
+                try:
+                    ticket = await self._quota.wait_admit(ctx, retry_after)
+                except CallRefused as refusal:
+                    ctx.notes.quota = "refused"
+                    return Outcome(await send_refusal(send, ctx, refusal))
+                ctx.notes.quota = "queued"
+                return ticket
+        ctx.notes.quota = "refused"
+        wait = retry_after if math.isfinite(retry_after) else None
+        refused = CallRefused(429, f"Quota exceeded for {ctx.call.model}.", retry_after=wait)
+        return Outcome(await send_refusal(send, ctx, refused))
+
+    async def _fall_back(self, ctx: CallContext, send: Send) -> Outcome | None:
+        """Serve the call with the first model of its fallback chain that has room now, saying
+        so (``X-Knowctl-Model``); None when none has. Its answer is not cached under the asked
+        model's key, and a fallback does not fall back again."""
+        for model in self._fallbacks.chain(ctx.call.model, ctx.header):
+            call, raw_path, body = retarget(ctx.call, ctx.raw_path, ctx.payload, model)
+            if not self._upstream.serves(call):
+                continue
+            moved = dataclasses.replace(
+                ctx,
+                call=call,
+                raw_path=raw_path,
+                body=ctx.body if body is None else body,
+                payload=ctx.payload if body is None else orjson.loads(body),
+                response_headers=[*ctx.response_headers, (MODEL_HEADER, model.encode())],
+                deployment=None,
+            )
+            got = await self._quota.try_admit(moved)
+            if not isinstance(got, Ticket):
+                continue
+            ctx.notes.quota = "model-fallback"
+            outcome = await self._spend(moved, send, None, None, got, 0)
+            ctx.reported, ctx.unsettled = moved.reported, moved.unsettled
+            return outcome
+        return None
+
+    async def _spend(
+        self, ctx: CallContext, send: Send, key: str | None, keep: Keep | None, ticket: Ticket, attempt: int
+    ) -> Outcome:
+        """Forward the admitted call, then settle its reservation and keep a complete answer."""
         failover = self._quota.alternatives(ctx) and self._retries.may_retry(attempt)
         try:
             if attempt:

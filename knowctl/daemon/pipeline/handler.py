@@ -38,6 +38,7 @@ from knowctl.net.asgi import (
     respond,
     respond_error,
 )
+from knowctl.policy.fallback import Fallbacks
 from knowctl.policy.paths import OPENAI_MODELS, PREDICT, ApiCall, Surface, allowed_methods
 from knowctl.policy.priority import Priority, effective_priority
 from knowctl.policy.quota import provider_counted
@@ -79,6 +80,7 @@ class HandlerConfig:
     default_priority: Priority
     allowed_actions: frozenset[str]  # actions forwarded beyond the known ones
     batch_as_one_call: frozenset[str] = frozenset()  # models whose embedding batch counts once
+    fallbacks: Fallbacks = field(default_factory=Fallbacks)  # model fallback chains, remedies' order
 
 
 class ModelCallHandler:
@@ -102,7 +104,9 @@ class ModelCallHandler:
         self._upstream = upstream
         self._callers = callers
         self._quota = quota
-        self._generation = Generation(upstream, cache, quota, callers.upstream_answered)
+        self._generation = Generation(
+            upstream, cache, quota, callers.upstream_answered, fallbacks=config.fallbacks
+        )
         self._embeddings = Embeddings(
             upstream, quota, items, callers.upstream_answered, config.batch_as_one_call
         )
