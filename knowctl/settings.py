@@ -172,6 +172,13 @@ class UpstreamDeployment(BaseModel):
     project: str | None = Field(None, description="Vertex project.")
     location: str = Field("global", description="Vertex location (global included).")
     order: int = Field(0, ge=0, description="Preference: lower first; ties go to the most headroom.")
+    learned_start_rpm: int | None = Field(
+        60,
+        ge=1,
+        description="For a model it declares no limit for (Vertex Dynamic Shared Quota): learn its "
+        "capacity from the provider's 429s, starting at this many requests per minute and doubling "
+        "while it fills; null: do not learn, only hold it after a 429.",
+    )
     service_tiers: dict[Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"], TierName] = Field(
         default_factory=dict,
         description="The provider's service tier for calls of each knowctl priority, where the caller set "

@@ -51,8 +51,10 @@ def summary_line(data: dict[str, Any]) -> str:
     for d in data.get("deployments", []):
         for name, model in d.get("models", {}).items():
             share = model.get("share_1m")
+            learned = model.get("learned")
+            taught = f" learned={learned['limit']:g}" if learned else ""
             parts.append(
-                f"{d['name']}/{name}: {_windows(model)} {model.get('health', '?')}"
+                f"{d['name']}/{name}: {_windows(model)}{taught} {model.get('health', '?')}"
                 f" share={'-' if share is None else f'{share:.0%}'};"
             )
     return " ".join(parts)
@@ -65,15 +67,26 @@ def render(data: dict[str, Any]) -> Group:
     from rich.text import Text
 
     table = Table(title="upstream deployments", caption="share: of this daemon's calls in the last minute")
-    for column in ("deployment", "model", "window", "usage", "used", "limit", "health", "held for", "share"):
-        table.add_column(
-            column, justify="right" if column in ("used", "limit", "held for", "share") else "left"
-        )
+    columns = (
+        "deployment",
+        "model",
+        "window",
+        "usage",
+        "used",
+        "limit",
+        "learned",
+        "health",
+        "held for",
+        "share",
+    )
+    for column in columns:
+        left = column in ("deployment", "model", "window", "usage", "health")
+        table.add_column(column, justify="left" if left else "right")
     for d in data.get("deployments", []):
         where = f"{d['name']} [dim]({d.get('family')}, order {d.get('order', 0)})[/dim]"
         models = d.get("models", {})
         if not models:
-            table.add_row(where, "[dim]no calls yet[/dim]", *[""] * 7)
+            table.add_row(where, "[dim]no calls yet[/dim]", *[""] * 8)
             continue
         first = True
         for name, model in models.items():
@@ -82,7 +95,12 @@ def render(data: dict[str, Any]) -> Group:
                 model.get("health", ""), "[red]held[/red]"
             )
             share = model.get("share_1m")
+            learned = model.get("learned")
+            taught = "-"
+            if learned:
+                taught = f"{learned['limit']:g}" + (" [dim](probing)[/dim]" if learned["probing"] else "")
             cells = (
+                taught,
                 health,
                 duration(held["remaining_s"]) if held else "-",
                 "-" if share is None else f"{share:.0%}",
@@ -97,7 +115,7 @@ def render(data: dict[str, Any]) -> Group:
                     usage,
                     str(w["used"]) if w else "",
                     str(w["limit"]) if w else "",
-                    *(cells if i == 0 else ("", "", "")),
+                    *(cells if i == 0 else ("", "", "", "")),
                 )
                 first = False
     note = (

@@ -138,6 +138,19 @@ UPSTREAM_QUOTA_LIMIT = Gauge(
     multiprocess_mode="livemax",
     registry=REGISTRY,
 )
+UPSTREAM_LEARNED = Gauge(
+    "knowctl_upstream_learned_limit",
+    "Requests per minute window learned for a deployment that declares no limit for the model.",
+    ["deployment", "model"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+UPSTREAM_REFUSED = Counter(
+    "knowctl_upstream_provider_refusals",
+    "The provider's own 429s, by deployment and model (what learned capacity learns from).",
+    ["deployment", "model"],
+    registry=REGISTRY,
+)
 UPSTREAM_ADMITTED = Counter(
     "knowctl_upstream_admitted",
     "Calls the quota admitted at each deployment, by deployment and model.",
@@ -202,6 +215,8 @@ CACHE_REQUESTS_BY = Children(CACHE_REQUESTS)  # (layer, result)
 QUOTA_USED_BY = Children(QUOTA_USED)  # (model, window)
 UPSTREAM_QUOTA_USED_BY = Children(UPSTREAM_QUOTA_USED)  # (deployment, model, window)
 UPSTREAM_ADMITTED_BY = Children(UPSTREAM_ADMITTED)  # (deployment, model)
+UPSTREAM_LEARNED_BY = Children(UPSTREAM_LEARNED)  # (deployment, model)
+UPSTREAM_REFUSED_BY = Children(UPSTREAM_REFUSED)  # (deployment, model)
 UPSTREAM_TIERS_BY = Children(UPSTREAM_TIERS)  # (deployment, tier)
 UPSTREAM_TIER_DOWNGRADES_BY = Children(UPSTREAM_TIER_DOWNGRADES)  # (deployment, model)
 QUOTA_DECISIONS_BY = Children(QUOTA_DECISIONS)  # (model, decision)

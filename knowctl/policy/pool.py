@@ -54,6 +54,9 @@ class Deployment:
     project: str | None = None  # Vertex
     location: str | None = None  # Vertex
     tiers: Mapping[Priority, str] = field(default_factory=dict)  # knowctl priority -> provider tier
+    # Where the learned capacity of a model it declares no limit for starts (requests per
+    # minute window); None: not learned, such a model is held only after the provider's 429s.
+    learn_from: int | None = None
 
     @property
     def legacy(self) -> bool:
@@ -127,6 +130,14 @@ class Pool:
         preferred deployment that serves it."""
         found = self.candidates(call)
         return found[0] if found else None
+
+    def learned_window(self, limit: int) -> Window:
+        """The request window a learned capacity is enforced by."""
+        return Window(RPM, self._quota.minute_s, limit)
+
+    @property
+    def minute_s(self) -> float:
+        return self._quota.minute_s
 
     def windows(self, deployment: Deployment, model: str) -> tuple[Window, ...]:
         """``model``'s quota windows at ``deployment``, in the order rpm, rpd, tpm, tpd; ()

@@ -166,6 +166,13 @@ def quota_hold(lane: str) -> str:
     return f"{PREFIX}{scope_part(quota_scope(model, deployment or None))}:hold"
 
 
+def quota_learned(lane: str) -> str:
+    """The capacity learned for ``lane`` (model/deployment) that declares no limit: the limit
+    and whether it still probes, so a daemon that starts later begins where the fleet is."""
+    model, _, deployment = lane.partition(LANE)
+    return f"{PREFIX}{scope_part(quota_scope(model, deployment or None))}:learned"
+
+
 def quota_waiting(model: str) -> str:
     """Present while some daemon has callers queued for ``model``'s quota: only then is
     returned capacity announced (see Store.adjust). Tagged like the model's windows, since

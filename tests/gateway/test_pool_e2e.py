@@ -280,3 +280,50 @@ def test_a_model_no_deployment_serves_is_a_404_in_googles_shape(pool: Callable[.
     assert response.status_code == 404
     error: dict[str, Any] = response.json()["error"]
     assert error["status"] == "NOT_FOUND" and "not-in-the-pool" in error["message"]
+
+
+def test_learned_capacity_converges_on_a_hidden_limit(
+    tmp_path: Path, redis_url: str, simulators: dict[str, Simulator]
+) -> None:
+    """A deployment that declares no limit (Vertex's Dynamic Shared Quota), a provider that
+    serves 15 a window and refuses past it: the gateway learns the 15 and stops asking for more."""
+    window, hidden = 3, 15
+    sim = simulators["a"]
+    sim.restore()
+    sim.configure(rpm=hidden, window_s=window)
+    config = tmp_path / "pool.yaml"
+    config.write_text(
+        yaml.safe_dump({"upstreams": [{"name": "dsq", "url": sim.url, "learned_start_rpm": 5}]})
+    )
+    environ = {
+        **env(),
+        "KNOWCTL_CONFIG": str(config),
+        "KNOWCTL_AUTH_MODE": "anonymous",
+        "KNOWCTL_QUOTA_MINUTE_S": str(window),
+        "KNOWCTL_QUEUE_TIMEOUT": "0.3",
+    }
+    handle, process = start_gateway(tmp_path, "--store", redis_url, env=environ)
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    with process:
+
+        async def load(seconds: float, rate: float) -> list[int]:
+            async with httpx.AsyncClient(base_url=handle.url, timeout=30) as client:
+
+                async def one(i: int) -> int:
+                    await asyncio.sleep(i / rate)
+                    return (await client.post(gen_path(name), json=body(f"q {i}"))).status_code
+
+                return list(await asyncio.gather(*(one(i) for i in range(int(seconds * rate)))))
+
+        asyncio.run(load(3 * window, 10))  # three windows to learn in
+        before = sim.stats()
+        statuses = asyncio.run(load(2 * window, 10))  # then two more, measured
+        after = sim.stats()
+        data = httpx.get(f"{handle.url}/api/upstreams", timeout=10).json()
+    learned = data["deployments"][0]["models"][name]["learned"]
+    assert 0.8 * hidden <= learned["limit"] <= 1.2 * hidden, learned
+    assert learned["refusals"] >= 1 and learned["probing"] is False
+    forwarded = (after["served"] + after["rejected"]) - (before["served"] + before["rejected"])
+    refused = after["rejected"] - before["rejected"]
+    assert refused <= 0.1 * forwarded, (refused, forwarded)  # the provider barely says no any more
+    assert statuses.count(200) >= 0.8 * 2 * hidden  # and most of what it serves is used

@@ -1,11 +1,12 @@
-"""The pure parts of the upstream pool: candidates and targets, the choice among lanes, the
-retry budget, service tiers and fallback chains."""
+"""The pure parts of the upstream pool: candidates and targets, the choice among lanes,
+learned capacity, the retry budget, service tiers and fallback chains."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
+from knowctl.policy.capacity import LearnedLimit
 from knowctl.policy.fallback import DEFAULT_ORDER, Fallbacks, check_chains, retarget
 from knowctl.policy.paths import ApiCall, Family, parse_path
 from knowctl.policy.pool import Deployment, Pool, Served
@@ -136,3 +137,17 @@ def test_fallback_chains_and_the_call_for_another_model() -> None:
     assert body is not None and orjson.loads(body)["model"] == "google/gemini-2.5-flash"
     with pytest.raises(ValueError, match="twice"):
         check_chains({"pro": ["flash", "pro"]})
+
+
+def test_learned_capacity_starts_slow_backs_off_and_probes() -> None:
+    learned = LearnedLimit(5.0)
+    assert not learned.admitted(3, now=0.0, window_s=60)  # not full: nothing to learn
+    assert learned.admitted(5, now=1.0, window_s=60) and learned.limit == 10  # slow start doubles
+    assert not learned.admitted(10, now=30.0, window_s=60)  # at most once a window
+    assert learned.admitted(10, now=61.0, window_s=60) and learned.limit == 20
+    assert learned.refused(16, now=62.0) and learned.limit == pytest.approx(14.4)  # served 16: a bit less
+    assert not learned.refused(16, now=62.1)  # a second 429 of the same burst: not lower again
+    assert learned.refusals == 2 and not learned.probing
+    assert not learned.admitted(14, now=100.0, window_s=60)  # within a window of the refusal
+    assert learned.admitted(14, now=123.0, window_s=60) and learned.limit == pytest.approx(15.84)  # +10%
+    assert LearnedLimit(0.4).units == 1

@@ -124,7 +124,8 @@ def test_reference_defaults_are_what_the_daemon_runs_with(tmp_path: Path) -> Non
     assert shown.returncode == 0, shown.stderr
     actual = json.loads(shown.stdout)
     cells: dict[str, str] = {}
-    for row in reference_table().splitlines()[2:]:
+    settings_rows = reference_table().split("\n\n", 1)[0]  # the deployments' fields follow it
+    for row in settings_rows.splitlines()[2:]:
         env, default, _ = (cell.strip() for cell in row.strip("|").split("|", 2))
         cells[env.split("`")[1].removeprefix("KNOWCTL_").lower()] = default
     assert "PydanticUndefined" not in reference_table()

@@ -33,10 +33,12 @@ class QuotaBus:
         on_freed: Callable[[str], None],
         on_hold: Callable[[str, float], None],
         on_subscribed: Callable[[], Awaitable[None]],
+        on_learned: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         self._store = store
         self._on_freed = on_freed
         self._on_hold = on_hold
+        self._on_learned = on_learned
         self._id = uuid.uuid4().hex  # tells our own messages apart
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -101,6 +103,31 @@ class QuotaBus:
 
         self.spawn(share())
 
+    def learned(self, lane: str, limit: float, probing: bool, keep_s: float) -> None:
+        """Share a lane's learned capacity with every daemon, and keep it ``keep_s`` for
+        daemons that start later."""
+
+        async def share() -> None:
+            value = orjson.dumps({"l": limit, "p": probing})
+            try:
+                await self._store.set(keys.quota_learned(lane), value, keep_s)
+            except StoreUnavailable as exc:
+                log.debug("quota: could not store the learned capacity of %s: %s", lane, exc)
+            await self._send({"t": "learned", "m": lane, "l": limit, "p": probing})
+
+        self.spawn(share())
+
+    async def load_learned(self, lane: str) -> tuple[float, bool] | None:
+        """The capacity the fleet learned for ``lane``, if it is kept."""
+        try:
+            raw = await self._store.get(keys.quota_learned(lane))
+            found = orjson.loads(raw) if raw else None
+        except (StoreUnavailable, orjson.JSONDecodeError):
+            return None
+        if not isinstance(found, dict) or not isinstance(found.get("l"), int | float):
+            return None
+        return float(found["l"]), bool(found.get("p"))
+
     async def load_hold(self, model: str) -> float | None:
         """The end (epoch) of a hold another daemon stored, if any."""
         try:
@@ -131,3 +158,5 @@ class QuotaBus:
             self._on_freed(model)
         elif kind == "hold" and isinstance(msg.get("u"), int | float):
             self._on_hold(model, float(msg["u"]))
+        elif kind == "learned" and isinstance(msg.get("l"), int | float) and self._on_learned is not None:
+            self._on_learned(model, float(msg["l"]), bool(msg.get("p")))

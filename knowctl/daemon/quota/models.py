@@ -17,6 +17,7 @@ from knowctl.daemon.context import Ticket
 from knowctl.daemon.quota.waitqueue import QueuePlaces, WaitQueue
 from knowctl.policy import quota as qp
 from knowctl.policy import tokens as tp
+from knowctl.policy.capacity import LearnedLimit
 from knowctl.policy.paths import ApiCall
 from knowctl.policy.pool import Deployment, Pool
 from knowctl.policy.windows import Window
@@ -63,6 +64,8 @@ class Lane:
     streak: int = 0  # upstream 429s in a row without a success
     inflight: dict[str, int] = field(default_factory=dict)  # window -> units reserved, unsettled
     admitted: int = 0  # calls admitted here by this daemon
+    learned: LearnedLimit | None = None  # the capacity learned where none is declared
+    last_used: int = 0  # requests in its window at the last admission (what a 429 learns from)
     recent: RecentCount = field(default_factory=RecentCount)  # of them, in the last minute
 
     @property
@@ -128,10 +131,12 @@ class Models:
         pool: Pool,
         places: QueuePlaces,
         load_hold: Callable[[str], Awaitable[float | None]],
+        load_learned: Callable[[str], Awaitable[tuple[float, bool] | None]] | None = None,
     ) -> None:
         self._pool = pool
         self._places = places
         self._load_hold = load_hold
+        self._load_learned = load_learned
         self._by_name: dict[str, ModelState] = {}
         self._by_hold: dict[str, tuple[ModelState, Lane]] = {}
 
@@ -180,7 +185,10 @@ class Models:
                 model if d.legacy and not credential else f"{model}{keys.LANE}{part}",
                 qp.has_token_window(windows),
             )
-            lane.inflight = {w.name: 0 for w in windows}
+            if not windows and not d.legacy and not credential and d.learn_from is not None:
+                lane.learned = LearnedLimit(float(d.learn_from))
+                lane.windows = (self._pool.learned_window(lane.learned.units),)
+            lane.inflight = {w.name: 0 for w in lane.windows}
             lanes.append(lane)
         lanes.sort(key=lambda lane: lane.deployment.order)
         m = ModelState(name, tuple(lanes), model, WaitQueue(self._places))
@@ -229,6 +237,29 @@ class Models:
             until = await self._load_hold(lane.hold_name)
             if until is not None:
                 self.hold(m, lane, until)
+            if lane.learned is not None and self._load_learned is not None:
+                found = await self._load_learned(lane.hold_name)
+                if found is not None:
+                    self.learn(lane, *found)
+
+    def learn(self, lane: Lane, limit: float, probing: bool) -> None:
+        """Take a learned capacity (this daemon's, or another's news) into the lane's window."""
+        if lane.learned is None:
+            return
+        lane.learned.limit, lane.learned.probing = limit, probing
+        self.learned(lane)
+
+    def learned(self, lane: Lane) -> None:
+        """The lane's learned capacity changed: its window follows, the gauge too."""
+        assert lane.learned is not None
+        lane.windows = (self._pool.learned_window(lane.learned.units),)
+        model = lane.hold_name.partition(keys.LANE)[0]
+        metrics.UPSTREAM_LEARNED_BY(lane.name, metrics.MODELS(model)).set(lane.learned.limit)
+
+    def on_learned(self, hold_name: str, limit: float, probing: bool) -> None:
+        found = self._by_hold.get(hold_name)
+        if found is not None:
+            self.learn(found[1], limit, probing)
 
     @staticmethod
     def hold(m: ModelState, lane: Lane, until: float) -> None:

@@ -48,6 +48,9 @@ log = logging.getLogger("knowctl.quota")
 
 # Estimates kept for calls between try_admit and wait_admit (count_tokens mode only).
 _ESTIMATE_MEMO = 4096
+# How long the fleet keeps a learned capacity for daemons that start later (Vertex's shared
+# pools change through the day: a week-old figure is no better than a fresh start).
+LEARNED_KEEP_S = 86400.0
 # When the store is overloaded (answers others, not us), try again after this long.
 STORE_BUSY_RETRY_S = 0.1
 
@@ -95,13 +98,19 @@ class ProviderQuota:
         self._waiting = 0
         self._places = QueuePlaces(config.queue_per_caller)
         # The models read their holds through the bus, made next with their callbacks.
-        self._models = Models(config.pool, self._places, lambda name: self._bus.load_hold(name))
+        self._models = Models(
+            config.pool,
+            self._places,
+            lambda name: self._bus.load_hold(name),
+            lambda name: self._bus.load_learned(name),
+        )
         self._estimates: OrderedDict[int, tuple[CallContext, tp.Reservation]] = OrderedDict()
         self._bus = QuotaBus(
             store,
             on_freed=self._models.on_freed,
             on_hold=self._models.on_hold,
             on_subscribed=self._models.on_subscribed,
+            on_learned=self._models.on_learned,
         )
         self._windows = FailoverWindows(
             store,
@@ -307,11 +316,23 @@ class ProviderQuota:
         self, model: str, retry_delay: float | None, deployment: str | None = None
     ) -> None:
         """The provider said 429 for ``model`` at ``deployment`` (the pool's most preferred
-        when not given): hold that deployment for the model, here and on every daemon."""
+        when not given): hold that deployment for the model, here and on every daemon. A
+        learned capacity learns from it instead, and is held only for the RetryInfo given."""
         m = self._models.known(model)
         lane = m.lane(deployment) or (m.lanes[0] if m.lanes else None)
         if lane is None:
             return
+        metrics.UPSTREAM_REFUSED_BY(lane.name, self._models.label(m)).inc()
+        if lane.learned is not None:
+            if lane.learned.refused(lane.last_used, time.time()):
+                self._learned(lane)
+            if retry_delay is None:
+                return  # the learned window now holds it back: no blind back-off besides
+        self._hold(m, lane, retry_delay)
+
+    def _hold(self, m: ModelState, lane: Lane, retry_delay: float | None) -> None:
+        """Take the lane out until the provider's RetryInfo delay, or for a back-off that
+        doubles while it keeps refusing or failing."""
         now = time.time()
         if lane.hold_until <= now:
             # Count a new 429 only once the previous hold ended: calls already in flight
@@ -327,14 +348,22 @@ class ProviderQuota:
         self._models.hold(m, lane, until)
         self._bus.hold(lane.hold_name, until, delay)
 
+    def _learned(self, lane: Lane) -> None:
+        """The lane's learned capacity moved: its window here, and the news to the fleet."""
+        learned = lane.learned
+        assert learned is not None
+        self._models.learned(lane)
+        self._bus.learned(lane.hold_name, learned.limit, learned.probing, LEARNED_KEEP_S)
+
     def upstream_failed(self, model: str, deployment: str | None) -> None:
         """A circuit breaker per deployment and model: a failure takes the deployment out for
         a back-off that doubles while it keeps failing (the hold of a 429, without RetryInfo);
         when it ends the next call probes it, and a success closes it (``streak`` back to 0).
         The pool of one is never taken out: there is nowhere else to go."""
         m = self._models.known(model)
-        if len(m.lanes) > 1:
-            self.upstream_exhausted(model, None, deployment)
+        lane = m.lane(deployment)
+        if len(m.lanes) > 1 and lane is not None:
+            self._hold(m, lane, None)
 
     def alternatives(self, ctx: CallContext) -> bool:
         m = self._models.get(self._key(ctx))
@@ -376,6 +405,8 @@ class ProviderQuota:
         choice, where = got
         label = self._models.label(m)
         for lane, admission in zip(metered, choice.admissions, strict=True):
+            if lane.learned is not None and admission.usage:
+                lane.last_used = admission.usage[0]
             for w, used in zip(lane.windows, admission.usage, strict=False):  # unasked: none
                 if lane.deployment.legacy:
                     metrics.QUOTA_USED_BY(label, w.name).set(used)
@@ -386,6 +417,10 @@ class ProviderQuota:
         lane = metered[choice.chosen]
         for w, amount in zip(lane.windows, candidates[choice.chosen].amounts, strict=True):
             lane.inflight[w.name] += amount
+        if lane.learned is not None and lane.learned.admitted(
+            lane.last_used, now, self._config.pool.minute_s
+        ):
+            self._learned(lane)
         ticket = Ticket(m.name, rid, tokens, {"where": where}, planned.requests, deployment=lane.name)
         self._unreserved(m, ticket, planned.unreserved)
         return ticket

@@ -71,6 +71,13 @@ async def lane_report(
         "health": "held" if lane.hold_until > now else "failing" if lane.streak else "ok",
         "admitted": lane.admitted,
         "recent": lane.recent.total(now),
+        "learned": None
+        if lane.learned is None
+        else {
+            "limit": round(lane.learned.limit, 2),
+            "probing": lane.learned.probing,
+            "refusals": lane.learned.refusals,
+        },
     }
 
 
