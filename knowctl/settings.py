@@ -172,6 +172,11 @@ class UpstreamDeployment(BaseModel):
     project: str | None = Field(None, description="Vertex project.")
     location: str = Field("global", description="Vertex location (global included).")
     order: int = Field(0, ge=0, description="Preference: lower first; ties go to the most headroom.")
+    proxy: str | None = Field(
+        None,
+        description="HTTP proxy its calls go through (http://host:port): https through CONNECT, TLS "
+        "checked as without one. Unset: HTTPS_PROXY / HTTP_PROXY unless NO_PROXY names the host.",
+    )
     learned_start_rpm: int | None = Field(
         60,
         ge=1,
@@ -195,6 +200,20 @@ class UpstreamDeployment(BaseModel):
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         return _check_http_url(value).rstrip("/") if value else None
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlsplit
+
+        if not value.startswith("http://"):
+            raise ValueError("must be an http:// proxy (https is tunnelled through it with CONNECT)")
+        parts = urlsplit(_check_http_url(value))
+        if parts.username or parts.password:
+            raise ValueError("proxy credentials are not supported: allow the gateway's address at the proxy")
+        return value.rstrip("/")
 
     @field_validator("models", mode="before")
     @classmethod

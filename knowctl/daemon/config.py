@@ -66,6 +66,7 @@ def _deployment(d: UpstreamDeployment) -> Deployment:
         location=d.location if vertex else None,
         tiers={Priority[p]: tier for p, tier in d.service_tiers.items()},
         learn_from=d.learned_start_rpm,
+        proxy=d.proxy,
     )
 
 

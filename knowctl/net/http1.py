@@ -10,8 +10,11 @@ none of it); pyreqwest is at the line. Figures and the decision: docs/architectu
 What it does: GET and POST with a body, HTTP/1.1 only (Google's endpoints speak it), TLS
 with certificate and host checks, one deadline per call for the whole exchange (connect
 within ``connect_timeout``), bodies by Content-Length, chunked or until close, a bounded
-buffer per answer (reading pauses while the caller is behind). What it leaves out: proxies,
-redirects (the gateway forwards answers as they are), compression (it asks for identity).
+buffer per answer (reading pauses while the caller is behind), an HTTP proxy per origin
+(``Origin.proxy``: CONNECT for https, its tunnel kept alive; absolute-form for http, a
+connection per call, as such proxies close them unannounced). What it leaves out: proxy
+credentials, redirects (the gateway forwards answers as they are), compression (it asks for
+identity).
 
 Errors: :class:`ConnectFailed` (no connection), :class:`Timeout` (the deadline passed),
 :class:`Broken` (the connection broke or the answer is not HTTP). A connection is reused
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +39,8 @@ import httptools
 HIGH_WATER = 256 * 1024
 # Idle connections older than this are closed rather than reused (servers drop them too).
 IDLE_S = 30.0
+# The most a proxy may say in answer to CONNECT before the tunnel opens.
+MAX_TUNNEL_HEAD = 16 * 1024
 
 
 class HttpError(Exception):
@@ -58,6 +64,14 @@ class Origin:
     scheme: str
     host: str
     port: int
+    # The HTTP proxy calls to this origin go through (an http:// origin): https through a
+    # CONNECT tunnel, with TLS to the origin itself checked as without one; http as an
+    # absolute-form request to the proxy. Connections through it are pooled apart.
+    proxy: Origin | None = None
+
+    def via(self, proxy: Origin | None) -> Origin:
+        """This origin, reached through ``proxy`` (None: directly)."""
+        return Origin(self.scheme, self.host, self.port, proxy)
 
     @classmethod
     def parse(cls, url: str) -> Origin:
@@ -123,6 +137,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self.error: HttpError | None = None
         self.idle_since = 0.0
+        # Not kept alive: a proxy relaying plain http may close after any answer unannounced.
+        self.single_use = False
 
     # --- protocol callbacks -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -211,6 +227,7 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return (
             self.complete
+            and not self.single_use
             and not self._until_close
             and self.error is None
             and not self._pieces
@@ -317,15 +334,26 @@ class Pool:
                 self._tls = ssl.create_default_context()
             tls = self._tls
         wait = min(self._connect_timeout, max(0.0, deadline - loop.time()))
+        proxy = origin.proxy
         try:
             async with asyncio.timeout(wait):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(loop), origin.host, origin.port, ssl=tls
-                )
+                if proxy is None:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(loop), origin.host, origin.port, ssl=tls
+                    )
+                elif tls is None:  # plain http: every request goes to the proxy, in absolute form
+                    _, conn = await loop.create_connection(lambda: _Connection(loop), proxy.host, proxy.port)
+                    conn.single_use = True
+                else:
+                    sock = await _tunnel(loop, proxy, origin)
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(loop), sock=sock, ssl=tls, server_hostname=origin.host
+                    )
         except TimeoutError as exc:
             raise Timeout(f"connecting to {origin.host}:{origin.port} took over {wait:g}s") from exc
         except (OSError, ssl.SSLError) as exc:
-            raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port}: {exc}") from exc
+            via = f" through the proxy {proxy.host}:{proxy.port}" if proxy is not None else ""
+            raise ConnectFailed(f"cannot connect to {origin.host}:{origin.port}{via}: {exc}") from exc
         return conn
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
@@ -403,9 +431,40 @@ class _Exchange:
         self._pool._release(self._origin, conn)
 
 
+async def _tunnel(loop: asyncio.AbstractEventLoop, proxy: Origin, origin: Origin) -> socket.socket:
+    """A socket connected to ``origin`` through ``proxy``'s CONNECT (RFC 9110 9.3.6), ready for
+    TLS to the origin."""
+    found = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = found[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, address)
+        authority = origin.host_header if ":" in origin.host_header else f"{origin.host_header}:{origin.port}"
+        await loop.sock_sendall(sock, f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            piece = await loop.sock_recv(sock, 4096)
+            if not piece or len(head) > MAX_TUNNEL_HEAD:
+                raise OSError("the proxy closed the connection before answering CONNECT")
+            head += piece
+        line = head.split(b"\r\n", 1)[0]
+        status = line.split()
+        if len(status) < 2 or status[1] != b"200":
+            raise OSError(f"the proxy refused CONNECT: {line.decode('latin-1')}")
+        if head.index(b"\r\n\r\n") + 4 != len(head):
+            raise OSError("the proxy sent bytes after its CONNECT answer")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _request_bytes(method: str, origin: Origin, target: str, headers: dict[str, str], body: bytes) -> bytes:
     if any(c in target for c in " \r\n"):
         raise Broken(f"refusing to send the malformed request target {target!r}")
+    if origin.proxy is not None and origin.scheme == "http":
+        target = f"http://{origin.host_header}{target}"  # absolute form, for the proxy
     lines = [f"{method} {target} HTTP/1.1", f"host: {origin.host_header}"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:

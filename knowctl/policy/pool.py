@@ -26,6 +26,7 @@ from knowctl.policy.quota import RPD, RPM, TPD, TPM, Limits, QuotaConfig
 from knowctl.policy.windows import Window
 
 DEFAULT = "default"
+MEMO_LIMIT = 4096
 
 # The Vertex project form of a path: its project and location are the deployment's.
 _VERTEX_PREFIX = re.compile(r"^/(v1|v1beta1)/projects/[^/]+/locations/[^/]+/")
@@ -57,6 +58,7 @@ class Deployment:
     # Where the learned capacity of a model it declares no limit for starts (requests per
     # minute window); None: not learned, such a model is held only after the provider's 429s.
     learn_from: int | None = None
+    proxy: str | None = None  # the HTTP proxy its calls go through (else HTTPS_PROXY / HTTP_PROXY)
 
     @property
     def legacy(self) -> bool:
@@ -111,19 +113,24 @@ class Pool:
         self.deployments = tuple(deployments)
         self._quota = quota
         self._by_name = {d.name: d for d in deployments}
-
-    @property
-    def single(self) -> bool:
-        """The pool of one of the single-upstream settings."""
-        return len(self.deployments) == 1 and self.deployments[0].legacy
+        self.single = len(self.deployments) == 1 and self.deployments[0].legacy
+        # Per family and model: asked on every call, and the answer never changes.
+        self._candidates: dict[tuple[Family, str | None], tuple[Deployment, ...]] = {}
 
     def get(self, name: str) -> Deployment | None:
         return self._by_name.get(name)
 
     def candidates(self, call: ApiCall) -> tuple[Deployment, ...]:
         """The deployments that may serve ``call``, by preference order (ties as configured)."""
-        found = [d for d in self.deployments if d.serves(call)]
-        return tuple(sorted(found, key=lambda d: d.order))
+        if self.single:
+            return self.deployments
+        key = (call.family, call.model)
+        found = self._candidates.get(key)
+        if found is None:
+            found = tuple(sorted((d for d in self.deployments if d.serves(call)), key=lambda d: d.order))
+            if len(self._candidates) < MEMO_LIMIT:  # model names come from callers: bounded
+                self._candidates[key] = found
+        return found
 
     def first(self, call: ApiCall) -> Deployment | None:
         """Where a call that spends no quota goes (a listing, a token count): the most

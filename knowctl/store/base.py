@@ -19,6 +19,7 @@ from typing import ClassVar, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from knowctl.policy.windows import Window
+from knowctl.store.keys import scope_tag
 
 __all__ = [
     "Admission",
@@ -417,13 +418,11 @@ def check_window_call(
 
 def check_candidates(candidates: Sequence[Candidate], reservation_id: str) -> None:
     """Argument checks of ``acquire_any``: one script must reach every candidate's keys."""
-    from knowctl.store.keys import scope_tag
-
     if not candidates:
         raise ValueError("at least one candidate is required")
     for c in candidates:
         check_window_call(c.scope, c.windows, c.amounts, reservation_id)
-    if len({scope_tag(c.scope) for c in candidates}) > 1:
+    if len(candidates) > 1 and len({scope_tag(c.scope) for c in candidates}) > 1:
         raise ValueError("candidates must share one hash tag (the deployments of one model)")
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from knowctl.net import http1
 from tests.support.net import LOOPBACK, free_port
+from tests.support.tinyproxy import tinyproxy
 from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.anyio
@@ -227,3 +228,51 @@ async def test_https_checks_the_certificate_and_the_host(tmp_path: Path) -> None
         finally:
             await trusting.close()
             await default.close()
+
+
+async def test_http_goes_through_a_proxy_in_absolute_form(server: Server, tmp_path: Path) -> None:
+    with tinyproxy(tmp_path) as proxy:
+        through = server.origin.via(http1.Origin.parse(proxy.url))
+        async with pool() as p:
+            for _ in range(2):
+                async with p.request("POST", through, "/echo", {"x-a": "1"}, b"via") as response:
+                    assert (response.status, await response.read()) == (200, b"via")
+        assert proxy.seen(f"POST http://{LOOPBACK}:{server.port}/echo") == 2
+        assert all(b"\r\nvia: " in r.lower() for r in server.requests)  # the proxy's mark
+
+
+async def test_https_goes_through_a_connect_tunnel_with_tls_checked_as_ever(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    state = Server(port=0)
+    listener = await asyncio.start_server(lambda r, w: _serve(state, r, w), LOOPBACK, 0, ssl=served)
+    state.port = listener.sockets[0].getsockname()[1]
+    trusting = http1.Pool(
+        max_connections=2, connect_timeout=2, timeout=2, tls=ssl.create_default_context(cafile=str(cert))
+    )
+    default = http1.Pool(max_connections=2, connect_timeout=2, timeout=2)  # the system's CAs
+    with tinyproxy(tmp_path) as proxy:
+        origin = http1.Origin("https", LOOPBACK, state.port).via(http1.Origin.parse(proxy.url))
+        async with listener:
+            try:
+                for _ in range(2):
+                    async with trusting.request("POST", origin, "/echo", {}, b"tunnelled") as response:
+                        assert (response.status, await response.read()) == (200, b"tunnelled")
+                assert state.connections == 1  # one tunnel, kept alive
+                assert proxy.seen(f"CONNECT {LOOPBACK}:{state.port}") == 1
+                with pytest.raises(http1.ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                    async with default.request("POST", origin, "/ok", {}, b""):
+                        pass
+            finally:
+                await trusting.close()
+                await default.close()
+
+
+async def test_an_unreachable_proxy_is_a_connect_failure_naming_it(server: Server) -> None:
+    dead = http1.Origin("http", LOOPBACK, free_port())
+    async with pool() as p:
+        for origin in (server.origin.via(dead), http1.Origin("https", LOOPBACK, server.port).via(dead)):
+            with pytest.raises(http1.ConnectFailed, match="through the proxy"):
+                async with p.request("POST", origin, "/ok", {}, b""):
+                    pass

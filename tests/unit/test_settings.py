@@ -167,6 +167,10 @@ def test_bad_pools_fail_at_start_naming_the_field(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump({"upstreams": [{"name": "x", "service_tiers": {"SOMETIMES": "flex"}}]}))
     with pytest.raises(Exception, match=r"upstreams\.0\.service_tiers"):
         load_settings(config)
+    for proxy, problem in (("https://p:3128", "http:// proxy"), ("http://u:pw@p:3128", "credentials")):
+        config.write_text(yaml.safe_dump({"upstreams": [{"name": "x", "proxy": proxy}]}))
+        with pytest.raises(Exception, match=problem):
+            load_settings(config)
     config.write_text(yaml.safe_dump({"upstreams": [{"name": "a"}, {"name": "a"}]}))
     with pytest.raises(Exception, match="unique: a"):
         load_settings(config)

@@ -209,7 +209,8 @@ class Models:
                 for w in lane.windows:
                     if lane.deployment.legacy:
                         metrics.QUOTA_LIMIT.labels(label, w.name).set(w.limit)
-                    metrics.UPSTREAM_QUOTA_LIMIT.labels(lane.name, label, w.name).set(w.limit)
+                    else:
+                        metrics.UPSTREAM_QUOTA_LIMIT.labels(lane.name, label, w.name).set(w.limit)
         return label
 
     def _forget_idle(self) -> None:

@@ -407,10 +407,12 @@ class ProviderQuota:
         for lane, admission in zip(metered, choice.admissions, strict=True):
             if lane.learned is not None and admission.usage:
                 lane.last_used = admission.usage[0]
+            legacy = lane.deployment.legacy
             for w, used in zip(lane.windows, admission.usage, strict=False):  # unasked: none
-                if lane.deployment.legacy:
+                if legacy:
                     metrics.QUOTA_USED_BY(label, w.name).set(used)
-                metrics.UPSTREAM_QUOTA_USED_BY(lane.name, label, w.name).set(used)
+                else:
+                    metrics.UPSTREAM_QUOTA_USED_BY(lane.name, label, w.name).set(used)
         if choice.chosen is None:
             spare = next((lane for lane in lanes if not lane.windows), None)
             return self._unmetered(m, spare) if spare is not None else choice.retry_after

@@ -62,7 +62,8 @@ async def lane_report(
         for w, u in zip(lane.windows, await windows.usage(lane.scope, lane.windows), strict=True):
             if lane.deployment.legacy:
                 metrics.QUOTA_USED_BY(label, w.name).set(u.used)
-            metrics.UPSTREAM_QUOTA_USED_BY(lane.name, label, w.name).set(u.used)
+            else:
+                metrics.UPSTREAM_QUOTA_USED_BY(lane.name, label, w.name).set(u.used)
             found[w.name] = qp.window_stats(w, u.used, max(0, lane.inflight[w.name]), u.reset_after, now)
     return {
         "order": lane.deployment.order,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -122,7 +123,9 @@ class UpstreamClient:
         self._credentials = credentials
         self._config = config
         self._pool: http1.Pool | None = None
-        self._origins: dict[str, tuple[http1.Origin, str]] = {}
+        self._origins: dict[tuple[str, str | None], tuple[http1.Origin, str]] = {}
+        # HTTPS_PROXY, HTTP_PROXY and NO_PROXY (either case), read once, as curl reads them.
+        self._env_proxies = urllib.request.getproxies_environment()
 
     @property
     def target(self) -> str:
@@ -197,12 +200,19 @@ class UpstreamClient:
             await self._pool.close()
             self._pool = None
 
-    def _origin(self, base: str) -> tuple[http1.Origin, str]:
-        """The origin of ``base`` and its path prefix (an upstream may sit under a path)."""
-        found = self._origins.get(base)
+    def _origin(self, base: str, proxy: str | None) -> tuple[http1.Origin, str]:
+        """The origin of ``base`` (reached through ``proxy``, the deployment's, or the
+        environment's unless NO_PROXY names the host) and its path prefix (an upstream may
+        sit under a path)."""
+        found = self._origins.get((base, proxy))
         if found is None:
             origin, path = http1.Origin.split(base)
-            found = self._origins[base] = (origin, path.rstrip("/"))
+            via = proxy or self._env_proxies.get(origin.scheme)
+            if proxy is None and via and urllib.request.proxy_bypass(origin.host):
+                via = None
+            if via:
+                origin = origin.via(http1.Origin.parse(via))
+            found = self._origins[(base, proxy)] = (origin, path.rstrip("/"))
         return found
 
     @asynccontextmanager
@@ -227,7 +237,7 @@ class UpstreamClient:
                 headers.update(extra)
                 metrics.UPSTREAM_TIERS_BY(deployment.name, tier).inc()
         query = _strip_key_param(outgoing.query) if own is not None else outgoing.query
-        origin, prefix = self._origin(deployment.origin(outgoing.call))
+        origin, prefix = self._origin(deployment.origin(outgoing.call), deployment.proxy)
         path = (
             outgoing.raw_path
             if deployment.legacy
