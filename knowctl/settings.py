@@ -230,13 +230,6 @@ class UpstreamDeployment(BaseModel):
                 raise ValueError(f"{name!r} is not a model name")
         return value
 
-    @field_validator("api_key_file")
-    @classmethod
-    def _check_key_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} is not a readable file")
-        return value
-
     def key(self) -> str | None:
         """The API key, from the setting or its file (read now: a rotated Secret is picked up
         at the next start)."""

@@ -62,8 +62,12 @@ def serve(
             EXIT_CONFIG,
         )
     from knowctl.daemon.server import serve as run_daemon
+    from knowctl.daemon.upstream.credentials import CredentialsError
+    from knowctl.settings import ConfigError
 
     try:
         run_daemon(settings)
+    except (ConfigError, CredentialsError) as exc:  # a key file or credentials that cannot be read
+        fail(str(exc), EXIT_CONFIG)
     except OSError as exc:
         fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}", EXIT_CONFIG)

@@ -24,6 +24,7 @@ from knowctl.deploy.values.derived import (
     config_document,
     gateway_settings,
     grace_period,
+    pool_key_files,
     redis_host,
     secret_files,
     url_secrets,
@@ -109,7 +110,9 @@ def _context(target: Target, values: Values) -> dict[str, Any]:
 
     settings = gateway_settings(values, target)
     files = secret_files(values, settings)
-    config_yaml = yaml.safe_dump(config_document(settings, files), sort_keys=False)
+    pool_keys = pool_key_files(settings)
+    key_dir = f"{SECRETS_DIR}/knowctl" if target == "k8s" else SECRETS_DIR
+    config_yaml = yaml.safe_dump(config_document(settings, files, key_dir), sort_keys=False)
     secrets = url_secrets(settings)
     credentials = _credential_secrets(settings, files) if target == "compose" else []
     return {
@@ -124,13 +127,15 @@ def _context(target: Target, values: Values) -> dict[str, Any]:
         # The secret settings mounted as files: only those the values use (a file that
         # cannot be read stops the daemon), the same list in the manifests and the docs' command.
         "secret_files": files,
+        # A pool's API keys, in the same Secret: files the config names (api_key_file).
+        "pool_key_files": pool_keys,
         # URLs of the values that carry a password: a Secret of their own (Kubernetes) or
         # secret files (Compose), read through KNOWCTL_<NAME>_FILE; no checksum of them goes
         # on the pod template, where it would be a hash to guess the password against.
         "url_secrets": secrets,
         # A service-account file named under /run/secrets/ (Compose): a secret of its own.
         "credential_secrets": credentials,
-        "compose_secrets": [*files, *secrets, *credentials],
+        "compose_secrets": [*files, *pool_keys, *secrets, *credentials],
         "url_secret_name": f"{values.name}-urls",
         "grace_period": grace_period(values, settings),
         "redis_host": redis_host(values, target),

@@ -290,3 +290,15 @@ def test_a_missing_validator_is_a_failure_with_the_right_install_command(tmp_pat
         message = " ".join(done.stderr.split())
         # This checkout's own extra, into the Python that runs knowctl, not the index's package.
         assert f"{sys.executable} -m pip install -e '{ROOT}[deploy]'" in message, message
+
+
+def test_serve_with_a_pool_key_file_it_cannot_read_exits_2_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "pool.yaml"
+    missing = tmp_path / "no-such-key"
+    config.write_text(f"upstreams:\n  - name: studio\n    api_key_file: {missing}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "knowctl", "serve", "--config", str(config), "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "upstreams.studio.api_key_file" in done.stderr and "Traceback" not in done.stderr

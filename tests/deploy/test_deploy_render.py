@@ -290,6 +290,45 @@ def test_compose_service_account_file_becomes_a_secret() -> None:
     assert "KNOWCTL_GOOGLE_API_KEY_FILE" not in compose["services"]["gateway"]["environment"]
 
 
+POOL = [
+    "settings.upstreams=[{name: studio, models: {gemini-2.5-pro: {rpm: 150}}},"
+    " {name: spare, order: 1}, {name: eu, family: vertex, project: p, location: europe-west4, credentials: adc}]"
+]
+
+
+def test_a_pool_reads_each_key_from_the_secret_on_both_targets(tmp_path: Path) -> None:
+    objs = k8s_objects(POOL)
+    config = yaml.safe_load(find(objs, "ConfigMap", "knowctl-config")["data"]["knowctl.yaml"])
+    files = {d["name"]: d.get("api_key_file") for d in config["upstreams"]}
+    assert files == {
+        "studio": "/run/secrets/knowctl/upstream-studio-api-key",
+        "spare": "/run/secrets/knowctl/upstream-spare-api-key",
+        "eu": None,  # ADC: no key
+    }
+    assert mounted_secret_keys(objs) == {"admin_token"}  # no KNOWCTL_GOOGLE_API_KEY_FILE with a pool
+    pod = find(objs, "Deployment", "knowctl")["spec"]["template"]["spec"]
+    assert "secrets" in {v["name"] for v in pod["volumes"]}  # the keys are files of the mounted Secret
+    comment = find_in_files("k8s", POOL, "30-secret.yaml")
+    assert set(re.findall(r"--from-file=([\w-]+)=", comment)) == {
+        "admin_token", "upstream-studio-api-key", "upstream-spare-api-key"
+    }  # fmt: skip
+    path = tmp_path / "knowctl.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert [d.name for d in load_settings(path).upstreams] == ["studio", "spare", "eu"]  # the daemon reads it
+
+    compose = yaml.safe_load(compose_files(POOL)["docker-compose.yml"])
+    assert {"upstream-studio-api-key", "upstream-spare-api-key"} <= set(compose["secrets"])
+    assert "upstream-studio-api-key" in compose["services"]["gateway"]["secrets"]
+    assert "KNOWCTL_GOOGLE_API_KEY_FILE" not in compose["services"]["gateway"]["environment"]
+    compose_config = yaml.safe_load(compose_files(POOL)["knowctl/knowctl.yaml"])
+    assert compose_config["upstreams"][0]["api_key_file"] == "/run/secrets/upstream-studio-api-key"
+
+
+def test_a_pool_key_in_the_values_is_refused() -> None:
+    with pytest.raises(ValuesError, match=r"upstreams\.0\.api_key is a secret.*upstream-studio-api-key"):
+        load_values(sets=["settings.upstreams=[{name: studio, api_key: AIza-not-here}]"])
+
+
 def find_secret_off(sets: list[str]) -> list[dict[str, Any]]:
     return [o for o in k8s_objects(sets) if o["kind"] == "Secret"]
 

@@ -60,6 +60,10 @@ def gateway(docs: list[dict[str, Any]]) -> dict[str, Any]:
             "network_policy.metrics_namespace=monitoring",
             "gateway.service_account_annotations={iam.gke.io/gcp-service-account: a@b.iam}",
         ],
+        [  # a pool: its keys in the Secret, the config naming their files
+            "settings.upstreams=[{name: studio, models: {gemini-2.5-pro: {rpm: 150}}},"
+            " {name: eu, family: vertex, project: p, location: europe-west4, credentials: adc}]",
+        ],
     ],
 )
 def test_rendered_kubernetes_passes_for_1_30_and_newest(tmp_path: Path, sets: list[str] | None) -> None:

@@ -97,11 +97,23 @@ def secret_files(values: Values, settings: Settings) -> list[str]:
     if values.secret.fields is not None:
         return list(values.secret.fields)
     used = ["admin_token"]
-    if not settings.google_credentials:  # ADC or a service-account file replaces the key
+    # ADC or a service-account file replaces the key; a pool's deployments hold their own.
+    if not settings.google_credentials and not settings.upstreams:
         used.append("google_api_key")
     if settings.cdn_purge_url:
         used.append("cdn_api_token")
     return sorted(used)
+
+
+def pool_key_files(settings: Settings) -> list[str]:
+    """The Secret keys holding a pool's API keys: one per Gemini API deployment that names no
+    key file or credentials of its own, ``upstream-<name>-api-key``; the config points the
+    deployment's ``api_key_file`` at it (``config_document``)."""
+    return [
+        f"upstream-{d.name}-api-key"
+        for d in settings.upstreams
+        if d.family == "gemini" and d.api_key is None and d.api_key_file is None and not d.credentials
+    ]
 
 
 def url_secrets(settings: Settings) -> dict[str, str]:
@@ -113,9 +125,23 @@ def url_secrets(settings: Settings) -> dict[str, str]:
     }
 
 
-def config_document(settings: Settings, files: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def config_document(
+    settings: Settings, files: list[str] | tuple[str, ...] = (), key_dir: str | None = None
+) -> dict[str, Any]:
     """Every setting that is neither secret nor read from a file (``files``, and any URL with
-    credentials), as the YAML config file the daemon reads (KNOWCTL_CONFIG)."""
+    credentials), as the YAML config file the daemon reads (KNOWCTL_CONFIG). With
+    ``key_dir``, where the Secret is mounted, each deployment of ``pool_key_files`` reads its
+    key from there."""
     dumped = settings.model_dump(mode="json")
     left_out = SECRET_FIELDS | set(files) | set(url_secrets(settings))
-    return {name: dumped[name] for name in Settings.model_fields if name not in left_out}
+    document = {name: dumped[name] for name in Settings.model_fields if name not in left_out}
+    keyed = set(pool_key_files(settings))
+    upstreams = []
+    for d in document.get("upstreams", []):
+        d = {k: v for k, v in d.items() if v is not None and k != "api_key"}  # defaults stay implicit
+        if key_dir is not None and f"upstream-{d['name']}-api-key" in keyed:
+            d["api_key_file"] = f"{key_dir}/upstream-{d['name']}-api-key"
+        upstreams.append(d)
+    if upstreams:
+        document["upstreams"] = upstreams
+    return document

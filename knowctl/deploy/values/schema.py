@@ -84,6 +84,12 @@ class Values(StrictSection):
         unknown = sorted(set(value) - set(Settings.model_fields))
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
+        for i, deployment in enumerate(value.get("upstreams") or []):
+            if isinstance(deployment, dict) and deployment.get("api_key"):
+                raise ValueError(
+                    f"upstreams.{i}.api_key is a secret: leave it out, and put it in the Secret as "
+                    f"upstream-{deployment.get('name', '<name>')}-api-key (the render reads it from there)"
+                )
         return value
 
     @model_validator(mode="after")
