@@ -59,7 +59,9 @@ async def generate(
     state.by_tier[tier] = state.by_tier.get(tier, 0) + 1
     served = "standard" if tier == "priority" and state.config.downgrade_priority else tier
     if not stream:
-        headers = [(b"x-gemini-service-tier", served.encode())] if call.family is not Family.VERTEX else []
+        # Said only to calls that asked for a tier (what Google says otherwise is not on record).
+        asked = call.family is not Family.VERTEX and b"serviceTier" in body
+        headers = [(b"x-gemini-service-tier", served.encode())] if asked else []
         await respond(send, 200, orjson.dumps(answers.response(answer)), extra_headers=headers)
         return
     counters.streams += 1
