@@ -213,6 +213,16 @@ def queue_depths(url: str, model: str) -> dict[str, int]:
     return depths
 
 
+def own_queue_depths(url: str, model: str) -> dict[str, int]:
+    """The queue of the one verified pass-through credential that has called ``model``: its
+    calls spend its own quota (``model/cred-...``), queued apart from the model's."""
+    response = admin(url, "GET", "/api/quota/stats")
+    response.raise_for_status()
+    (own,) = [m for name, m in response.json()["models"].items() if name.startswith(f"{model}/cred-")]
+    depths: dict[str, int] = own["queue"]
+    return depths
+
+
 QUEUEING = {
     "KNOWCTL_QUOTA_RPM": "1",
     "KNOWCTL_QUOTA_MINUTE_S": "30",  # the window frees long after the test looked at the queue
@@ -241,11 +251,13 @@ def test_unauthenticated_callers_are_held_to_the_configured_priority(
             json=body(prompt()),
             headers={"x-knowctl-priority": "high"},
         )
-        eventually(lambda: queue_depths(handle.url, model)["MEDIUM"] == 2)
+        eventually(lambda: queue_depths(handle.url, model)["MEDIUM"] == 2)  # capped: not CRITICAL, not HIGH
+        assert queue_depths(handle.url, model) == {"LOW": 0, "MEDIUM": 2, "HIGH": 0, "CRITICAL": 0}
+        # Verified, the credential spends its own quota: it fills that, then queues at CRITICAL.
         verified = sdk(handle.url, good(keyed), address, {"x-knowctl-priority": "CRITICAL"})
+        assert sdk_status(verified, prompt(), model) == 200
         pool.submit(sdk_status, verified, prompt(), model)
-        eventually(lambda: queue_depths(handle.url, model)["CRITICAL"] == 1)
-        assert queue_depths(handle.url, model) == {"LOW": 0, "MEDIUM": 2, "HIGH": 0, "CRITICAL": 1}
+        eventually(lambda: own_queue_depths(handle.url, model)["CRITICAL"] == 1)
 
 
 # --- fair shares of the quota wait queue -------------------------------------------------------------
@@ -274,10 +286,12 @@ def test_one_caller_cannot_fill_the_wait_queue(tmp_path: Path, keyed: KeyedUpstr
         assert [status for status, _ in refused] == [429] * 5
         assert all(took < 5 for _, took in refused)  # refused at once, not after a wait
         assert queue_depths(handle.url, model)["MEDIUM"] == 3
-        # The credential that filled the window is verified: its HIGH call queues as HIGH.
+        # The credential that filled the window is verified: it spends its own quota, and once
+        # that is full too its HIGH call queues as HIGH (its own queue: the flood is not in it).
         legitimate = sdk(handle.url, good(keyed), own_address(), {"x-knowctl-priority": "HIGH"})
+        assert sdk_status(legitimate, prompt(), model) == 200
         pool.submit(sdk_status, legitimate, prompt(), model)
-        eventually(lambda: queue_depths(handle.url, model)["HIGH"] == 1)
+        eventually(lambda: own_queue_depths(handle.url, model)["HIGH"] == 1)
         # An anonymous caller from another address also still finds room.
         pool.submit(from_address(own_address()).post, handle.url + gen_path(model), json=body(prompt()))
         eventually(lambda: queue_depths(handle.url, model)["MEDIUM"] == 4)

@@ -344,7 +344,8 @@ def test_pass_through_callers_spend_their_own_quota_not_each_others(
     tmp_path: Path, redis_url: str, simulator: Simulator
 ) -> None:
     """Callers that bring their own Google credentials spend their own projects' quota: the
-    windows are kept per credential (hashed), so one caller's use does not refuse another."""
+    windows are kept per verified credential (hashed), so one caller's use does not refuse
+    another. A credential's first call, before Google has accepted it, shares the model's."""
     handle, process = start_gateway(
         tmp_path, "--upstream", simulator.url, "--store", redis_url, env=env(quota_rpm=2)
     )
@@ -354,13 +355,15 @@ def test_pass_through_callers_spend_their_own_quota_not_each_others(
         def call(key: str) -> int:
             return client.post(gen_path(name), json=body(key), headers={"x-goog-api-key": key}).status_code
 
-        assert [call("AIza-caller-a") for _ in range(3)] == [200, 200, 429]
-        assert [call("AIza-caller-b") for _ in range(2)] == [200, 200]  # a's use is not b's
+        # a's first call (unverified) takes 1 of the model's 2; then 2 of a's own, then full.
+        assert [call("AIza-caller-a") for _ in range(4)] == [200, 200, 200, 429]
+        assert [call("AIza-caller-b") for _ in range(3)] == [200, 200, 200]  # a's use is not b's
+        assert call("AIza-caller-c") == 429  # the model's own window, for the unverified: full
         data = httpx.get(f"{handle.url}/api/quota/stats", timeout=10).json()
     own = {key: m for key, m in data["models"].items() if key.startswith(f"{name}/cred-")}
     assert len(own) == 2 and all(len(key) == len(name) + 1 + 37 for key in own)  # by hash, never the key
     assert sorted(m["windows"]["rpm"]["used"] for m in own.values()) == [2, 2]
-    assert name not in data["models"]  # no window of the model itself was touched
+    assert data["models"][name]["windows"]["rpm"]["used"] == 2  # a's and b's first calls
     assert "AIza-caller" not in str(data)
 
 

@@ -155,11 +155,14 @@ class ProviderQuota:
 
     @staticmethod
     def _key(ctx: CallContext) -> str:
-        """Whose quota the call spends: the model's, or with a pass-through credential that
-        credential's own (its project's), never shared with another caller's."""
+        """Whose quota the call spends: the model's, or with a verified pass-through credential
+        that credential's own (its project's), never shared with another caller's. A credential
+        not yet seen to succeed shares the model's: made-up keys cannot mint windows."""
         model = ctx.call.model or "-"
-        credential = ctx.identity.credential if ctx.identity is not None else None
-        return model if credential is None else f"{model}{keys.LANE}{credential}"
+        identity = ctx.identity
+        if identity is None or identity.kind != "passthrough" or identity.credential is None:
+            return model
+        return f"{model}{keys.LANE}{identity.credential}"
 
     async def reserve(self, ctx: CallContext) -> Ticket | float:
         m = await self._models.checked(self._key(ctx))
