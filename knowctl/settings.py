@@ -438,6 +438,12 @@ class Settings(BaseSettings):
         "regions, each with its models and limits; a call is admitted wherever there is room. "
         "Unset: one upstream from upstream_url, google_api_key and google_credentials.",
     )
+    upstreams_cross_family: bool = Field(
+        False,
+        description="Let a generateContent, stream or countTokens call addressed to one API family be "
+        "served by a deployment of the other (Gemini API <-> Vertex AI), with that deployment's own "
+        "credentials; see docs/architecture.md, 'Upstream deployments', for what differs.",
+    )
     fallbacks: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Model fallback chains (config file): {gemini-2.5-pro: [gemini-2.5-flash]}. When no "

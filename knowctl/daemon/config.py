@@ -45,10 +45,10 @@ def upstream_pool(settings: Settings) -> Pool:
     quota = quota_config(settings)
     if not settings.upstreams:
         return Pool([Deployment(DEFAULT, base_url=settings.upstream_url)], quota)
-    return Pool([_deployment(d) for d in settings.upstreams], quota)
+    return Pool([_deployment(d, settings.upstreams_cross_family) for d in settings.upstreams], quota)
 
 
-def _deployment(d: UpstreamDeployment) -> Deployment:
+def _deployment(d: UpstreamDeployment, cross_family: bool) -> Deployment:
     models = None
     if d.models is not None:
         models = {
@@ -67,6 +67,7 @@ def _deployment(d: UpstreamDeployment) -> Deployment:
         tiers={Priority[p]: tier for p, tier in d.service_tiers.items()},
         learn_from=d.learned_start_rpm,
         proxy=d.proxy,
+        cross_family=cross_family,
     )
 
 

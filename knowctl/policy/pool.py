@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from knowctl.policy.paths import GEMINI_HOST, ApiCall, Family, Surface, google_origin, vertex_host
 from knowctl.policy.priority import Priority
@@ -26,6 +27,10 @@ from knowctl.policy.quota import RPD, RPM, TPD, TPM, Limits, QuotaConfig
 from knowctl.policy.windows import Window
 
 DEFAULT = "default"
+# The calls whose bodies and answers the two families share: they may cross (opt-in).
+CROSS_ACTIONS = frozenset({"generateContent", "streamGenerateContent", "countTokens"})
+# Body fields one family has and the other refuses: dropped when a call crosses to it.
+_ONLY_VERTEX = ("labels",)
 MEMO_LIMIT = 4096
 
 # The Vertex project form of a path: its project and location are the deployment's.
@@ -59,6 +64,8 @@ class Deployment:
     # minute window); None: not learned, such a model is held only after the provider's 429s.
     learn_from: int | None = None
     proxy: str | None = None  # the HTTP proxy its calls go through (else HTTPS_PROXY / HTTP_PROXY)
+    # It may serve calls addressed to the other family (CROSS_ACTIONS only): ``upstreams_cross_family``.
+    cross_family: bool = False
 
     @property
     def legacy(self) -> bool:
@@ -66,9 +73,51 @@ class Deployment:
         return self.family is None
 
     def serves(self, call: ApiCall) -> bool:
-        if self.family is not None and _family(call) is not self.family:
+        if self.family is not None and _family(call) is not self.family and not self._crosses(call):
             return False
         return self.models is None or call.model is None or call.model in self.models
+
+    def _crosses(self, call: ApiCall) -> bool:
+        return (
+            self.cross_family
+            and call.surface is Surface.MODELS
+            and call.model is not None
+            and call.action in CROSS_ACTIONS
+        )
+
+    def bridged(self, call: ApiCall) -> bool:
+        """Whether ``call`` was addressed to the other family than this deployment's."""
+        return self.family is not None and _family(call) is not self.family
+
+    def as_sent(self, call: ApiCall) -> ApiCall:
+        """``call`` as this deployment receives it: in its own family when it crosses (what
+        its credentials and host are chosen by)."""
+        if not self.bridged(call):
+            return call
+        vertex = self.family is Family.VERTEX
+        return ApiCall(
+            family=Family.VERTEX if vertex else Family.GEMINI,
+            version="v1" if vertex else "v1beta",
+            model=self.upstream_model(call.model or ""),
+            action=call.action,
+            project=self.project if vertex else None,
+            location=(self.location or "global") if vertex else None,
+        )
+
+    def bridge_body(self, call: ApiCall, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The body as the other family takes it, when ``call`` crosses and it differs; None
+        when it goes as it is. Vertex wants every content's ``role`` (the Gemini API assumes
+        ``user``); the Gemini API refuses Vertex's ``labels``."""
+        if payload is None or not self.bridged(call):
+            return None
+        if self.family is Family.VERTEX:
+            contents = payload.get("contents")
+            if isinstance(contents, list) and any(isinstance(c, dict) and "role" not in c for c in contents):
+                filled = [{"role": "user", **c} if isinstance(c, dict) else c for c in contents]
+                return {**payload, "contents": filled}
+            return None
+        dropped = {k: v for k, v in payload.items() if k not in _ONLY_VERTEX}
+        return dropped if len(dropped) != len(payload) else None
 
     def upstream_model(self, model: str) -> str:
         served = self.models.get(model) if self.models is not None else None
@@ -84,7 +133,16 @@ class Deployment:
 
     def target_path(self, call: ApiCall, raw_path: str) -> str:
         """The path as this deployment must see it: its own project and location, and the
-        model under its name there (models surface; elsewhere the model is in the body)."""
+        model under its name there (models surface; elsewhere the model is in the body); a
+        call that crosses families gets the path of this deployment's."""
+        if self.bridged(call):
+            sent = self.as_sent(call)
+            if sent.family is Family.VERTEX:
+                return (
+                    f"/{sent.version}/projects/{sent.project}/locations/{sent.location}"
+                    f"/publishers/google/models/{sent.model}:{sent.action}"
+                )
+            return f"/{sent.version}/models/{sent.model}:{sent.action}"
         path = raw_path
         if self.project is not None and call.family is Family.VERTEX:
             location = self.location or "global"

@@ -36,7 +36,10 @@ async def generate(
     sse = stream and is_sse(scope["query_string"])
     array = stream and not sse  # errors of a JSON-array stream come wrapped in [ ... ]
     try:
-        answer = answers.make_answer(model, answers.parse_json_object(body), body)
+        request = answers.parse_json_object(body)
+        if call.family is Family.VERTEX and not _roles_given(request):
+            raise answers.BadRequest("Please use a valid role: user, model.")  # Vertex's words
+        answer = answers.make_answer(model, request, body)
     except answers.BadRequest as exc:
         await bad_request(state, send, str(exc), array)
         return
@@ -67,6 +70,12 @@ async def generate(
     counters.streams += 1
     chunks = answers.stream_chunks(answer, state.config.chunks)
     await send_chunks(send, chunks, sse, state.config.chunk_delay_ms)
+
+
+def _roles_given(request: dict[str, Any]) -> bool:
+    """Vertex refuses a content without its role; the Gemini API takes it as the user's."""
+    contents = request.get("contents")
+    return not isinstance(contents, list) or all(not isinstance(c, dict) or "role" in c for c in contents)
 
 
 def asked_tier(call: ApiCall, body: bytes, scope: Scope) -> str:

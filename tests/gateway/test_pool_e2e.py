@@ -327,3 +327,41 @@ def test_learned_capacity_converges_on_a_hidden_limit(
     refused = after["rejected"] - before["rejected"]
     assert refused <= 0.1 * forwarded, (refused, forwarded)  # the provider barely says no any more
     assert statuses.count(200) >= 0.8 * 2 * hidden  # and most of what it serves is used
+
+
+def test_calls_cross_families_only_when_the_pool_allows_it(
+    tmp_path: Path, redis_url: str, simulators: dict[str, Simulator]
+) -> None:
+    """A Gemini API call served by a Vertex deployment and back, each rewritten into the
+    deployment's own path (the simulator tells the families apart by the tier it reads: the
+    body's serviceTier on the Gemini API, the request-type headers on Vertex)."""
+    vertex_sim, gemini_sim = simulators["b"], simulators["c"]
+    for sim in (vertex_sim, gemini_sim):
+        sim.restore()
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    pool = [
+        {"name": "vx", "family": "vertex", "project": "mine", "location": "us-central1", "url": vertex_sim.url,
+         "credentials": None, "service_tiers": {"MEDIUM": "dedicated"}, "models": [name]},
+    ]  # fmt: skip
+    gemini_path = f"/v1beta/models/{name}:generateContent"
+    vertex_path = f"/v1/projects/theirs/locations/asia-east1/publishers/google/models/{name}:generateContent"
+    for crossing in (False, True):
+        config = tmp_path / f"cross-{crossing}.yaml"
+        config.write_text(yaml.safe_dump({"upstreams": pool, "upstreams_cross_family": crossing}))
+        environ = {**env(), "KNOWCTL_CONFIG": str(config), "KNOWCTL_AUTH_MODE": "anonymous"}
+        handle, process = start_gateway(tmp_path, "--store", redis_url, env=environ)
+        with process:
+            answer = httpx.post(
+                handle.url + gemini_path, json={"contents": [{"parts": [{"text": "hi"}]}]}, timeout=30
+            )
+            native = httpx.post(handle.url + vertex_path, json=body("hi"), timeout=30)
+        assert native.status_code == 200 and native.headers["x-knowctl-upstream"] == "vx"
+        if not crossing:
+            assert answer.status_code == 404  # no Gemini API deployment serves it
+            continue
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-knowctl-upstream"] == "vx"
+        assert answer.json()["candidates"][0]["content"]["parts"][0]["text"]
+    # Both crossing and native calls reached Vertex as Vertex calls, with the deployment's tier.
+    assert vertex_sim.stats()["by_tier"] == {"dedicated/-": 3}
+    assert vertex_sim.stats()["bad_requests"] == 0  # the role Vertex wants was filled in

@@ -3,6 +3,8 @@ learned capacity, the retry budget, service tiers and fallback chains."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 
@@ -151,3 +153,25 @@ def test_learned_capacity_starts_slow_backs_off_and_probes() -> None:
     assert not learned.admitted(14, now=100.0, window_s=60)  # within a window of the refusal
     assert learned.admitted(14, now=123.0, window_s=60) and learned.limit == pytest.approx(15.84)  # +10%
     assert LearnedLimit(0.4).units == 1
+
+
+def test_a_call_crosses_families_only_when_allowed_and_as_the_deployments_own() -> None:
+    vertex = Deployment("vx", Family.VERTEX, models={"gemini-2.5-pro": Served("gemini-2.5-pro")},
+                        project="mine", location="us-central1", cross_family=True)  # fmt: skip
+    gemini_call = call(GEMINI)
+    assert vertex.serves(gemini_call) and vertex.bridged(gemini_call)
+    assert not dataclasses.replace(vertex, cross_family=False).serves(gemini_call)
+    assert not vertex.serves(call("/v1beta/models/gemini-2.5-pro:batchEmbedContents"))  # bodies differ
+    assert vertex.target_path(gemini_call, GEMINI) == (
+        "/v1/projects/mine/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent"
+    )
+    assert vertex.as_sent(gemini_call).family is Family.VERTEX
+    assert vertex.bridge_body(gemini_call, {"contents": [{"parts": []}]}) == {
+        "contents": [{"role": "user", "parts": []}]
+    }
+    assert vertex.bridge_body(gemini_call, {"contents": [{"role": "model", "parts": []}]}) is None
+    studio = Deployment("key", Family.GEMINI, cross_family=True)
+    vertex_call = call(VERTEX)
+    assert studio.target_path(vertex_call, VERTEX) == "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+    assert studio.bridge_body(vertex_call, {"contents": [], "labels": {"team": "a"}}) == {"contents": []}
+    assert not studio.bridged(call(GEMINI)) and studio.bridge_body(call(GEMINI), {"labels": {}}) is None

@@ -186,7 +186,7 @@ class UpstreamClient:
         """Whether ``call`` goes upstream with the gateway's credentials (as ``send`` does at
         ``deployment``): then what comes back is about the gateway's account, not the caller's."""
         found = self._pool_of.get(deployment) if deployment is not None else self._pool_of.first(call)
-        return found is not None and self._credentials[found.name].own_for(call)
+        return found is not None and self._credentials[found.name].own_for(found.as_sent(call))
 
     async def start(self) -> None:
         self._pool = http1.Pool(
@@ -225,11 +225,14 @@ class UpstreamClient:
         model = outgoing.call.model or "-"
         started = time.perf_counter()
         deployment = self._deployment(outgoing.call, outgoing.deployment)
-        own = await self._credentials[deployment.name].headers_for(outgoing.call)
+        # A call that crosses families is authenticated and addressed as the deployment's own.
+        own = await self._credentials[deployment.name].headers_for(deployment.as_sent(outgoing.call))
         headers = _request_headers(outgoing.headers, own)
-        body, tier = outgoing.body, self._tier(deployment, outgoing)
+        body, tier = self._bridged_body(deployment, outgoing), self._tier(deployment, outgoing)
         if tier is not None:
-            tiered = tiers.with_tier(outgoing.call.family, outgoing.call.surface, body, headers, tier)
+            tiered = tiers.with_tier(
+                deployment.as_sent(outgoing.call).family, outgoing.call.surface, body, headers, tier
+            )
             if tiered is None:
                 tier = None  # the caller chose its tier itself
             else:
@@ -264,6 +267,18 @@ class UpstreamClient:
             if counted:
                 _count_failure(model, failure)
             raise
+
+    @staticmethod
+    def _bridged_body(deployment: Deployment, outgoing: OutgoingCall) -> bytes:
+        """The body, as the deployment's family takes it when the call crosses families."""
+        if not deployment.bridged(outgoing.call):
+            return outgoing.body
+        try:
+            payload = orjson.loads(outgoing.body) if outgoing.body else None
+        except orjson.JSONDecodeError:
+            return outgoing.body
+        bridged = deployment.bridge_body(outgoing.call, payload if isinstance(payload, dict) else None)
+        return outgoing.body if bridged is None else orjson.dumps(bridged)
 
     @staticmethod
     def _tier(deployment: Deployment, outgoing: OutgoingCall) -> str | None:
