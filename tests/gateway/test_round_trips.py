@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.support.fixtures import start_gateway
 from tests.support.recorder import Recorder, recording_upstream
@@ -30,16 +31,31 @@ def generate(url: str, text: str) -> httpx.Response:
 
 @contextlib.contextmanager
 def measured_gateway(
-    redis_url: str, tmp_path: Path, env: dict[str, str]
+    redis_url: str, tmp_path: Path, env: dict[str, str], pool: int = 0
 ) -> Iterator[tuple[str, Proxy, Recorder]]:
     """A gateway whose store traffic passes a recording proxy, warmed up (scripts loaded, the
-    model's hold looked up): its URL, the proxy and the recording upstream."""
+    model's hold looked up): its URL, the proxy and the recording upstream. With ``pool``, a
+    pool of that many deployments (all at the recording upstream) declaring the model's rpm."""
     host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
     with tcp_proxy(host, int(port)) as proxy, recording_upstream() as upstream:
+        where = ["--upstream", upstream.url]
+        if pool:
+            config = tmp_path / "pool.yaml"
+            deployments = [
+                {"name": f"d{i}", "url": upstream.url, "models": {MODEL: {"rpm": 100000}}}
+                for i in range(pool)
+            ]
+            config.write_text(yaml.safe_dump({"upstreams": deployments}))
+            where, env = (
+                [],
+                {
+                    **{k: v for k, v in env.items() if not k.startswith("KNOWCTL_QUOTA_")},
+                    "KNOWCTL_CONFIG": str(config),
+                },
+            )
         handle, process = start_gateway(
             tmp_path,
-            "--upstream",
-            upstream.url,
+            *where,
             "--store",
             proxy.url,
             env={"KNOWCTL_AUTH_MODE": "anonymous", "KNOWCTL_USER_LIMITS": "100000/minute", **env},
@@ -55,13 +71,14 @@ def miss(url: str) -> None:
     assert answer.status_code == 200 and answer.headers["x-knowctl-cache"] == "MISS"
 
 
-@pytest.mark.parametrize("ip_limits", ["none", "100000/minute"])
+@pytest.mark.parametrize(("ip_limits", "pool"), [("none", 0), ("100000/minute", 0), ("none", 3)])
 def test_a_miss_makes_one_store_round_trip_before_the_upstream_call(
-    redis_url: str, tmp_path: Path, ip_limits: str
+    redis_url: str, tmp_path: Path, ip_limits: str, pool: int
 ) -> None:
-    # The user's limit check, provider quota admission, and the address's check.
+    # The user's limit check, provider quota admission (at whichever of a pool's deployments
+    # has room: one script), and the address's check.
     env = {"KNOWCTL_QUOTA_RPM": "100000", "KNOWCTL_IP_LIMITS": ip_limits}
-    with measured_gateway(redis_url, tmp_path, env) as (url, proxy, upstream):
+    with measured_gateway(redis_url, tmp_path, env, pool) as (url, proxy, upstream):
         counts = []
         for _ in range(5):
             started = time.monotonic()

@@ -146,6 +146,15 @@ def test_config_show_hides_secrets(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout and '"admin_token": "***"' in result.stdout
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(yaml.safe_dump({"upstreams": [{"name": "a", "api_key": "AIza-pool-secret"}]}))
+    for form in (["--json"], []):
+        shown = subprocess.run(
+            [sys.executable, "-m", "knowctl", "config", "show", "--config", str(pool), *form],
+            env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"}, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert "AIza-pool-secret" not in shown.stdout and "upstreams" in shown.stdout
 
 
 def test_bad_pools_fail_at_start_naming_the_field(tmp_path: Path) -> None:
