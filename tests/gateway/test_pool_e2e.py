@@ -365,3 +365,26 @@ def test_calls_cross_families_only_when_the_pool_allows_it(
     # Both crossing and native calls reached Vertex as Vertex calls, with the deployment's tier.
     assert vertex_sim.stats()["by_tier"] == {"dedicated/-": 3}
     assert vertex_sim.stats()["bad_requests"] == 0  # the role Vertex wants was filled in
+
+
+@pytest.mark.parametrize("items", ["true", "false"])  # cached per text, or forwarded whole
+def test_an_embedding_batch_moves_to_another_deployment_after_a_429(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator], items: str
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    environ = {"KNOWCTL_CACHE_ENABLED": items}
+    [gateway] = pool(name, orders={"a": 0, "b": 1, "c": 1}, daemons=1, environ=environ)
+    simulators["a"].configure(rpm=2)  # a batch of 2 counts 2: the second batch is refused at a
+
+    def batch(tag: str) -> httpx.Response:
+        texts = [f"{tag} {j}" for j in range(2)]
+        payload = {
+            "requests": [{"model": f"models/{name}", "content": {"parts": [{"text": t}]}} for t in texts]
+        }
+        return httpx.post(f"{gateway.url}/v1beta/models/{name}:batchEmbedContents", json=payload, timeout=30)
+
+    first, second = batch("one"), batch("two")
+    assert first.status_code == 200 and first.headers["x-knowctl-upstream"] == "a"
+    assert second.status_code == 200, second.text
+    assert second.headers["x-knowctl-upstream"] in ("b", "c") and len(second.json()["embeddings"]) == 2
+    assert int(simulators["a"].stats()["rejected"]) == 1

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from knowctl.daemon.context import CallContext, Ticket
 from knowctl.daemon.contracts import CallRefused, EmbeddingItems, QuotaGate
 from knowctl.daemon.pipeline.replies import CACHE_HEADER, send_refusal, send_upstream_error
-from knowctl.daemon.upstream.client import OutgoingCall, UpstreamClient, UpstreamFailure
+from knowctl.daemon.upstream.client import UPSTREAM_HEADER, OutgoingCall, UpstreamClient, UpstreamFailure
 from knowctl.net.asgi import JSON, Send, respond
 from knowctl.policy import embeddings
 from knowctl.policy.paths import Surface
 from knowctl.policy.quota import provider_counted
+from knowctl.policy.retries import RetryBudget
 from knowctl.policy.wire import openai
 
 log = logging.getLogger("knowctl.embed")
@@ -27,6 +29,10 @@ Whole = Callable[[CallContext, Send], Awaitable[int]]
 ITEMS_HEADER = b"x-knowctl-cache-items"
 
 
+class _Moved:
+    """The deployment refused or failed the call before anything reached the caller: try another."""
+
+
 class Embeddings:
     def __init__(
         self,
@@ -35,7 +41,9 @@ class Embeddings:
         items: EmbeddingItems,
         answered: Callable[[CallContext, int], None],
         batch_as_one_call: frozenset[str],
+        retries: RetryBudget | None = None,
     ) -> None:
+        self._retries = retries or RetryBudget()
         self._upstream = upstream
         self._quota = quota
         self._items = items
@@ -59,29 +67,30 @@ class Embeddings:
         model = ctx.call.model or "-"
         ctx.requests = 1 if model in self._as_one else len(missing)
         ctx.input_texts = [batch.texts[i] for i in missing]
-        ticket = await self._admit(ctx)
         body = embeddings.request_for(ctx.call, ctx.payload or {}, batch, missing)
-        outgoing = OutgoingCall(
-            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, body, ctx.deployment, ctx.priority
-        )
-        own = self._upstream.own_credentials(ctx.call, ctx.deployment)
-        spent, refused = True, False
-        usage: dict[str, object] | None = None
+        attempt = 0
+        self._retries.started()
         try:
-            async with self._upstream.send(outgoing) as response:
-                self._answered(ctx, response.status)
-                answer = await response.read()
-                if response.status != 200:
-                    spent = provider_counted(response.status, answer)
-                    refused = response.status == 429
-                    headers = [*self._upstream.answer_headers(response, outgoing, own), *ctx.response_headers]
-                    return await send_upstream_error(
-                        send, ctx, response.status, answer, headers, own_credentials=own
-                    )
-            got = embeddings.vectors_of(ctx.call, answer, len(missing))
-            if got is None:
-                raise UpstreamFailure(502, "upstream sent an embedding answer that does not match the call")
-            vectors, usage = got
+            while True:
+                ticket = await self._admit(ctx)
+                # A 429, a 5xx or no answer moves the call to another deployment, as a
+                # generation's does (docs/architecture.md, "Upstream deployments"), within the
+                # retry budget: nothing has reached the caller.
+                failover = self._quota.alternatives(ctx) and self._retries.may_retry(attempt)
+                self._retries.retrying(+1 if attempt else 0)
+                try:
+                    outcome = await self._ask(ctx, send, ticket, body, len(missing), failover)
+                finally:
+                    self._retries.retrying(-1 if attempt else 0)
+                if not isinstance(outcome, _Moved):
+                    break
+                attempt += 1
+        finally:
+            self._retries.finished()
+        if isinstance(outcome, int):
+            return outcome
+        vectors, usage = outcome
+        try:
             for i, vector in zip(missing, vectors, strict=True):
                 found[i] = vector
             await self._items.put_many([(batch.keys[i], v) for i, v in zip(missing, vectors, strict=True)])
@@ -89,16 +98,59 @@ class Embeddings:
             label = b"MISS" if len(missing) == len(found) else b"HIT-PARTIAL"
             complete = [v for v in found if v is not None]
             return await self._answer(ctx, send, complete, usage, label, counted)
-        except UpstreamFailure as failure:
-            spent = failure.status != 503
-            return await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
         finally:
-            if spent:
-                await self._quota.settle(ticket, openai.usage_metadata(usage))
-            else:
-                self._quota.release(ticket)
-            if refused:
-                self._quota.upstream_exhausted(ticket.model, None, ticket.deployment)
+            await self._quota.settle(ticket, openai.usage_metadata(usage))
+
+    async def _ask(
+        self, ctx: CallContext, send: Send, ticket: Ticket, body: bytes, texts: int, failover: bool
+    ) -> tuple[list[bytes], dict[str, Any] | None] | int | _Moved:
+        """One upstream call for the missing texts: their vectors and usage (settled by the
+        caller once answered), or the status of the error passed on (settled here), or with
+        ``failover`` a move to another deployment (settled, and that one held)."""
+        outgoing = OutgoingCall(
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, body, ctx.deployment, ctx.priority
+        )
+        own = self._upstream.own_credentials(ctx.call, ctx.deployment)
+        try:
+            async with self._upstream.send(outgoing) as response:
+                self._answered(ctx, response.status)
+                answer = await response.read()
+                headers = [*self._upstream.answer_headers(response, outgoing, own), *ctx.response_headers]
+        except UpstreamFailure as failure:
+            await self._settle(ticket, failure.status != 503, failed=True)
+            if failover:
+                return _Moved()
+            return await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
+        if response.status != 200:
+            refused, failed = response.status == 429, response.status >= 500
+            await self._settle(
+                ticket, provider_counted(response.status, answer), refused=refused, failed=failed
+            )
+            if failover and (refused or failed):
+                return _Moved()
+            return await send_upstream_error(send, ctx, response.status, answer, headers, own_credentials=own)
+        got = embeddings.vectors_of(ctx.call, answer, texts)
+        if got is None:
+            await self._settle(ticket, True)
+            mismatch = "upstream sent an embedding answer that does not match the call"
+            return await send_refusal(send, ctx, CallRefused(502, mismatch))
+        # The answer is put together here: it names the deployment as a passed-on one would.
+        ctx.response_headers.extend(h for h in headers if h[0] == UPSTREAM_HEADER)
+        return got
+
+    async def _settle(
+        self, ticket: Ticket, spent: bool, *, refused: bool = False, failed: bool = False
+    ) -> None:
+        """A call that brought no vectors: its reservation kept if the provider spent it, the
+        deployment held after a 429 and taken out after a failure."""
+        if spent:
+            await self._quota.settle(ticket, None)
+        else:
+            self._quota.release(ticket)
+        if refused:
+            self._quota.upstream_exhausted(ticket.model, None, ticket.deployment)
+        elif failed:
+            self._quota.upstream_failed(ticket.model, ticket.deployment)
 
     async def _admit(self, ctx: CallContext) -> Ticket:
         got = await self._quota.try_admit(ctx)

@@ -43,6 +43,7 @@ from knowctl.policy.paths import OPENAI_MODELS, PREDICT, ApiCall, Surface, allow
 from knowctl.policy.priority import Priority, effective_priority
 from knowctl.policy.quota import provider_counted
 from knowctl.policy.requests import body_problem
+from knowctl.policy.retries import RetryBudget
 from knowctl.policy.wire import interactions as interactions_wire
 from knowctl.policy.wire import openai as openai_wire
 
@@ -70,6 +71,7 @@ class Passed(NamedTuple):
     sent: int  # the status the caller got
     provider: int  # the provider's status; 0 when it did not answer
     spent: bool  # whether the provider may have counted the call against its quota
+    moved: bool = False  # refused or failed with nothing sent: another deployment may serve it
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +106,12 @@ class ModelCallHandler:
         self._upstream = upstream
         self._callers = callers
         self._quota = quota
+        retries = self._retries = RetryBudget()  # one budget for every call that may move elsewhere
         self._generation = Generation(
-            upstream, cache, quota, callers.upstream_answered, fallbacks=config.fallbacks
+            upstream, cache, quota, callers.upstream_answered, retries=retries, fallbacks=config.fallbacks
         )
         self._embeddings = Embeddings(
-            upstream, quota, items, callers.upstream_answered, config.batch_as_one_call
+            upstream, quota, items, callers.upstream_answered, config.batch_as_one_call, retries
         )
         self._interactions = InteractionCalls(interactions, self._generate, self._pass_on, quota.reconcile)
         self._allowed = config.allowed_actions
@@ -291,27 +294,43 @@ class ModelCallHandler:
         batches, predictions): admitted like a generation call, its reservation kept (these
         answers carry no usage to reconcile with) unless the provider refused the call
         before spending anything on it."""
-        got = await quota.try_admit(ctx)
-        ticket = got if isinstance(got, Ticket) else await quota.wait_admit(ctx, got)
-        passed = Passed(CLIENT_CLOSED, 0, spent=True)  # cancelled: it may have been spent
+        attempt = 0
+        self._retries.started()
         try:
-            passed = await self._pass_on(ctx, send)
+            while True:
+                got = await quota.try_admit(ctx)
+                ticket = got if isinstance(got, Ticket) else await quota.wait_admit(ctx, got)
+                # A 429, a 5xx or no answer moves it to another deployment within the retry
+                # budget, as a generation call (docs/architecture.md, "Upstream deployments").
+                failover = quota.alternatives(ctx) and self._retries.may_retry(attempt)
+                passed = Passed(CLIENT_CLOSED, 0, spent=True)  # cancelled: it may have been spent
+                self._retries.retrying(+1 if attempt else 0)
+                try:
+                    passed = await self._pass_on(ctx, send, failover)
+                finally:
+                    self._retries.retrying(-1 if attempt else 0)
+                    if passed.spent:
+                        await quota.settle(ticket, None)
+                    else:
+                        quota.release(ticket)
+                    if passed.provider == 429:
+                        quota.upstream_exhausted(ticket.model, None, ticket.deployment)
+                    elif passed.provider >= 500 or (passed.provider == 0 and passed.moved):
+                        quota.upstream_failed(ticket.model, ticket.deployment)
+                if not passed.moved:
+                    return passed.sent
+                attempt += 1
         finally:
-            if passed.spent:
-                await quota.settle(ticket, None)
-            else:
-                quota.release(ticket)
-            if passed.provider == 429:
-                quota.upstream_exhausted(ticket.model, None, ticket.deployment)
-        return passed.sent
+            self._retries.finished()
 
     async def _forward(self, ctx: CallContext, send: Send) -> int:
         """Calls the gateway does not generate through (countTokens, listings, other
         actions): forwarded as they are, answered as they come."""
         return (await self._pass_on(ctx, send)).sent
 
-    async def _pass_on(self, ctx: CallContext, send: Send) -> Passed:
-        """Forward the call and pass the answer on."""
+    async def _pass_on(self, ctx: CallContext, send: Send, failover: bool = False) -> Passed:
+        """Forward the call and pass the answer on; with ``failover``, a 429, a 5xx or no
+        answer is not passed on (``moved``: nothing was sent)."""
         outgoing = OutgoingCall(
             ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment, ctx.priority
         )
@@ -323,10 +342,13 @@ class ModelCallHandler:
                 out_headers = [*self._upstream.answer_headers(response, outgoing, own), *ctx.response_headers]
                 if response.status >= 400:
                     body = await response.read()
+                    spent = provider_counted(response.status, body)
+                    if failover and (response.status == 429 or response.status >= 500):
+                        return Passed(0, response.status, spent, moved=True)
                     sent = await send_upstream_error(
                         send, ctx, response.status, body, out_headers, own_credentials=own
                     )
-                    return Passed(sent, response.status, provider_counted(response.status, body))
+                    return Passed(sent, response.status, spent)
                 if response.status == 200 and response.header(b"content-length") is None:
                     # An answer of unknown length may be long: pass it on as it arrives.
                     start = {"type": "http.response.start", "status": 200, "headers": out_headers}
@@ -351,5 +373,7 @@ class ModelCallHandler:
                 # Too late for an error status: cut the connection so the client sees an
                 # incomplete answer instead of a stream that looks finished.
                 raise
+            if failover:
+                return Passed(0, 0, spent=failure.status != 503, moved=True)
             sent = await send_refusal(send, ctx, CallRefused(failure.status, failure.message))
             return Passed(sent, 0, spent=failure.status != 503)  # 503: it never left
