@@ -131,6 +131,17 @@ _DEPLOYMENT_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")  # as knowctl.policy.paths reads them
 
 
+class TierLimits(BaseModel):
+    """The limits a provider keeps apart for one service tier of a model at a deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute at this tier.")
+    rpd: int | None = Field(None, ge=1, description="Requests per day at this tier.")
+    tpm: int | None = Field(None, ge=1, description="Tokens per minute at this tier.")
+    tpd: int | None = Field(None, ge=1, description="Tokens per day at this tier.")
+
+
 class DeploymentModel(BaseModel):
     """One model an upstream deployment serves: its name there, and its limits there."""
 
@@ -143,6 +154,11 @@ class DeploymentModel(BaseModel):
     rpd: int | None = Field(None, ge=1, description="Requests per day.")
     tpm: int | None = Field(None, ge=1, description="Tokens per minute.")
     tpd: int | None = Field(None, ge=1, description="Tokens per day.")
+    tiers: dict[TierName, TierLimits] = Field(
+        default_factory=dict,
+        description="Limits the provider keeps apart per service tier (e.g. {priority: {rpm: 20}}): calls "
+        "of that tier are counted there instead; tiers not listed share the model's.",
+    )
 
     @field_validator("upstream_model")
     @classmethod

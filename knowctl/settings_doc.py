@@ -6,7 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from knowctl.settings import ENV_PREFIX, SECRET_FIELDS, DeploymentModel, Settings, UpstreamDeployment
+from knowctl.settings import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    DeploymentModel,
+    Settings,
+    TierLimits,
+    UpstreamDeployment,
+)
 
 START = "<!-- settings-reference:start -->"
 END = "<!-- settings-reference:end -->"
@@ -39,6 +46,8 @@ def reference_table() -> str:
     rows += _fields_table(UpstreamDeployment, "upstreams[].")
     rows += ["", "Each model of a deployment's `models` mapping:", ""]
     rows += _fields_table(DeploymentModel, "upstreams[].models.{model}.")
+    rows += ["", "Each tier of a model's `tiers` mapping:", ""]
+    rows += _fields_table(TierLimits, "upstreams[].models.{model}.tiers.{tier}.")
     return "\n".join(rows) + "\n"
 
 

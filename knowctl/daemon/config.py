@@ -52,7 +52,11 @@ def _deployment(d: UpstreamDeployment, cross_family: bool) -> Deployment:
     models = None
     if d.models is not None:
         models = {
-            name: Served(m.upstream_model or name, Limits(m.rpm, m.rpd, m.tpm, m.tpd))
+            name: Served(
+                m.upstream_model or name,
+                Limits(m.rpm, m.rpd, m.tpm, m.tpd),
+                {tier: Limits(t.rpm, t.rpd, t.tpm, t.tpd) for tier, t in m.tiers.items()},
+            )
             for name, m in d.models.items()
         }
     vertex = d.family == "vertex"

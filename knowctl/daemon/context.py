@@ -47,6 +47,7 @@ class Ticket:
     data: dict[str, Any] = field(default_factory=dict)  # the quota component's own bookkeeping
     requests: int = 1  # what it counts in request windows
     deployment: str | None = None  # where the call goes: the deployment that admitted it
+    lane: str | None = None  # the quota's own name of where it counts (a deployment's tier)
 
 
 @dataclass(slots=True)

@@ -45,6 +45,7 @@ class Served:
 
     upstream: str
     limits: Limits = field(default_factory=Limits)
+    tiers: Mapping[str, Limits] = field(default_factory=dict)  # limits kept apart per service tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,15 +205,16 @@ class Pool:
     def minute_s(self) -> float:
         return self._quota.minute_s
 
-    def windows(self, deployment: Deployment, model: str) -> tuple[Window, ...]:
-        """``model``'s quota windows at ``deployment``, in the order rpm, rpd, tpm, tpd; ()
-        when it declares no limit (then only the provider's 429s tell)."""
+    def windows(self, deployment: Deployment, model: str, tier: str | None = None) -> tuple[Window, ...]:
+        """``model``'s quota windows at ``deployment`` (for ``tier``, where the deployment keeps
+        its limits apart), in the order rpm, rpd, tpm, tpd; () when it declares no limit
+        (then only the provider's 429s tell)."""
         if deployment.legacy:
             return self._quota.windows(model)
         served = deployment.models.get(model) if deployment.models is not None else None
         if served is None:
             return ()
-        lim = served.limits
+        lim = served.limits if tier is None else served.tiers.get(tier, Limits())
         q = self._quota
         out: list[Window] = []
         for name, limit in ((RPM, lim.rpm), (RPD, lim.rpd), (TPM, lim.tpm), (TPD, lim.tpd)):

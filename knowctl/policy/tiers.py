@@ -14,7 +14,7 @@ Pure code.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -27,6 +27,19 @@ SERVED_HEADER = b"x-gemini-service-tier"  # in Gemini API answers: the tier that
 VERTEX_TYPE = "x-vertex-ai-llm-request-type"
 VERTEX_SHARED_TYPE = "x-vertex-ai-llm-shared-request-type"
 _BODY_FIELDS = {Surface.MODELS: "serviceTier", Surface.INTERACTIONS: "service_tier"}
+
+
+def caller_tier(family: Family, payload: Mapping[str, Any] | None, headers: Mapping[str, str]) -> str | None:
+    """The tier the caller chose itself, if any: the body's on the Gemini API, the
+    request-type headers on Vertex (``shared`` with a shared type: that type)."""
+    if family is Family.VERTEX:
+        kind = headers.get(VERTEX_TYPE, "").strip().lower()
+        shared = headers.get(VERTEX_SHARED_TYPE, "").strip().lower()
+        return shared or kind or None
+    if payload is None:
+        return None
+    chosen = payload.get("serviceTier", payload.get("service_tier"))
+    return chosen.lower() if isinstance(chosen, str) and chosen else None
 
 
 def vertex_headers(tier: str) -> dict[str, str]:

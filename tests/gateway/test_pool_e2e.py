@@ -388,3 +388,40 @@ def test_an_embedding_batch_moves_to_another_deployment_after_a_429(
     assert second.status_code == 200, second.text
     assert second.headers["x-knowctl-upstream"] in ("b", "c") and len(second.json()["embeddings"]) == 2
     assert int(simulators["a"].stats()["rejected"]) == 1
+
+
+def test_a_tier_the_provider_limits_apart_counts_in_windows_of_its_own(
+    pool: Callable[..., list[Gateway]], simulators: dict[str, Simulator]
+) -> None:
+    name = f"pool-{uuid.uuid4().hex[:10]}"
+    extra = {
+        "a": {
+            "service_tiers": {"CRITICAL": "priority"},
+            "models": {name: {"rpm": 5, "tiers": {"priority": {"rpm": 2}}}},
+        }
+    }
+    [gateway] = pool(
+        name, orders={"a": 0, "b": 1, "c": 1}, daemons=1, extra=extra,
+        environ={"KNOWCTL_UNAUTHENTICATED_MAX_PRIORITY": "CRITICAL"},
+    )  # fmt: skip
+
+    def served_by(priority: str) -> str:
+        got = httpx.post(
+            f"{gateway.url}{gen_path(name)}",
+            json=body(uuid.uuid4().hex),
+            headers={"x-knowctl-priority": priority},
+            timeout=30,
+        )
+        assert got.status_code == 200, got.text
+        return got.headers["x-knowctl-upstream"]
+
+    # Priority calls fill a's priority windows (2), then go where a tier is not kept apart.
+    simulators["a"].configure(rpm=0)  # the provider serves what each tier's windows allow
+    critical = [served_by("CRITICAL") for _ in range(3)]
+    assert critical[:2] == ["a", "a"] and critical[2] in ("b", "c")
+    assert [served_by("MEDIUM") for _ in range(5)] == ["a"] * 5  # a's standard windows: untouched by them
+    assert served_by("MEDIUM") in ("b", "c")
+    assert simulators["a"].stats()["by_tier"] == {"priority": 2, "standard": 5}
+    stats = httpx.get(f"{gateway.url}/api/quota/stats", params={"model": name}, timeout=10).json()
+    lanes = stats["models"][name]["deployments"]
+    assert lanes["a.priority"]["windows"]["rpm"]["used"] == 2 and lanes["a"]["windows"]["rpm"]["used"] == 5

@@ -99,6 +99,7 @@ def _encode(record: Owned) -> bytes:
             ticket.requests,
             ticket.data,
             ticket.deployment,
+            ticket.lane,
         ]
     return orjson.dumps(fields)
 
@@ -109,11 +110,11 @@ def _decode(raw: bytes) -> Owned | None:
         unsettled = None
         if "u" in found:
             model, reservation_id, estimated, requests, data, *rest = found["u"]
-            deployment = (
-                str(rest[0]) if rest and rest[0] is not None else None
-            )  # records of before pools: none
+            # Records of before pools name neither deployment nor lane.
+            deployment = str(rest[0]) if rest and rest[0] is not None else None
+            lane = str(rest[1]) if len(rest) > 1 and rest[1] is not None else None
             unsettled = Ticket(
-                str(model), str(reservation_id), int(estimated), dict(data), int(requests), deployment
+                str(model), str(reservation_id), int(estimated), dict(data), int(requests), deployment, lane
             )
         return Owned(str(found["o"]), str(found["m"]), int(found["t"]), unsettled)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):

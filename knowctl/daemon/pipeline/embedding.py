@@ -148,9 +148,9 @@ class Embeddings:
         else:
             self._quota.release(ticket)
         if refused:
-            self._quota.upstream_exhausted(ticket.model, None, ticket.deployment)
+            self._quota.upstream_exhausted(ticket.model, None, ticket.lane or ticket.deployment)
         elif failed:
-            self._quota.upstream_failed(ticket.model, ticket.deployment)
+            self._quota.upstream_failed(ticket.model, ticket.lane or ticket.deployment)
 
     async def _admit(self, ctx: CallContext) -> Ticket:
         got = await self._quota.try_admit(ctx)

@@ -342,9 +342,11 @@ class Generation:
             else:
                 self._quota.release(ticket)
             if outcome.provider_refused:
-                self._quota.upstream_exhausted(ticket.model, outcome.retry_delay, ticket.deployment)
+                self._quota.upstream_exhausted(
+                    ticket.model, outcome.retry_delay, ticket.lane or ticket.deployment
+                )
             elif outcome.failed:
-                self._quota.upstream_failed(ticket.model, ticket.deployment)
+                self._quota.upstream_failed(ticket.model, ticket.lane or ticket.deployment)
         finally:
             if saving is not None:
                 await saving

@@ -314,9 +314,9 @@ class ModelCallHandler:
                     else:
                         quota.release(ticket)
                     if passed.provider == 429:
-                        quota.upstream_exhausted(ticket.model, None, ticket.deployment)
+                        quota.upstream_exhausted(ticket.model, None, ticket.lane or ticket.deployment)
                     elif passed.provider >= 500 or (passed.provider == 0 and passed.moved):
-                        quota.upstream_failed(ticket.model, ticket.deployment)
+                        quota.upstream_failed(ticket.model, ticket.lane or ticket.deployment)
                 if not passed.moved:
                     return passed.sent
                 attempt += 1

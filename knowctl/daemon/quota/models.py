@@ -20,6 +20,7 @@ from knowctl.policy import tokens as tp
 from knowctl.policy.capacity import LearnedLimit
 from knowctl.policy.paths import ApiCall
 from knowctl.policy.pool import Deployment, Pool
+from knowctl.policy.priority import Priority
 from knowctl.policy.windows import Window
 from knowctl.store import keys
 
@@ -28,6 +29,23 @@ DECISIONS = ("admitted", "queued", "refused", "fallback")
 MAX_MODELS = 4096
 # Between a deployment and a pass-through credential in a lane's scope.
 CREDENTIAL_JOIN = "~"
+# Between a deployment and a service tier whose limits it keeps apart.
+TIER_JOIN = "."
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a call asks of the quota besides its path: its priority and the tier the caller
+    chose itself, which together say at each deployment which of its tiers it counts in."""
+
+    call: ApiCall
+    priority: Priority = Priority.MEDIUM
+    tier: str | None = None  # the caller's own (serviceTier, Vertex's request-type headers)
+
+    def tier_at(self, deployment: Deployment) -> str | None:
+        return self.tier or deployment.tiers.get(self.priority)
+
+
 RECENT_S = 60  # "the last minute" of a deployment's share of traffic
 
 
@@ -66,6 +84,7 @@ class Lane:
     admitted: int = 0  # calls admitted here by this daemon
     learned: LearnedLimit | None = None  # the capacity learned where none is declared
     last_used: int = 0  # requests in its window at the last admission (what a 429 learns from)
+    tier: str | None = None  # the service tier whose limits it holds (None: the deployment's own)
     recent: RecentCount = field(default_factory=RecentCount)  # of them, in the last minute
 
     @property
@@ -90,6 +109,7 @@ class ModelState:
     label: str = ""  # the model's metrics label, once its limits are exported under it
     output: tp.OutputHighMark = field(default_factory=tp.OutputHighMark)  # answers' usual length
     unreserved: int = 0  # output tokens the calls in flight may take beyond their reservations
+    tiered: frozenset[tuple[str, str]] = frozenset()  # (deployment, tier) kept apart
 
     @property
     def limited(self) -> bool:
@@ -105,20 +125,44 @@ class ModelState:
         """Until when every deployment of the model is held (0 when none is, or none serves it)."""
         return min((lane.hold_until for lane in self.lanes), default=0.0)
 
-    def lane(self, deployment: str | None) -> Lane | None:
-        """The model at ``deployment``; None names the pool of one (a ticket made before
-        deployments were recorded on it)."""
-        if deployment is None:
+    def lane(self, key: str | None) -> Lane | None:
+        """The lane a ticket names (its ``lane``, else its deployment: that deployment's
+        lane without a tier); None names the pool of one (a ticket made before deployments
+        were recorded on it)."""
+        if key is None:
             return self.lanes[0] if len(self.lanes) == 1 and self.lanes[0].deployment.legacy else None
-        return next((lane for lane in self.lanes if lane.name == deployment), None)
+        for lane in self.lanes:
+            if lane.hold_name == key or (lane.name == key and lane.tier is None):
+                return lane
+        return None
 
-    def open_lanes(self, call: ApiCall, now: float) -> list[Lane]:
-        """The deployments that serve ``call`` and are not held, by preference order."""
-        return [lane for lane in self.lanes if lane.hold_until <= now and lane.deployment.serves(call)]
+    def _serving(self, asked: Asked | ApiCall) -> list[Lane]:
+        """The lanes a call may count in, by preference order: at each deployment that serves
+        it, the lane of the tier it asks for there if the deployment keeps that tier apart,
+        else the deployment's own."""
+        if isinstance(asked, ApiCall):
+            asked = Asked(asked)
+        call = asked.call
+        if not self.tiered:
+            return [lane for lane in self.lanes if lane.deployment.serves(call)]
+        out = []
+        for lane in self.lanes:
+            d = lane.deployment
+            if not d.serves(call):
+                continue
+            wanted = asked.tier_at(d)
+            apart = wanted if (d.name, wanted) in self.tiered else None
+            if lane.tier == apart:
+                out.append(lane)
+        return out
 
-    def held_until(self, call: ApiCall, now: float) -> float:
-        """Until when every deployment that serves ``call`` is held (0 if one is open)."""
-        serving = [lane.hold_until for lane in self.lanes if lane.deployment.serves(call)]
+    def open_lanes(self, asked: Asked | ApiCall, now: float) -> list[Lane]:
+        """The lanes that may take the call and are not held, by preference order."""
+        return [lane for lane in self._serving(asked) if lane.hold_until <= now]
+
+    def held_until(self, asked: Asked | ApiCall, now: float) -> float:
+        """Until when every lane that may take the call is held (0 if one is open)."""
+        serving = [lane.hold_until for lane in self._serving(asked)]
         return min(serving, default=0.0) if all(until > now for until in serving) else 0.0
 
 
@@ -190,8 +234,18 @@ class Models:
                 lane.windows = (self._pool.learned_window(lane.learned.units),)
             lane.inflight = {w.name: 0 for w in lane.windows}
             lanes.append(lane)
+            served = d.models.get(model) if d.models is not None else None
+            for tier in served.tiers if served is not None else ():
+                # Limits the provider keeps apart for a tier: a lane of its own, held apart too.
+                windows = self._pool.windows(d, model, tier)
+                apart = f"{part}{TIER_JOIN}{tier}"
+                tiered = Lane(d, keys.quota_scope(model, apart), windows, f"{model}{keys.LANE}{apart}")
+                tiered.tokens, tiered.tier = qp.has_token_window(windows), tier
+                tiered.inflight = {w.name: 0 for w in windows}
+                lanes.append(tiered)
         lanes.sort(key=lambda lane: lane.deployment.order)
         m = ModelState(name, tuple(lanes), model, WaitQueue(self._places))
+        m.tiered = frozenset((lane.name, lane.tier) for lane in lanes if lane.tier is not None)
         for lane in lanes:
             self._by_hold[lane.hold_name] = (m, lane)
         self.label(m)

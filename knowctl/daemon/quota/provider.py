@@ -32,13 +32,13 @@ from knowctl.daemon.contracts import CallRefused
 from knowctl.daemon.ids import unique_id
 from knowctl.daemon.quota import stats
 from knowctl.daemon.quota.bus import QuotaBus
-from knowctl.daemon.quota.models import Lane, Models, ModelState
+from knowctl.daemon.quota.models import Asked, Lane, Models, ModelState
 from knowctl.daemon.quota.waitqueue import QueuePlaces
 from knowctl.daemon.windows.degraded import local_limit
 from knowctl.daemon.windows.store import FailoverWindows
 from knowctl.policy import quota as qp
+from knowctl.policy import tiers
 from knowctl.policy import tokens as tp
-from knowctl.policy.paths import ApiCall
 from knowctl.policy.pool import Pool
 from knowctl.policy.priority import Priority
 from knowctl.policy.windows import capacity
@@ -164,21 +164,27 @@ class ProviderQuota:
             return model
         return f"{model}{keys.LANE}{identity.credential}"
 
+    @staticmethod
+    def _asked(ctx: CallContext) -> Asked:
+        """What the call asks besides its path: its priority, and the tier the caller chose."""
+        return Asked(ctx.call, ctx.priority, tiers.caller_tier(ctx.call.family, ctx.payload, ctx.header))
+
     async def reserve(self, ctx: CallContext) -> Ticket | float:
         m = await self._models.checked(self._key(ctx))
         now = time.time()
-        lanes = m.open_lanes(ctx.call, now)
+        asked = self._asked(ctx)
+        lanes = m.open_lanes(asked, now)
         if not lanes:
             # Also for models without limits of ours: the provider said 429 at every deployment,
             # and asking again before the hold ends only earns another (a stale answer may
             # serve instead).
-            return max(m.held_until(ctx.call, now) - now, STORE_BUSY_RETRY_S)
+            return max(m.held_until(asked, now) - now, STORE_BUSY_RETRY_S)
         if not lanes[0].windows:
             return self._unmetered(m, lanes[0])
         if m.queue.ahead_of(ctx.priority):
             # Strict priority and FIFO hold for newcomers too: do not overtake the queue.
             return max(0.0, m.free_at - now)
-        return await self._acquire(m, ctx.call, ctx.priority, await self._estimate(ctx, m))
+        return await self._acquire(m, asked, ctx.priority, await self._estimate(ctx, m))
 
     async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
         # With ``reserved`` nothing here suspends: a reservation handed in cannot be lost
@@ -198,18 +204,19 @@ class ProviderQuota:
     async def wait_admit(self, ctx: CallContext, retry_after: float) -> Ticket:
         m = await self._models.checked(self._key(ctx))
         now = time.time()
-        lanes = m.open_lanes(ctx.call, now)
+        asked = self._asked(ctx)
+        lanes = m.open_lanes(asked, now)
         if not m.limited or (lanes and not lanes[0].windows):
             if not lanes:  # no queue without windows: the caller retries after the hold
                 self._refuse(
-                    m, f"The provider's quota for {m.name} is exhausted.", m.held_until(ctx.call, now) - now
+                    m, f"The provider's quota for {m.name} is exhausted.", m.held_until(asked, now) - now
                 )
             ticket = self._unmetered(m, lanes[0])
             self._admitted(m, ticket)
             ctx.deployment = ticket.deployment
             return ticket
         timeout = self._config.queue_timeout
-        held = m.held_until(ctx.call, now) - now
+        held = m.held_until(asked, now) - now
         if qp.never_fits(retry_after):
             self._refuse(
                 m,
@@ -227,7 +234,7 @@ class ProviderQuota:
             self._refuse(
                 m, f"Quota exceeded for {m.name}; this caller holds its share of the wait queue.", retry_after
             )
-        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller, reserving.requests, ctx.call)
+        waiter, is_head = m.queue.push(ctx.priority, reserving.tokens, caller, reserving.requests, asked)
         now = time.time()
         if now >= m.awaited_until - timeout / 2:  # marked for at least another half wait
             m.awaited_until = now + timeout + 1
@@ -273,7 +280,7 @@ class ProviderQuota:
 
     async def settle(self, ticket: Ticket, usage: dict[str, Any] | None) -> None:
         m = self._models.get(ticket.model)
-        lane = m.lane(ticket.deployment) if m is not None else None
+        lane = m.lane(ticket.lane or ticket.deployment) if m is not None else None
         if m is None or lane is None or not ticket.reservation_id:
             return
         for w in lane.windows:
@@ -297,7 +304,7 @@ class ProviderQuota:
         if output is not None:
             m.output.observe(output)
         actual = tp.actual_tokens(usage, self._cfg.token_mode)
-        lane = m.lane(ticket.deployment)
+        lane = m.lane(ticket.lane or ticket.deployment)
         if actual is None or lane is None:
             return  # cut off or no counts: the reservation stands, which can only under-admit
         lane.streak = 0
@@ -372,7 +379,7 @@ class ProviderQuota:
         m = self._models.get(self._key(ctx))
         if m is None or len(m.lanes) < 2:
             return False
-        return any(lane.name != ctx.deployment for lane in m.open_lanes(ctx.call, time.time()))
+        return any(lane.name != ctx.deployment for lane in m.open_lanes(self._asked(ctx), time.time()))
 
     def record_fallback(self, model: str) -> None:
         """The pipeline served a stale answer instead of waiting for quota."""
@@ -380,7 +387,7 @@ class ProviderQuota:
 
     # --- admission ---------------------------------------------------------------------------
     async def _acquire(
-        self, m: ModelState, call: ApiCall | None, priority: Priority, reserving: tp.Reservation | int
+        self, m: ModelState, call: Asked | None, priority: Priority, reserving: tp.Reservation | int
     ) -> Ticket | float:
         """Reserve at whichever open deployment of the model has room, in one store call."""
         planned = reserving if isinstance(reserving, tp.Reservation) else tp.Reservation(reserving)
@@ -426,18 +433,20 @@ class ProviderQuota:
             lane.last_used, now, self._config.pool.minute_s
         ):
             self._learned(lane)
-        ticket = Ticket(m.name, rid, tokens, {"where": where}, planned.requests, deployment=lane.name)
+        ticket = Ticket(
+            m.name, rid, tokens, {"where": where}, planned.requests, deployment=lane.name, lane=lane.hold_name
+        )
         self._unreserved(m, ticket, planned.unreserved)
         return ticket
 
     @staticmethod
     def _unmetered(m: ModelState, lane: Lane) -> Ticket:
         """Admission at a deployment without declared limits: nothing to reserve."""
-        return Ticket(m.name, "", 0, deployment=lane.name)
+        return Ticket(m.name, "", 0, deployment=lane.name, lane=lane.hold_name)
 
     def _admitted(self, m: ModelState, ticket: Ticket) -> None:
         self._count(m, "admitted")
-        lane = m.lane(ticket.deployment)
+        lane = m.lane(ticket.lane or ticket.deployment)
         if lane is not None:
             lane.admitted += 1
             lane.recent.add(time.time())
@@ -561,7 +570,7 @@ class ProviderQuota:
     async def _release(self, m: ModelState, ticket: Ticket) -> None:
         """Give back an admission nobody will use: amounts 0 free it in every window."""
         await self.settle(ticket, None)
-        lane = m.lane(ticket.deployment)
+        lane = m.lane(ticket.lane or ticket.deployment)
         if lane is None or not lane.windows:
             return
         if not await self._adjust(m, lane, ticket, (0,) * len(lane.windows), self._bus.freed(m.name)):

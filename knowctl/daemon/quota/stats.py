@@ -29,7 +29,7 @@ async def report(
     out: dict[str, Any] = {}
     for name in names:
         m = models.known(name)
-        lanes = {lane.name: await lane_report(models, windows, m, lane, now) for lane in m.lanes}
+        lanes = {_named(lane): await lane_report(models, windows, m, lane, now) for lane in m.lanes}
         single = len(m.lanes) == 1 and m.lanes[0].deployment.legacy
         out[name] = {
             "limited": m.limited,
@@ -91,15 +91,18 @@ async def upstreams(models: Models, windows: FailoverWindows, pool: Pool) -> lis
         served: dict[str, Any] = {}
         for name in sorted(models):
             m = models.known(name)
-            lane = m.lane(d.name)
-            if lane is None:
-                continue
-            report = await lane_report(models, windows, m, lane, now)
             total = sum(other.recent.total(now) for other in m.lanes)
-            report["share_1m"] = round(report["recent"] / total, 4) if total else None
-            served[name] = report
+            for lane in (lane for lane in m.lanes if lane.deployment is d):
+                report = await lane_report(models, windows, m, lane, now)
+                report["share_1m"] = round(report["recent"] / total, 4) if total else None
+                served[name if lane.tier is None else f"{name} ({lane.tier})"] = report
         out.append({"name": d.name, "order": d.order, "models": served})
     return out
+
+
+def _named(lane: Lane) -> str:
+    """A lane as the report names it: its deployment, and the tier it keeps apart."""
+    return lane.name if lane.tier is None else f"{lane.name}.{lane.tier}"
 
 
 def _held(until: float, now: float) -> dict[str, Any] | None:

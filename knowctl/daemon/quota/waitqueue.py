@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from knowctl.policy.paths import ApiCall
 from knowctl.policy.priority import Priority
 
 T = TypeVar("T")
@@ -35,7 +34,7 @@ class Waiter(Generic[T]):
     future: asyncio.Future[T] = field(repr=False)
     caller: str | None = None  # Identity.caller: whose place in the queue this is
     requests: int = 1  # what it counts in request windows (a batch of N embeddings: N)
-    call: ApiCall | None = None  # what it calls: which deployments may serve it
+    call: Any = None  # what it asks (quota.models.Asked): which deployments may serve it
 
     @property
     def gone(self) -> bool:
@@ -93,7 +92,7 @@ class WaitQueue(Generic[T]):
         tokens: int,
         caller: str | None = None,
         requests: int = 1,
-        call: ApiCall | None = None,
+        call: Any = None,
     ) -> tuple[Waiter[T], bool]:
         """Queue a new waiter last in its level, holding one of ``caller``'s places until it
         is removed (or drained); also say whether it became the head. The bound is the
