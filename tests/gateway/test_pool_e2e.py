@@ -286,8 +286,8 @@ def test_learned_capacity_converges_on_a_hidden_limit(
     tmp_path: Path, redis_url: str, simulators: dict[str, Simulator]
 ) -> None:
     """A deployment that declares no limit (Vertex's Dynamic Shared Quota), a provider that
-    serves 15 a window and refuses past it: the gateway learns the 15 and stops asking for more."""
-    window, hidden = 3, 15
+    serves 10 a window and refuses past it: the gateway learns the 10 and stops asking for more."""
+    window, hidden = 2, 10
     sim = simulators["a"]
     sim.restore()
     sim.configure(rpm=hidden, window_s=window)
