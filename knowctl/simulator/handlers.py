@@ -58,12 +58,12 @@ async def generate(
     counters.prompt_tokens += answer.prompt_tokens
     counters.candidates_tokens += answer.candidates_tokens
     state.by_model[model] = state.by_model.get(model, 0) + 1
-    tier = asked_tier(call, body, scope)
+    tier = asked_tier(call, request, scope)
     state.by_tier[tier] = state.by_tier.get(tier, 0) + 1
     served = "standard" if tier == "priority" and state.config.downgrade_priority else tier
     if not stream:
         # Said only to calls that asked for a tier (what Google says otherwise is not on record).
-        asked = call.family is not Family.VERTEX and b"serviceTier" in body
+        asked = call.family is not Family.VERTEX and "serviceTier" in request
         headers = [(b"x-gemini-service-tier", served.encode())] if asked else []
         await respond(send, 200, orjson.dumps(answers.response(answer)), extra_headers=headers)
         return
@@ -78,7 +78,7 @@ def _roles_given(request: dict[str, Any]) -> bool:
     return not isinstance(contents, list) or all(not isinstance(c, dict) or "role" in c for c in contents)
 
 
-def asked_tier(call: ApiCall, body: bytes, scope: Scope) -> str:
+def asked_tier(call: ApiCall, request: dict[str, Any], scope: Scope) -> str:
     """The service tier a generation call asked for: ``serviceTier`` in a Gemini API body
     (standard when absent); on Vertex its request-type headers, as ``type/shared-type``."""
     if call.family is Family.VERTEX:
@@ -86,10 +86,7 @@ def asked_tier(call: ApiCall, body: bytes, scope: Scope) -> str:
         kind = headers.get(b"x-vertex-ai-llm-request-type", b"").decode("latin-1") or "-"
         shared = headers.get(b"x-vertex-ai-llm-shared-request-type", b"").decode("latin-1") or "-"
         return f"{kind}/{shared}"
-    try:
-        tier = orjson.loads(body).get("serviceTier")
-    except (orjson.JSONDecodeError, AttributeError):
-        return "standard"
+    tier = request.get("serviceTier")  # the body as already read: no second parse
     return str(tier).lower() if tier else "standard"
 
 
