@@ -5,7 +5,7 @@ path with wrk, records the gateway with ``py-spy record -f raw`` (collapsed stac
 prints the functions with the most samples: self time, and inclusive time of knowctl's own
 functions. The raw file stays under bench/results/profiles/ for flame graphs.
 
-    python bench/profile.py miss [--duration 10] [--concurrency 32]
+    python bench/profile.py miss [--duration 10] [--concurrency 32] [--pool 3]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 from clients import generate_body
-from harness import GENERATE, gateway, redis_server, simulator, wrk, wrk_background
+from harness import GENERATE, gateway, pool_gateway, redis_server, simulator, wrk, wrk_background
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--pool", type=int, default=0, help="a pool of this many deployments (bench/harness.py)"
+    )
     args = parser.parse_args()
     if shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
         sys.exit("profile needs py-spy (pip install py-spy)")
@@ -64,7 +67,11 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"{args.path}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
     same = args.path == "hit"
-    with redis_server() as store, simulator() as sim, gateway(sim.url, store) as gw:
+    with (
+        redis_server() as store,
+        simulator() as sim,
+        pool_gateway(sim.url, store, args.pool) if args.pool else gateway(sim.url, store) as gw,
+    ):
         if same:
             httpx.post(gw.url + GENERATE, content=generate_body(), timeout=10)
         wrk(gw.url + GENERATE, args.concurrency, 1, same_prompt=same)  # warm up
