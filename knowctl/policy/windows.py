@@ -252,24 +252,6 @@ def room(used: Sequence[int], amounts: Sequence[int], caps: Sequence[int]) -> fl
     return min(shares, default=1.0)
 
 
-def pick(orders: Sequence[int], rooms: Sequence[float | None]) -> int | None:
-    """Which candidate scope admits a call (None: none can): of those it fits in (a room, not
-    None), the lowest order, then the most headroom, then the first given. The same choice as
-    knowctl/store/lua/acquire.lua."""
-    best: int | None = None
-    for i, (order, free) in enumerate(zip(orders, rooms, strict=True)):
-        if free is None:
-            continue
-        if best is None:
-            best = i
-            continue
-        best_free = rooms[best]
-        assert best_free is not None
-        if order < orders[best] or (order == orders[best] and free > best_free):
-            best = i
-    return best
-
-
 def claim_size(limit: int, used: int, others: int, parts: int) -> int:
     """The units a daemon may hold for a store outage: an equal part of what the window has
     left beside the others' claims, so usage plus every claim stays within the limit."""

@@ -83,7 +83,8 @@ class Admission:
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One scope a reservation may be admitted in (one deployment that serves the model):
-    its windows, what the call costs in each, and its preference ``order`` (lower first)."""
+    its windows, what the call costs in each, and its preference ``order`` (informative: the
+    candidates are tried in the order given)."""
 
     scope: str
     windows: Sequence[Window]
@@ -264,10 +265,11 @@ class Windows(Protocol):
         claim: Claim | None = None,
     ) -> Choice:
         """``acquire`` over several scopes in one atomic step: the call is admitted and recorded
-        in at most one, the admissible candidate of the lowest order and, among those, the one
-        with the most headroom (knowctl.policy.windows.pick). A replay is admitted where it
-        was recorded. With ``claim``, the claimant's claim is set anew in every candidate.
-        Every candidate's scope must share one hash tag (knowctl.store.keys.quota_scope)."""
+        in at most one, the first admissible in the order given (the caller's preference).
+        Candidates after it are not looked at: their admissions carry no usage. A replay is
+        admitted where it was recorded. With ``claim``, the claimant's claim is set anew in
+        every candidate looked at. Every candidate's scope must share one hash tag
+        (knowctl.store.keys.quota_scope)."""
 
     @abstractmethod
     async def record(

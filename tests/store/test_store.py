@@ -321,13 +321,12 @@ async def test_acquire_any_fills_every_deployment_to_its_limit_and_no_further(da
     assert all(a.blocked == ("rpm",) for r in refused for a in r.admissions)
 
 
-async def test_acquire_any_prefers_the_order_then_the_most_headroom(store: Store) -> None:
-    cands = lanes(10, 30, 100, orders=(0, 0, 1))
-    picks = [(await store.acquire_any(cands, reservation_id=rid())).chosen for _ in range(41)]
-    # Within order 0 the share left stays level: 3 calls at the larger for each at the smaller.
-    assert picks[:4] == [1, 1, 0, 1]  # a tie goes to the first given
-    assert picks[:40].count(0) == 10 and picks[:40].count(1) == 30
-    assert picks[40] == 2  # the second order only once the first is full
+async def test_acquire_any_takes_the_first_with_room_and_looks_no_further(store: Store) -> None:
+    cands = lanes(10, 30, 100)
+    got = [await store.acquire_any(cands, reservation_id=rid()) for _ in range(41)]
+    assert [g.chosen for g in got] == [0] * 10 + [1] * 30 + [2]  # in the order given
+    assert got[0].admissions[1].usage == () == got[0].admissions[2].usage  # not looked at
+    assert got[40].admissions[0].usage == (10,) and got[40].admissions[1].usage == (30,)
 
 
 async def test_acquire_any_replay_is_admitted_where_it_was_recorded(store: Store) -> None:
@@ -353,11 +352,13 @@ async def test_acquire_any_refusal_says_when_the_soonest_deployment_frees(store:
     assert math.isinf((await store.acquire_any([never], reservation_id=rid())).retry_after)
 
 
-async def test_acquire_any_keeps_a_claim_in_every_deployment(store: Store) -> None:
-    cands = lanes(9, 19)
-    got = await store.acquire_any(cands, reservation_id=rid(), claim=Claim("d1", 1, 30.0))
-    assert got.chosen == 1
-    assert [a.claimed for a in got.admissions] == [(4,), (9,)]  # half of what each has left
+async def test_acquire_any_keeps_a_claim_in_every_deployment_it_looks_at(store: Store) -> None:
+    cands = lanes(1, 19)
+    first = await store.acquire_any(cands, reservation_id=rid(), claim=Claim("d1", 1, 30.0))
+    assert first.chosen == 0 and [a.claimed for a in first.admissions] == [(0,), ()]  # 1 not looked at
+    second = await store.acquire_any(cands, reservation_id=rid(), claim=Claim("d1", 1, 30.0))
+    assert second.chosen == 1
+    assert [a.claimed for a in second.admissions] == [(0,), (9,)]  # half of what each has left
 
 
 async def test_acquire_any_refuses_scopes_of_different_tags(store: Store) -> None:

@@ -16,7 +16,7 @@ from knowctl.policy.priority import Priority
 from knowctl.policy.quota import Limits, QuotaConfig
 from knowctl.policy.retries import RetryBudget
 from knowctl.policy.tiers import downgraded, with_tier
-from knowctl.policy.windows import pick, room
+from knowctl.policy.windows import room
 
 GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"
 VERTEX = (
@@ -76,11 +76,7 @@ def test_a_vertex_deployment_takes_the_call_to_its_own_project_location_and_name
     assert legacy.target_path(c, VERTEX) == VERTEX
 
 
-def test_pick_takes_the_lowest_order_then_the_most_headroom() -> None:
-    assert pick([0, 0, 1], [0.2, 0.5, 0.9]) == 1
-    assert pick([1, 0, 0], [0.9, None, 0.1]) == 2  # an order 1 only when no order 0 fits
-    assert pick([0, 0], [0.5, 0.5]) == 0  # a tie: the first given
-    assert pick([0, 1], [None, None]) is None
+def test_room_is_the_smallest_share_a_call_leaves() -> None:
     assert room([3, 10], [1, 1], [10, 100]) == pytest.approx(0.6)
     assert room([0], [0], [10]) == 1.0  # costs nothing there
 

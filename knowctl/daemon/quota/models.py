@@ -85,6 +85,7 @@ class Lane:
     learned: LearnedLimit | None = None  # the capacity learned where none is declared
     last_used: int = 0  # requests in its window at the last admission (what a 429 learns from)
     tier: str | None = None  # the service tier whose limits it holds (None: the deployment's own)
+    room: float = 1.0  # the smallest share of a window it had left when last looked at
     recent: RecentCount = field(default_factory=RecentCount)  # of them, in the last minute
 
     @property

@@ -398,7 +398,11 @@ class ProviderQuota:
             return max(m.held_until(call, now) - now if call is not None else 0.0, STORE_BUSY_RETRY_S)
         if not lanes[0].windows:
             return self._unmetered(m, lanes[0])
-        metered = [lane for lane in lanes if lane.windows]
+        # Tried in this order, the first with room admits (one script): by preference, then by
+        # the headroom each had when last looked at, which keeps deployments of one order level.
+        metered = sorted(
+            (lane for lane in lanes if lane.windows), key=lambda lane: (lane.deployment.order, -lane.room)
+        )
         rid = unique_id()
         candidates = [
             Candidate(
@@ -415,7 +419,13 @@ class ProviderQuota:
         choice, where = got
         label = self._models.label(m)
         for lane, admission in zip(metered, choice.admissions, strict=True):
-            if lane.learned is not None and admission.usage:
+            if not admission.usage:
+                continue  # not looked at: its headroom stands as last seen
+            lane.room = min(
+                (1 - used / w.limit for w, used in zip(lane.windows, admission.usage, strict=True)),
+                default=1.0,
+            )
+            if lane.learned is not None:
                 lane.last_used = admission.usage[0]
             legacy = lane.deployment.legacy
             for w, used in zip(lane.windows, admission.usage, strict=False):  # unasked: none

@@ -2,9 +2,10 @@
 -- usually just one scope), iff every window with a positive amount stays within its cap, and
 -- only then record it in every window of the chosen scope: one atomic step.
 --
--- The choice (knowctl/policy/windows.py, `pick`; keep the two in step): the admissible
--- candidate of the lowest order, and among those of one order the most headroom, the smallest
--- share any of its windows has left after this call.
+-- The choice (as knowctl/store/memory/store.py makes it; keep the two in step): the first admissible
+-- candidate in the order given (the caller sorts them by preference, then by the headroom it
+-- last saw). Candidates after the chosen one are not looked at: a pool's call costs the
+-- server about what one deployment's does.
 --
 -- Claims (optional): each daemon holds a claim on part of what a window has left, the units it
 -- may admit on its own if the store stops answering. Others' unexpired claims count as used
@@ -45,9 +46,19 @@ for c = 1, count do
   cands[c] = {order = order, ws = ws}
 end
 
--- Trim every candidate's windows, count the others' claims, look for a replay.
+-- A replay is admitted where it was recorded, wherever that is in the order.
 local replayed = 0
 for c, cand in ipairs(cands) do
+  for _, w in ipairs(cand.ws) do
+    -- An id already recorded is a replay of the same request (say, a retry after a lost
+    -- reply): report it admitted, record nothing twice.
+    if replayed == 0 and redis.call('ZSCORE', w.log, rid) then replayed = c end
+  end
+end
+
+-- Trim a candidate's windows and count the others' claims in them.
+local function look(cand)
+  cand.looked = true
   for _, w in ipairs(cand.ws) do
     w.used = trim(w)
     w.others = 0
@@ -67,32 +78,25 @@ for c, cand in ipairs(cands) do
         end
       end
     end
-    -- An id already recorded is a replay of the same request (say, a retry after a lost
-    -- reply): report it admitted, record nothing twice.
-    if replayed == 0 and redis.call('ZSCORE', w.log, rid) then replayed = c end
   end
 end
 
 local chosen = replayed
-if chosen == 0 then
-  local best_room
+if chosen > 0 then
+  look(cands[chosen])
+else
   for c, cand in ipairs(cands) do
-    local room = 1
+    look(cand)
     for _, w in ipairs(cand.ws) do
       -- The cap is the priority's share; others' claims are held against the whole limit.
       if w.amount > 0 and (w.used + w.amount > w.cap or (claimant and w.used + w.amount + w.others > w.limit)) then
         w.blocked = true
         cand.blocked = true
-      elseif w.amount > 0 and w.cap > 0 then
-        room = math.min(room, (w.cap - w.used - w.amount) / w.cap)
       end
     end
     if not cand.blocked then
-      local best = cands[chosen]
-      if chosen == 0 or cand.order < best.order or (cand.order == best.order and room > best_room) then
-        chosen = c
-        best_room = room
-      end
+      chosen = c
+      break
     end
   end
   if chosen > 0 then
@@ -125,17 +129,26 @@ if chosen == 0 then
   end
 end
 
+-- A candidate not looked at reports usage -1 (unknown) and holds its claims as they were.
 local out = {chosen > 0 and 1 or 0, retry, chosen}
 for _, cand in ipairs(cands) do
   for _, w in ipairs(cand.ws) do
-    out[#out + 1] = w.used
-    out[#out + 1] = reset_after(w, now)
+    if cand.looked then
+      out[#out + 1] = w.used
+      out[#out + 1] = reset_after(w, now)
+    else
+      out[#out + 1] = -1
+      out[#out + 1] = 0
+    end
     out[#out + 1] = w.blocked and 1 or 0
   end
 end
 if claimant then
   for _, cand in ipairs(cands) do
     for _, w in ipairs(cand.ws) do
+      if not cand.looked then
+        out[#out + 1] = -1
+      else
       local free = w.limit - w.used - w.others
       local parts = math.max(divisor, w.claimants) + 1
       local claim = 0
@@ -150,6 +163,7 @@ if claimant then
         redis.call('HDEL', w.clm, claimant)
       end
       out[#out + 1] = claim
+      end
     end
   end
 end

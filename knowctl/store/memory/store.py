@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from knowctl.policy.windows import Verdict, Window, WindowLog, capacity, claim_size, pick, room, try_admit
+from knowctl.policy.windows import Window, WindowLog, capacity, claim_size, try_admit
 from knowctl.store import keys
 from knowctl.store.base import (
     Admission,
@@ -214,49 +214,47 @@ class MemoryStore(MemoryCacheOps, Store):
         rid = reservation_id
         with self._lock:
             now = self._clock()
-            seen: list[tuple[list[WindowLog], list[int], list[int] | None, Verdict]] = []
-            for c in candidates:
+            # As acquire.lua: a replay where it was recorded, else the first admissible in the
+            # order given; candidates after the chosen one are not looked at.
+            replayed = next(
+                (
+                    i
+                    for i, c in enumerate(candidates)
+                    for w in c.windows
+                    if rid in self._logs.get((c.scope, w.name), ())
+                ),
+                None,
+            )
+            order = [replayed] if replayed is not None else range(len(candidates))
+            chosen: int | None = None
+            admissions: list[Admission] = [Admission(False, 0.0, (), (), ()) for _ in candidates]
+            looked = []
+            for i in order:
+                c = candidates[i]
                 logs = self._window_logs(c.scope, c.windows)
                 caps = [capacity(w.limit, share) for w in c.windows]
                 held = self._others_claims(c.scope, c.windows, claim, now) if claim is not None else None
-                verdict = try_admit(logs, c.windows, c.amounts, caps, rid, now, held, record=False)
-                seen.append((logs, caps, held, verdict))
-            replayed = next((i for i, (logs, *_) in enumerate(seen) if any(rid in log for log in logs)), None)
-            chosen = replayed
-            if chosen is None:
-                rooms = [
-                    room(v.usage, c.amounts, caps) if v.admitted else None
-                    for c, (_, caps, _, v) in zip(candidates, seen, strict=True)
-                ]
-                chosen = pick([c.order for c in candidates], rooms)
-                if chosen is not None:
-                    c = candidates[chosen]
-                    logs, caps, held, _ = seen[chosen]
-                    seen[chosen] = (
-                        logs,
-                        caps,
-                        held,
-                        try_admit(logs, c.windows, c.amounts, caps, rid, now, held),
-                    )
-            admissions = []
-            for i, (c, (logs, _, held, verdict)) in enumerate(zip(candidates, seen, strict=True)):
+                verdict = try_admit(logs, c.windows, c.amounts, caps, rid, now, held)
+                looked.append((i, logs, held, verdict))
+                if verdict.admitted:
+                    chosen = i
+                    break
+            for i, logs, held, verdict in looked:
+                c = candidates[i]
                 claimed: tuple[int, ...] = ()
-                if claim is not None and held is not None:
+                if claim is not None and held is not None:  # kept while admitted anywhere
                     claimed = self._set_claims(
                         c.scope, c.windows, claim, verdict.usage, held, now, chosen is not None
                     )
                 self._forget_empty(c.scope, c.windows, logs)
-                won = i == chosen
-                admissions.append(
-                    Admission(
-                        admitted=won,
-                        retry_after=0.0 if won or chosen is not None else verdict.retry_after,
-                        usage=verdict.usage,
-                        limits=tuple(w.limit for w in c.windows),
-                        reset_after=verdict.reset_after,
-                        blocked=() if verdict.admitted else verdict.blocked,
-                        claimed=claimed,
-                    )
+                admissions[i] = Admission(
+                    admitted=verdict.admitted,
+                    retry_after=verdict.retry_after,
+                    usage=verdict.usage,
+                    limits=tuple(w.limit for w in c.windows),
+                    reset_after=verdict.reset_after,
+                    blocked=verdict.blocked,
+                    claimed=claimed,
                 )
         if chosen is not None:
             return Choice(chosen, tuple(admissions), 0.0)

@@ -106,7 +106,7 @@ def _midnights(tz: str, hour: int) -> tuple[int, ...]:
 def _choice(raw: list[int], windows: Sequence[Sequence[Window]], claimed: bool) -> Choice:
     """acquire.lua's reply: admitted, retry_after_us, chosen, then per candidate and window
     usage, reset_after_us, blocked, then the claims if asked for (one pass: this runs on
-    every limit check and quota admission)."""
+    every limit check and quota admission). A candidate not looked at has no usage."""
     chosen = raw[2] - 1 if raw[2] > 0 else None
     retry_after = float("inf") if raw[1] < 0 else raw[1] / 1e6
     at = 3
@@ -116,15 +116,17 @@ def _choice(raw: list[int], windows: Sequence[Sequence[Window]], claimed: bool) 
         usage: list[int] = []
         reset_after: list[float] = []
         blocked: list[str] = []
+        looked = raw[at] != -1  # a candidate after the chosen one is not looked at
         for w in ws:
-            usage.append(int(raw[at]))
-            reset_after.append(raw[at + 1] / 1e6)
+            if looked:
+                usage.append(int(raw[at]))
+                reset_after.append(raw[at + 1] / 1e6)
             if raw[at + 2] == 1:
                 blocked.append(w.name)
             at += 3
         held: tuple[int, ...] = ()
         if claimed:
-            held = tuple(int(v) for v in raw[claims_at : claims_at + len(ws)])
+            held = tuple(int(v) for v in raw[claims_at : claims_at + len(ws)]) if looked else ()
             claims_at += len(ws)
         won = chosen == c
         admissions.append(
