@@ -7,6 +7,8 @@ Pure bookkeeping, no clock: the pipeline counts calls in flight and retries in f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # Envoy's defaults (retry_budget: budget_percent 20, min_retry_concurrency 3).
@@ -32,6 +34,18 @@ class RetryBudget:
 
     def retrying(self, delta: int) -> None:
         self.retries += delta
+
+    @contextmanager
+    def attempting(self, attempt: int) -> Iterator[None]:
+        """The block is attempt number ``attempt`` (0: the first); a retry counts as one in
+        flight while it runs."""
+        if attempt:
+            self.retries += 1
+        try:
+            yield
+        finally:
+            if attempt:
+                self.retries -= 1
 
     def may_retry(self, attempt: int) -> bool:
         """Whether the call about to make attempt number ``attempt`` (0: its first) may try

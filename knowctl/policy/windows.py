@@ -245,11 +245,10 @@ def try_admit(
     return Verdict(False, retry, tuple(used), _resets(logs, windows, now), names)
 
 
-def room(used: Sequence[int], amounts: Sequence[int], caps: Sequence[int]) -> float:
-    """The headroom a call leaves in a scope it fits in: the smallest share any of its windows
-    (those it costs something in) has left after it; 1.0 when it costs nothing."""
-    shares = [(c - u - a) / c for u, a, c in zip(used, amounts, caps, strict=True) if a > 0 and c > 0]
-    return min(shares, default=1.0)
+def headroom(used: Sequence[int], limits: Sequence[int]) -> float:
+    """The smallest share any window has left (1.0 without windows): how a pool orders the
+    deployments of one preference, most left first."""
+    return min(((limit - u) / limit for u, limit in zip(used, limits, strict=True) if limit > 0), default=1.0)
 
 
 def claim_size(limit: int, used: int, others: int, parts: int) -> int:

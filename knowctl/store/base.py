@@ -82,14 +82,12 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One scope a reservation may be admitted in (one deployment that serves the model):
-    its windows, what the call costs in each, and its preference ``order`` (informative: the
-    candidates are tried in the order given)."""
+    """One scope a reservation may be admitted in (one deployment that serves the model): its
+    windows and what the call costs in each. Candidates are tried in the order given."""
 
     scope: str
     windows: Sequence[Window]
     amounts: Sequence[int]
-    order: int = 0
 
 
 @dataclass(frozen=True, slots=True)

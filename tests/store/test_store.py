@@ -294,13 +294,11 @@ async def test_publish_reaches_every_subscriber_on_every_daemon(daemons: list[St
 # --- a pool of deployments: one admission over several scopes ---------------------------------
 
 
-def lanes(*limits: int, orders: tuple[int, ...] | None = None) -> list[Candidate]:
+def lanes(*limits: int) -> list[Candidate]:
     """One model at several deployments (the same hash tag), an rpm window of each limit."""
     model = f"model-{uuid.uuid4().hex[:12]}"
     return [
-        Candidate(
-            keys.quota_scope(model, f"d{i}"), [Window("rpm", 60, limit)], [1], orders[i] if orders else 0
-        )
+        Candidate(keys.quota_scope(model, f"d{i}"), [Window("rpm", 60, limit)], [1])
         for i, limit in enumerate(limits)
     ]
 

@@ -16,7 +16,7 @@ from knowctl.policy.priority import Priority
 from knowctl.policy.quota import Limits, QuotaConfig
 from knowctl.policy.retries import RetryBudget
 from knowctl.policy.tiers import downgraded, with_tier
-from knowctl.policy.windows import room
+from knowctl.policy.windows import headroom
 
 GEMINI = "/v1beta/models/gemini-2.5-pro:generateContent"
 VERTEX = (
@@ -76,9 +76,9 @@ def test_a_vertex_deployment_takes_the_call_to_its_own_project_location_and_name
     assert legacy.target_path(c, VERTEX) == VERTEX
 
 
-def test_room_is_the_smallest_share_a_call_leaves() -> None:
-    assert room([3, 10], [1, 1], [10, 100]) == pytest.approx(0.6)
-    assert room([0], [0], [10]) == 1.0  # costs nothing there
+def test_headroom_is_the_smallest_share_a_window_has_left() -> None:
+    assert headroom([4, 10], [10, 100]) == pytest.approx(0.6)
+    assert headroom([], []) == 1.0  # no windows: nothing to fill
 
 
 def test_the_retry_budget_is_a_share_of_the_calls_in_flight() -> None:

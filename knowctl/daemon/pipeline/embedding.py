@@ -77,11 +77,8 @@ class Embeddings:
                 # generation's does (docs/architecture.md, "Upstream deployments"), within the
                 # retry budget: nothing has reached the caller.
                 failover = self._quota.alternatives(ctx) and self._retries.may_retry(attempt)
-                self._retries.retrying(+1 if attempt else 0)
-                try:
+                with self._retries.attempting(attempt):
                     outcome = await self._ask(ctx, send, ticket, body, len(missing), failover)
-                finally:
-                    self._retries.retrying(-1 if attempt else 0)
                 if not isinstance(outcome, _Moved):
                     break
                 attempt += 1

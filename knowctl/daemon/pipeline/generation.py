@@ -320,15 +320,11 @@ class Generation:
         """Forward the admitted call, then settle its reservation and keep a complete answer."""
         failover = self._quota.alternatives(ctx) and self._retries.may_retry(attempt)
         try:
-            if attempt:
-                self._retries.retrying(+1)
-            outcome = await self._forward(ctx, send, key, failover)
+            with self._retries.attempting(attempt):
+                outcome = await self._forward(ctx, send, key, failover)
         except BaseException:
             await self._quota.settle(ticket, None)  # keep the reservation: it may have been spent
             raise
-        finally:
-            if attempt:
-                self._retries.retrying(-1)
         # After the answer, the quota's reconciliation and the cache write do not depend on
         # each other: side by side, their commands share one store round trip.
         saving = None

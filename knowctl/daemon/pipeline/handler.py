@@ -304,11 +304,10 @@ class ModelCallHandler:
                 # budget, as a generation call (docs/architecture.md, "Upstream deployments").
                 failover = quota.alternatives(ctx) and self._retries.may_retry(attempt)
                 passed = Passed(CLIENT_CLOSED, 0, spent=True)  # cancelled: it may have been spent
-                self._retries.retrying(+1 if attempt else 0)
                 try:
-                    passed = await self._pass_on(ctx, send, failover)
+                    with self._retries.attempting(attempt):
+                        passed = await self._pass_on(ctx, send, failover)
                 finally:
-                    self._retries.retrying(-1 if attempt else 0)
                     if passed.spent:
                         await quota.settle(ticket, None)
                     else:

@@ -41,7 +41,7 @@ from knowctl.policy import tiers
 from knowctl.policy import tokens as tp
 from knowctl.policy.pool import Pool
 from knowctl.policy.priority import Priority
-from knowctl.policy.windows import capacity
+from knowctl.policy.windows import capacity, headroom
 from knowctl.store import Announcement, Candidate, Health, Keys, Notifications, Windows, keys
 
 log = logging.getLogger("knowctl.quota")
@@ -409,7 +409,6 @@ class ProviderQuota:
                 lane.scope,
                 lane.windows,
                 qp.amounts(lane.windows, tokens, planned.requests),
-                lane.deployment.order,
             )
             for lane in metered
         ]
@@ -421,10 +420,7 @@ class ProviderQuota:
         for lane, admission in zip(metered, choice.admissions, strict=True):
             if not admission.usage:
                 continue  # not looked at: its headroom stands as last seen
-            lane.room = min(
-                (1 - used / w.limit for w, used in zip(lane.windows, admission.usage, strict=True)),
-                default=1.0,
-            )
+            lane.room = headroom(admission.usage, [w.limit for w in lane.windows])
             if lane.learned is not None:
                 lane.last_used = admission.usage[0]
             legacy = lane.deployment.legacy

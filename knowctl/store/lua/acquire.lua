@@ -19,8 +19,7 @@
 -- is refused holds no claim until its next admission.
 --
 -- ARGV: reservation id, number of candidates, claimant ('' for none), divisor, claim_ttl_us,
--- then per candidate: order, its windows (see _lib.lua), and with a claimant one limit per
--- window. KEYS: every candidate's window keys, in order.
+-- then per candidate: its windows (see _lib.lua), and with a claimant one limit per window. KEYS: every candidate's window keys, in order.
 -- Returns {admitted (1/0), retry_after_us (-1: never fits), chosen candidate (1-based, 0 for
 -- none), then per candidate and window: usage, reset_after_us, blocked (1/0), then with a
 -- claimant per candidate and window the claim held}.
@@ -35,15 +34,14 @@ local now = server_now()
 local cands = {}
 local pos, key_base = 6, 0
 for c = 1, count do
-  local order = tonumber(ARGV[pos])
-  local ws, after = parse_windows(now, pos + 1, key_base)
+  local ws, after = parse_windows(now, pos, key_base)
   pos = after
   if claimant then
     for i, w in ipairs(ws) do w.limit = tonumber(ARGV[pos + i - 1]) end
     pos = pos + #ws
   end
   key_base = key_base + 4 * #ws
-  cands[c] = {order = order, ws = ws}
+  cands[c] = {ws = ws}
 end
 
 -- A replay is admitted where it was recorded, wherever that is in the order.

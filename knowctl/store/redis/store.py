@@ -329,7 +329,7 @@ class RedisStore(RedisCacheOps, Store):
     ) -> Admission:
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [capacity(w.limit, share) for w in windows]
-        choice = await self._acquire_in(((scope, windows, caps, amounts, 0),), reservation_id, claim)
+        choice = await self._acquire_in(((scope, windows, caps, amounts),), reservation_id, claim)
         return choice.admissions[0]
 
     async def acquire_any(
@@ -343,7 +343,7 @@ class RedisStore(RedisCacheOps, Store):
         check_candidates(candidates, reservation_id)
         return await self._acquire_in(
             [
-                (c.scope, c.windows, [capacity(w.limit, share) for w in c.windows], c.amounts, c.order)
+                (c.scope, c.windows, [capacity(w.limit, share) for w in c.windows], c.amounts)
                 for c in candidates
             ],
             reservation_id,
@@ -352,16 +352,15 @@ class RedisStore(RedisCacheOps, Store):
 
     async def _acquire_in(
         self,
-        candidates: Sequence[tuple[str, Sequence[Window], Sequence[int], Sequence[int], int]],
+        candidates: Sequence[tuple[str, Sequence[Window], Sequence[int], Sequence[int]]],
         reservation_id: str,
         claim: Claim | None,
     ) -> Choice:
-        """acquire.lua over ``candidates`` (scope, windows, caps, amounts, order)."""
+        """acquire.lua over ``candidates`` (scope, windows, caps, amounts), tried in that order."""
         script_keys: list[str] = []
         args: list[Arg] = [reservation_id, len(candidates)]
         args += [claim.claimant, claim.divisor, _us(claim.ttl_s)] if claim is not None else ["", 0, 0]
-        for scope, windows, caps, amounts, order in candidates:
-            args.append(order)
+        for scope, windows, caps, amounts in candidates:
             self._windows_input(scope, windows, caps, amounts, script_keys, args)
             if claim is not None:
                 args += [w.limit for w in windows]
@@ -373,7 +372,7 @@ class RedisStore(RedisCacheOps, Store):
     ) -> None:
         check_window_call(scope, windows, amounts, reservation_id)
         caps = [UNBOUNDED_CAP] * len(windows)  # acquire.lua then admits whatever is recorded
-        await self._acquire_in(((scope, windows, caps, amounts, 0),), reservation_id, None)
+        await self._acquire_in(((scope, windows, caps, amounts),), reservation_id, None)
 
     async def adjust(
         self,
