@@ -8,6 +8,7 @@ when a Redis URL is opened.
 from __future__ import annotations
 
 from knowctl.store.base import (
+    NOT_LOOKED,
     Admission,
     Announcement,
     Candidate,
@@ -29,6 +30,7 @@ from knowctl.store.base import (
 from knowctl.store.urls import SCHEMES, scheme_of
 
 __all__ = [
+    "NOT_LOOKED",
     "Admission",
     "Announcement",
     "Candidate",

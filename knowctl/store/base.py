@@ -9,6 +9,7 @@ come from :mod:`knowctl.store.keys`, and the same test run against both backends
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from abc import ABC, abstractmethod
@@ -78,6 +79,10 @@ class Admission:
     blocked: tuple[str, ...] = ()
     # With a Claim: the units per window this daemon now holds for a store outage.
     claimed: tuple[int, ...] = ()
+
+
+# The admission of a candidate ``acquire_any`` did not look at: no usage, nothing changed.
+NOT_LOOKED = Admission(False, 0.0, (), (), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,13 +266,15 @@ class Windows(Protocol):
         share: float = 1.0,
         reservation_id: str,
         claim: Claim | None = None,
+        fresh: bool = False,
     ) -> Choice:
         """``acquire`` over several scopes in one atomic step: the call is admitted and recorded
         in at most one, the first admissible in the order given (the caller's preference).
-        Candidates after it are not looked at: their admissions carry no usage. A replay is
-        admitted where it was recorded. With ``claim``, the claimant's claim is set anew in
-        every candidate looked at. Every candidate's scope must share one hash tag
-        (knowctl.store.keys.quota_scope)."""
+        Candidates after it are not looked at: their admissions are ``NOT_LOOKED``. A replay
+        is admitted where it was recorded; ``fresh`` says the id was never sent before (so
+        there is no replay to look for, which saves the store a lookup per window). With
+        ``claim``, the claimant's claim is set anew in every candidate looked at. Every
+        candidate's scope must share one hash tag (knowctl.store.keys.quota_scope)."""
 
     @abstractmethod
     async def record(
@@ -398,14 +405,7 @@ def check_window_call(
     scope: str, windows: Sequence[Window], amounts: Sequence[int] | None, reservation_id: str | None
 ) -> None:
     """Argument checks shared by the backends, so both refuse the same calls."""
-    if not scope:
-        raise ValueError("scope must not be empty")
-    if not windows:
-        raise ValueError("at least one window is required")
-    names = [w.name for w in windows]
-    if len(set(names)) != len(names):
-        # Two windows of one name would share keys and count each request twice.
-        raise ValueError(f"window names must be unique: {names}")
+    _check_windows(scope, tuple(windows))
     if amounts is not None:
         if len(amounts) != len(windows):
             raise ValueError("one amount per window is required")
@@ -414,6 +414,18 @@ def check_window_call(
                 raise ValueError(f"amounts must be integers >= 0, got {a!r}")
     if reservation_id is not None and not reservation_id:
         raise ValueError("reservation_id must not be empty")
+
+
+@functools.lru_cache(maxsize=4096)  # a caller's or a lane's windows recur on every call
+def _check_windows(scope: str, windows: tuple[Window, ...]) -> None:
+    if not scope:
+        raise ValueError("scope must not be empty")
+    if not windows:
+        raise ValueError("at least one window is required")
+    names = [w.name for w in windows]
+    if len(set(names)) != len(names):
+        # Two windows of one name would share keys and count each request twice.
+        raise ValueError(f"window names must be unique: {names}")
 
 
 def check_candidates(candidates: Sequence[Candidate], reservation_id: str) -> None:

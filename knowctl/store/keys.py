@@ -83,6 +83,7 @@ def caller_scope(kind: str, name: str) -> str:
     return scope(name)
 
 
+@functools.lru_cache(maxsize=4096)  # checked on every pool admission
 def scope_tag(scope: str) -> str:
     """The hash tag, braces included, that every key of ``scope`` carries (a quota lane's is
     its model's)."""

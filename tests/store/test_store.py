@@ -338,6 +338,19 @@ async def test_acquire_any_replay_is_admitted_where_it_was_recorded(store: Store
     assert not (await store.acquire_any(cands, reservation_id=rid())).admitted
 
 
+async def test_acquire_any_replay_in_a_later_candidate_reports_only_that_one(store: Store) -> None:
+    cands = [
+        Candidate(c.scope, [Window("rpm", 60, 1), Window("tpm", 60, 100)], [1, 10]) for c in lanes(1, 1, 1)
+    ]
+    assert (await store.acquire_any(cands, reservation_id=rid(), fresh=True)).chosen == 0
+    second = rid()
+    assert (await store.acquire_any(cands, reservation_id=second, fresh=True)).chosen == 1
+    again = await store.acquire_any(cands, reservation_id=second)  # a resend: not fresh
+    assert again.chosen == 1 and again.admissions[1].usage == (1, 10)
+    assert again.admissions[0].usage == () == again.admissions[2].usage  # not looked at
+    assert (await store.acquire_any(cands, reservation_id=rid(), fresh=True)).chosen == 2
+
+
 async def test_acquire_any_refusal_says_when_the_soonest_deployment_frees(store: Store) -> None:
     model = f"model-{uuid.uuid4().hex[:12]}"
     slow = Candidate(keys.quota_scope(model, "slow"), [Window("rpm", 60, 1)], [1])

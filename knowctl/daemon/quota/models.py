@@ -111,6 +111,9 @@ class ModelState:
     output: tp.OutputHighMark = field(default_factory=tp.OutputHighMark)  # answers' usual length
     unreserved: int = 0  # output tokens the calls in flight may take beyond their reservations
     tiered: frozenset[tuple[str, str]] = frozenset()  # (deployment, tier) kept apart
+    # (priority, replicas) -> the largest call its token windows admit. Token windows never
+    # change once a lane is made (a learned capacity moves a request window only).
+    token_caps: dict[tuple[Priority, int], int] = field(default_factory=dict)
 
     @property
     def limited(self) -> bool:

@@ -184,7 +184,10 @@ class ProviderQuota:
         if m.queue.ahead_of(ctx.priority):
             # Strict priority and FIFO hold for newcomers too: do not overtake the queue.
             return max(0.0, m.free_at - now)
-        return await self._acquire(m, asked, ctx.priority, await self._estimate(ctx, m))
+        reserving = await self._estimate(ctx, m)
+        if self._count_tokens is not None:  # the estimate waited for countTokens: look again
+            lanes = m.open_lanes(asked, time.time())
+        return await self._acquire(m, asked, ctx.priority, reserving, lanes)
 
     async def try_admit(self, ctx: CallContext, reserved: Ticket | float | None = None) -> Ticket | float:
         # With ``reserved`` nothing here suspends: a reservation handed in cannot be lost
@@ -387,13 +390,22 @@ class ProviderQuota:
 
     # --- admission ---------------------------------------------------------------------------
     async def _acquire(
-        self, m: ModelState, call: Asked | None, priority: Priority, reserving: tp.Reservation | int
+        self,
+        m: ModelState,
+        call: Asked | None,
+        priority: Priority,
+        reserving: tp.Reservation | int,
+        open_lanes: list[Lane] | None = None,
     ) -> Ticket | float:
-        """Reserve at whichever open deployment of the model has room, in one store call."""
+        """Reserve at whichever open deployment of the model has room, in one store call
+        (``open_lanes``: the call's open lanes, when the caller has just looked)."""
         planned = reserving if isinstance(reserving, tp.Reservation) else tp.Reservation(reserving)
         tokens = planned.tokens
         now = time.time()
-        lanes = m.open_lanes(call, now) if call is not None else list(m.lanes)
+        if open_lanes is not None:
+            lanes = open_lanes
+        else:
+            lanes = m.open_lanes(call, now) if call is not None else list(m.lanes)
         if not lanes:
             return max(m.held_until(call, now) - now if call is not None else 0.0, STORE_BUSY_RETRY_S)
         if not lanes[0].windows:
@@ -502,10 +514,13 @@ class ProviderQuota:
     def _token_cap(self, m: ModelState, priority: Priority) -> int:
         """The most one call may reserve and still be admissible: the smallest token window
         at the call's priority (this daemon's share of it while the store is down)."""
-        share = self._cfg.share(priority)
         replicas = self._windows.local.replicas if self.degraded else 1
+        cap = m.token_caps.get((priority, replicas))
+        if cap is not None:
+            return cap
+        share = self._cfg.share(priority)
         # The most any one deployment admits: a call that fits one of them is admissible.
-        return max(
+        cap = m.token_caps[priority, replicas] = max(
             min(
                 capacity(local_limit(w.limit, replicas), share)
                 for w in lane.windows
@@ -514,6 +529,7 @@ class ProviderQuota:
             for lane in m.lanes
             if lane.tokens
         )
+        return cap
 
     async def _pump(self, m: ModelState) -> None:
         """Serve the model's queue head first, sleeping until capacity can have freed."""

@@ -28,6 +28,7 @@ from knowctl.daemon.ids import unique_id
 from knowctl.daemon.windows.degraded import LocalShare, Mode, WriteBack
 from knowctl.policy.windows import Window
 from knowctl.store import (
+    NOT_LOOKED,
     Admission,
     Announcement,
     Candidate,
@@ -156,16 +157,19 @@ class FailoverWindows:
         self, candidates: Sequence[Candidate], share: float, rid: str
     ) -> tuple[Choice, str] | None:
         """``acquire`` at whichever candidate has room (Store.acquire_any, one script), and
-        where it is recorded; None when the store is overloaded. ``candidates`` come in
-        preference order: while the store is down or recovering, each is asked in turn
-        through ``acquire``, and the first with room admits."""
+        where it is recorded; None when the store is overloaded. ``rid`` must be new (only
+        this method's own retries resend it). ``candidates`` come in preference order: while
+        the store is down or recovering, each is asked in turn through ``acquire``, and the
+        first with room admits."""
         give_up = time.monotonic() + self._decide_s
+        fresh = True  # until a send fails: the store may have recorded it
         while all(self.local.mode(c.scope, c.windows) is Mode.SHARED for c in candidates):
             try:
                 choice = await self.shared.acquire_any(
-                    candidates, share=share, reservation_id=rid, claim=self._claim
+                    candidates, share=share, reservation_id=rid, claim=self._claim, fresh=fresh
                 )
             except StoreUnavailable:
+                fresh = False
                 if self.degraded:
                     break  # the fallback below asks each candidate's local share
                 if time.monotonic() < give_up:
@@ -188,7 +192,7 @@ class FailoverWindows:
             admission, where = got
             asked.append(admission)
             if admission.admitted:
-                unasked = [Admission(False, 0.0, (), (), ())] * (len(candidates) - len(asked))
+                unasked = [NOT_LOOKED] * (len(candidates) - len(asked))
                 return Choice(len(asked) - 1, (*asked, *unasked), 0.0), where
         return Choice(None, tuple(asked), min(a.retry_after for a in asked)), "local"
 

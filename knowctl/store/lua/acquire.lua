@@ -19,21 +19,27 @@
 -- is refused holds no claim until its next admission.
 --
 -- ARGV: reservation id, number of candidates, claimant ('' for none), divisor, claim_ttl_us,
--- then per candidate: its windows (see _lib.lua), and with a claimant one limit per window. KEYS: every candidate's window keys, in order.
+-- fresh (1: the id is sent for the first time), then per candidate: its windows (see
+-- _lib.lua), and with a claimant one limit per window. KEYS: every candidate's window keys,
+-- in order.
 -- Returns {admitted (1/0), retry_after_us (-1: never fits), chosen candidate (1-based, 0 for
--- none), then per candidate and window: usage, reset_after_us, blocked (1/0), then with a
--- claimant per candidate and window the claim held}.
+-- none), candidates reported (a prefix of them), then per reported candidate and window:
+-- usage, reset_after_us, blocked (1/0), then with a claimant per reported candidate and
+-- window the claim held}.
 local rid = ARGV[1]
 local count = tonumber(ARGV[2])
 local claimant = ARGV[3]
 if claimant == '' then claimant = nil end
 local divisor = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
+local fresh = tonumber(ARGV[6])
 local now = server_now()
 
+-- Candidates are read from ARGV as they are reached: a call admitted by the first of three
+-- does not pay for reading the other two.
 local cands = {}
-local pos, key_base = 6, 0
-for c = 1, count do
+local pos, key_base = 7, 0
+local function parse(c)
   local ws, after = parse_windows(now, pos, key_base)
   pos = after
   if claimant then
@@ -42,15 +48,19 @@ for c = 1, count do
   end
   key_base = key_base + 4 * #ws
   cands[c] = {ws = ws}
+  return cands[c]
 end
 
--- A replay is admitted where it was recorded, wherever that is in the order.
+-- A replay is admitted where it was recorded, wherever that is in the order. A fresh id (the
+-- caller's first send of it) cannot be one: nothing to look for.
 local replayed = 0
-for c, cand in ipairs(cands) do
-  for _, w in ipairs(cand.ws) do
-    -- An id already recorded is a replay of the same request (say, a retry after a lost
-    -- reply): report it admitted, record nothing twice.
-    if replayed == 0 and redis.call('ZSCORE', w.log, rid) then replayed = c end
+if fresh == 0 then
+  for c = 1, count do
+    for _, w in ipairs(parse(c).ws) do
+      -- An id already recorded is a replay of the same request (say, a retry after a lost
+      -- reply): report it admitted, record nothing twice.
+      if replayed == 0 and redis.call('ZSCORE', w.log, rid) then replayed = c end
+    end
   end
 end
 
@@ -83,7 +93,8 @@ local chosen = replayed
 if chosen > 0 then
   look(cands[chosen])
 else
-  for c, cand in ipairs(cands) do
+  for c = 1, count do
+    local cand = cands[c] or parse(c)
     look(cand)
     for _, w in ipairs(cand.ws) do
       -- The cap is the priority's share; others' claims are held against the whole limit.
@@ -127,8 +138,10 @@ if chosen == 0 then
   end
 end
 
--- A candidate not looked at reports usage -1 (unknown) and holds its claims as they were.
-local out = {chosen > 0 and 1 or 0, retry, chosen}
+-- The candidates read (a prefix: up to the chosen one, or all) are reported; one read but not
+-- looked at (a replay's others) reports usage -1 (unknown). Claims stay as they were in
+-- every candidate not looked at.
+local out = {chosen > 0 and 1 or 0, retry, chosen, #cands}
 for _, cand in ipairs(cands) do
   for _, w in ipairs(cand.ws) do
     if cand.looked then

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from knowctl.policy.windows import Window, WindowLog, capacity, claim_size, try_admit
 from knowctl.store import keys
 from knowctl.store.base import (
+    NOT_LOOKED,
     Admission,
     Announcement,
     Candidate,
@@ -208,6 +209,7 @@ class MemoryStore(MemoryCacheOps, Store):
         share: float = 1.0,
         reservation_id: str,
         claim: Claim | None = None,
+        fresh: bool = False,
     ) -> Choice:
         check_candidates(candidates, reservation_id)
         self._check_open()
@@ -216,18 +218,22 @@ class MemoryStore(MemoryCacheOps, Store):
             now = self._clock()
             # As acquire.lua: a replay where it was recorded, else the first admissible in the
             # order given; candidates after the chosen one are not looked at.
-            replayed = next(
-                (
-                    i
-                    for i, c in enumerate(candidates)
-                    for w in c.windows
-                    if rid in self._logs.get((c.scope, w.name), ())
-                ),
-                None,
+            replayed = (
+                None
+                if fresh
+                else next(
+                    (
+                        i
+                        for i, c in enumerate(candidates)
+                        for w in c.windows
+                        if rid in self._logs.get((c.scope, w.name), ())
+                    ),
+                    None,
+                )
             )
             order = [replayed] if replayed is not None else range(len(candidates))
             chosen: int | None = None
-            admissions: list[Admission] = [Admission(False, 0.0, (), (), ()) for _ in candidates]
+            admissions: list[Admission] = [NOT_LOOKED] * len(candidates)
             looked = []
             for i in order:
                 c = candidates[i]

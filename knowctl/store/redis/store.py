@@ -41,6 +41,7 @@ from knowctl.net.resp import Arg, Multiplexer
 from knowctl.policy.windows import Window, capacity, day_boundaries
 from knowctl.store import keys
 from knowctl.store.base import (
+    NOT_LOOKED,
     Admission,
     Announcement,
     Candidate,
@@ -104,43 +105,49 @@ def _midnights(tz: str, hour: int) -> tuple[int, ...]:
 
 
 def _choice(raw: list[int], windows: Sequence[Sequence[Window]], claimed: bool) -> Choice:
-    """acquire.lua's reply: admitted, retry_after_us, chosen, then per candidate and window
-    usage, reset_after_us, blocked, then the claims if asked for (one pass: this runs on
-    every limit check and quota admission). A candidate not looked at has no usage."""
+    """acquire.lua's reply: admitted, retry_after_us, chosen, how many candidates it reports
+    (a prefix), then per reported candidate and window usage, reset_after_us, blocked, then the
+    claims if asked for (one pass: this runs on every limit check and quota admission). A
+    candidate not looked at has no usage."""
     chosen = raw[2] - 1 if raw[2] > 0 else None
     retry_after = float("inf") if raw[1] < 0 else raw[1] / 1e6
-    at = 3
-    claims_at = 3 + 3 * sum(len(ws) for ws in windows)
+    reported = raw[3]
+    at = 4
+    claims_at = 4 + 3 * sum(len(ws) for ws in windows[:reported])
     admissions: list[Admission] = []
-    for c, ws in enumerate(windows):
-        usage: list[int] = []
-        reset_after: list[float] = []
-        blocked: list[str] = []
-        looked = raw[at] != -1  # a candidate after the chosen one is not looked at
-        for w in ws:
-            if looked:
-                usage.append(int(raw[at]))
-                reset_after.append(raw[at + 1] / 1e6)
-            if raw[at + 2] == 1:
-                blocked.append(w.name)
-            at += 3
+    for c, ws in enumerate(windows[:reported]):
+        if raw[at] == -1:  # read but not looked at (the others of a replay)
+            admissions.append(NOT_LOOKED)
+            at += 3 * len(ws)
+            claims_at += len(ws) if claimed else 0
+            continue
+        usage = tuple(raw[at : at + 3 * len(ws) : 3])
+        reset_after = tuple(r / 1e6 for r in raw[at + 1 : at + 3 * len(ws) : 3])
+        blocked = tuple(w.name for w, b in zip(ws, raw[at + 2 : at + 3 * len(ws) : 3], strict=True) if b == 1)
+        at += 3 * len(ws)
         held: tuple[int, ...] = ()
         if claimed:
-            held = tuple(int(v) for v in raw[claims_at : claims_at + len(ws)]) if looked else ()
+            held = tuple(raw[claims_at : claims_at + len(ws)])
             claims_at += len(ws)
         won = chosen == c
         admissions.append(
             Admission(
-                admitted=won,
-                retry_after=0.0 if won else (retry_after if chosen is None else 0.0),
-                usage=tuple(usage),
-                limits=tuple(w.limit for w in ws),
-                reset_after=tuple(reset_after),
-                blocked=tuple(blocked),
-                claimed=held,
+                won,
+                0.0 if won else (retry_after if chosen is None else 0.0),
+                usage,
+                tuple(w.limit for w in ws),
+                reset_after,
+                blocked,
+                held,
             )
         )
+    admissions += [NOT_LOOKED] * (len(windows) - reported)
     return Choice(chosen, tuple(admissions), 0.0 if chosen is not None else retry_after)
+
+
+@lru_cache(maxsize=4096)  # a caller's or a lane's scope recurs on every call
+def _scope_keys(scope: str, windows: tuple[Window, ...]) -> tuple[str, ...]:
+    return tuple(k for w in windows for k in keys.window_keys(scope, w.name).as_list())
 
 
 def _us(seconds: float) -> int:
@@ -310,12 +317,16 @@ class RedisStore(RedisCacheOps, Store):
         args: list[Arg],
     ) -> None:
         """One scope's window keys and arguments (_lib.lua, parse_windows), appended."""
+        script_keys += _scope_keys(scope, tuple(windows))
         args.append(len(windows))
-        around = time.time()  # only picks which midnights to send; the script uses TIME
+        around = 0.0
         for w, cap, amount in zip(windows, caps, amounts, strict=True):
-            script_keys += keys.window_keys(scope, w.name).as_list()
-            days = _midnights(w.calendar_tz, int(around // 3600)) if w.calendar_tz else ()
-            args += [_us(w.length_s), cap, amount, len(days), *days]
+            if w.calendar_tz:
+                around = around or time.time()  # only picks which midnights to send; the script uses TIME
+                days = _midnights(w.calendar_tz, int(around // 3600))
+                args += [_us(w.length_s), cap, amount, len(days), *days]
+            else:
+                args += [_us(w.length_s), cap, amount, 0]
 
     async def acquire(
         self,
@@ -339,6 +350,7 @@ class RedisStore(RedisCacheOps, Store):
         share: float = 1.0,
         reservation_id: str,
         claim: Claim | None = None,
+        fresh: bool = False,
     ) -> Choice:
         check_candidates(candidates, reservation_id)
         return await self._acquire_in(
@@ -348,6 +360,7 @@ class RedisStore(RedisCacheOps, Store):
             ],
             reservation_id,
             claim,
+            fresh,
         )
 
     async def _acquire_in(
@@ -355,11 +368,13 @@ class RedisStore(RedisCacheOps, Store):
         candidates: Sequence[tuple[str, Sequence[Window], Sequence[int], Sequence[int]]],
         reservation_id: str,
         claim: Claim | None,
+        fresh: bool = False,
     ) -> Choice:
         """acquire.lua over ``candidates`` (scope, windows, caps, amounts), tried in that order."""
         script_keys: list[str] = []
         args: list[Arg] = [reservation_id, len(candidates)]
         args += [claim.claimant, claim.divisor, _us(claim.ttl_s)] if claim is not None else ["", 0, 0]
+        args.append(1 if fresh else 0)
         for scope, windows, caps, amounts in candidates:
             self._windows_input(scope, windows, caps, amounts, script_keys, args)
             if claim is not None:
