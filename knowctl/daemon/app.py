@@ -25,6 +25,7 @@ from knowctl.daemon.callers.registry import CallerRegistry
 from knowctl.daemon.interactions.book import InteractionBook
 from knowctl.daemon.pipeline.handler import CLIENT_CLOSED, ModelCallHandler
 from knowctl.daemon.quota.provider import ProviderQuota
+from knowctl.daemon.resources.book import ResourceBook
 from knowctl.daemon.topics.service import TopicService
 from knowctl.daemon.upstream.client import UpstreamClient
 from knowctl.daemon.upstream.credentials import UpstreamCredentials
@@ -87,6 +88,7 @@ class Gateway:
             config.provider_config(settings, self.pool), self.store, count_tokens=self.upstream.count_tokens
         )
         self.interactions = InteractionBook(config.interactions_config(settings), self.store)
+        self.resources = ResourceBook(config.resources_config(settings), self.store)
         self.model_calls = ModelCallHandler(
             config.handler_config(settings),
             self.upstream,
@@ -95,6 +97,7 @@ class Gateway:
             quota=self.quota,
             interactions=self.interactions,
             items=EmbeddingItemCache(config.items_config(settings), self.store),
+            resources=self.resources,
             only_known_actions=self.callers.mode == "keys",
         )
         # Route labels are the actions the gateway knows; a made-up one is "other".
@@ -117,7 +120,7 @@ class Gateway:
 
     def _components(self) -> tuple[Component, ...]:
         """In start-up order; shut down in reverse."""
-        return (self.callers, self.cache, self.quota, self.interactions, self.topics)
+        return (self.callers, self.cache, self.quota, self.interactions, self.resources, self.topics)
 
     async def startup(self) -> None:
         await self.upstream.start()
@@ -271,7 +274,13 @@ class Gateway:
         if path.startswith(SIMULATOR_PREFIX + "/"):
             inner = path[len(SIMULATOR_PREFIX) :]
             raw = scope.get("raw_path") or path.encode()
-            scope = {**scope, "path": inner, "raw_path": raw[len(SIMULATOR_PREFIX) :]}
+            # root_path: the simulator's absolute URLs (an upload's) must name the prefix too.
+            scope = {
+                **scope,
+                "path": inner,
+                "raw_path": raw[len(SIMULATOR_PREFIX) :],
+                "root_path": scope.get("root_path", "") + SIMULATOR_PREFIX,
+            }
         status = 200
 
         async def recording_send(message: dict[str, Any]) -> None:

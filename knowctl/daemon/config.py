@@ -11,6 +11,7 @@ from knowctl.daemon.callers.registry import CallersConfig, Tier
 from knowctl.daemon.interactions.book import InteractionsConfig
 from knowctl.daemon.pipeline.handler import HandlerConfig
 from knowctl.daemon.quota.provider import ProviderConfig
+from knowctl.daemon.resources.book import ResourcesConfig
 from knowctl.daemon.topics.cdn import CdnConfig
 from knowctl.daemon.topics.config import TopicsConfig
 from knowctl.daemon.upstream.client import UpstreamConfig
@@ -177,6 +178,15 @@ def items_config(settings: Settings) -> ItemsConfig:
 
 def interactions_config(settings: Settings) -> InteractionsConfig:
     return InteractionsConfig(ttl_s=settings.interactions_ttl)
+
+
+# Google's resumable upload URLs stay valid for about a week; an upload's record as long.
+UPLOAD_TTL_S = 7 * 86400.0
+
+
+def resources_config(settings: Settings) -> ResourcesConfig:
+    del settings  # nothing configurable yet: the upload record lasts as Google's URL does
+    return ResourcesConfig(upload_ttl_s=UPLOAD_TTL_S)
 
 
 def holds_google_credentials(settings: Settings) -> bool:

@@ -212,6 +212,52 @@ class Interactions(Protocol):
     async def forget(self, interaction_id: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A resource created through the gateway (a file): who owns it, and the deployment that
+    holds it (a file lives in one project: it is read, used and deleted there)."""
+
+    owner: str
+    deployment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A resumable upload in progress: its owner, the deployment it goes to, and the path and
+    query (on that deployment) its chunks are sent to."""
+
+    owner: str
+    deployment: str | None
+    target: str
+
+
+class Resources(Protocol):
+    """Who owns the resources created through the gateway, shared by every daemon."""
+
+    async def find(self, name: str, owner: str) -> Held | None:
+        """The record if ``owner`` owns ``name``, else None (unknown or another's: the same
+        404); CallRefused(503) when ownership cannot be checked now."""
+        ...
+
+    async def owned(self, names: Sequence[str], owner: str) -> list[bool]:
+        """For each name, whether ``owner`` owns it (one round trip per unknown name, at once)."""
+        ...
+
+    async def remember(self, name: str, held: Held, ttl_s: float) -> None: ...
+
+    async def forget(self, name: str) -> None: ...
+
+    async def open_upload(self, upload: Upload) -> str:
+        """Record an upload in progress; its id, for the URL the client sends chunks to."""
+        ...
+
+    async def upload(self, upload_id: str, owner: str) -> Upload | None:
+        """The upload if ``owner`` started it, else None; CallRefused(503) when unknown now."""
+        ...
+
+    async def close_upload(self, upload_id: str) -> None: ...
+
+
 class EmbeddingItems(Protocol):
     """Embeddings one text at a time, shared by every call that embeds the same text the
     same way (model, task type, dimensionality, title) within one cache scope."""

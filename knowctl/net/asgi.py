@@ -7,7 +7,7 @@ their cost to every call on the hot path for nothing the gateway uses.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import orjson
@@ -61,6 +61,20 @@ async def read_body(receive: Receive, limit: int, declared_length: str | None) -
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def body_pieces(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives, never held whole (an upload passed on). Raises
+    ClientDisconnected when the client goes before its body ends (a truncated upload)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        piece = message.get("body", b"")
+        if piece:
+            yield piece
+        if not message.get("more_body", False):
+            return
 
 
 async def respond(

@@ -139,6 +139,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         # Not kept alive: a proxy relaying plain http may close after any answer unannounced.
         self.single_use = False
+        self._writable: asyncio.Future[None] | None = None  # set while the transport is full
 
     # --- protocol callbacks -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -164,6 +165,16 @@ class _Connection(asyncio.Protocol):
         if not self.complete:
             self._fail(Broken(f"the upstream connection broke: {exc or 'closed'}"))
         self.error = self.error or Broken("connection closed")
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
@@ -182,6 +193,7 @@ class _Connection(asyncio.Protocol):
             b"content-length" not in names and b"transfer-encoding" not in names and status not in (204, 304)
         )
         self._wake()
+        self.resume_writing()  # a streamed body stops at an answer: no wait for room to send it
 
     def on_body(self, body: bytes) -> None:
         self._pieces.append(body)
@@ -202,6 +214,15 @@ class _Connection(asyncio.Protocol):
         self.status, self.headers, self.head_done, self.complete = 0, [], False, False
         self._until_close = False
         self.transport.write(request)
+
+    async def write(self, piece: bytes) -> None:
+        """Send part of a streamed request body, waiting while the upstream is behind."""
+        if self.error is not None:
+            raise self.error
+        assert self.transport is not None
+        self.transport.write(piece)
+        while self._writable is not None and self.error is None and not self.head_done:
+            await asyncio.shield(self._writable)
 
     async def head(self) -> None:
         while not self.head_done:
@@ -286,6 +307,22 @@ class Pool:
         """``async with pool.request(...) as response``: send one call, read its answer in
         the block. Raises HttpError."""
         return _Exchange(self, origin, _request_bytes(method, origin, target, headers, body))
+
+    def request_streamed(
+        self,
+        method: str,
+        origin: Origin,
+        target: str,
+        headers: dict[str, str],
+        length: int,
+        body: AsyncIterator[bytes],
+    ) -> _Exchange:
+        """``request`` with a body of ``length`` bytes sent as ``body`` yields it, never held
+        whole (an upload). The deadline runs from the last piece sent, not from the start.
+        A body that ends short breaks the connection (the upstream sees it truncated) and
+        raises what the iterator raised, or Broken."""
+        head = _request_bytes(method, origin, target, {**headers, "content-length": str(length)}, b"", False)
+        return _Exchange(self, origin, head, (length, body))
 
     def _expire(self, conn: _Connection) -> None:
         conn.abort(Timeout(f"no complete answer within {self._timeout:g}s"))
@@ -399,12 +436,19 @@ class Pool:
 class _Exchange:
     """One call on a pooled connection (a class, not a generator: it runs on every call)."""
 
-    __slots__ = ("_conn", "_origin", "_pool", "_request", "_timer")
+    __slots__ = ("_body", "_conn", "_origin", "_pool", "_request", "_timer")
 
-    def __init__(self, pool: Pool, origin: Origin, request: bytes) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        origin: Origin,
+        request: bytes,
+        body: tuple[int, AsyncIterator[bytes]] | None = None,
+    ) -> None:
         self._pool = pool
         self._origin = origin
         self._request = request
+        self._body = body
         self._conn: _Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -416,11 +460,31 @@ class _Exchange:
         self._timer = loop.call_at(deadline, pool._expire, conn)
         conn.send(self._request)
         try:
+            if self._body is not None:
+                await self._stream(conn, *self._body)
             await conn.head()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         return Response(conn)
+
+    async def _stream(self, conn: _Connection, length: int, body: AsyncIterator[bytes]) -> None:
+        pool, loop = self._pool, asyncio.get_running_loop()
+        sent = 0
+        async for piece in body:
+            if sent + len(piece) > length:
+                raise Broken(f"the request body is longer than its {length} bytes")
+            await conn.write(piece)
+            sent += len(piece)
+            assert self._timer is not None
+            self._timer.cancel()  # progress: the deadline runs from the last piece
+            self._timer = loop.call_at(loop.time() + pool._timeout, pool._expire, conn)
+            if conn.head_done:  # the upstream answered before the whole body: it wants no more
+                if sent < length:
+                    conn.single_use = True  # the rest was never sent: the connection cannot go on
+                return
+        if sent < length:
+            raise Broken(f"the request body ended after {sent} of its {length} bytes")
 
     async def __aexit__(self, kind: object, error: object, tb: object) -> None:
         conn = self._conn
@@ -460,7 +524,9 @@ async def _tunnel(loop: asyncio.AbstractEventLoop, proxy: Origin, origin: Origin
     return sock
 
 
-def _request_bytes(method: str, origin: Origin, target: str, headers: dict[str, str], body: bytes) -> bytes:
+def _request_bytes(
+    method: str, origin: Origin, target: str, headers: dict[str, str], body: bytes, length: bool = True
+) -> bytes:
     if any(c in target for c in " \r\n"):
         raise Broken(f"refusing to send the malformed request target {target!r}")
     if origin.proxy is not None and origin.scheme == "http":
@@ -470,7 +536,7 @@ def _request_bytes(method: str, origin: Origin, target: str, headers: dict[str, 
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise Broken(f"refusing to send the malformed header {name!r}")
         lines.append(f"{name}: {value}")
-    if body or method == "POST":
+    if length and (body or method == "POST"):
         lines.append(f"content-length: {len(body)}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head + body if body else head

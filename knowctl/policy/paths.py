@@ -37,6 +37,7 @@ class Surface(StrEnum):
     MODELS = "models"
     INTERACTIONS = "interactions"
     OPENAI = "openai"
+    FILES = "files"  # the Gemini API's Files: resumable uploads, listing, reading, deleting
 
 
 class Action(StrEnum):
@@ -115,6 +116,16 @@ _OPENAI = re.compile(
 # location (its models are named "google/{model}").
 _VERTEX_OPENAI = re.compile(rf"{_VERTEX_PROJECT}/endpoints/openapi/(?P<resource>chat/completions|embeddings)")
 
+# The Gemini API's Files: ``resource`` is "files/{id}", ``action`` "upload" (a resumable upload's
+# start and its chunks, told apart by X-Goog-Upload-Command) or "download".
+_FILE_ID = r"[a-z0-9][a-z0-9-]{0,39}"
+_FILES = re.compile(
+    rf"/(?:(?P<upload>upload)/|(?P<download>download)/)?(?P<version>v1|v1beta|v1alpha)/files"
+    rf"(?:/(?P<id>{_FILE_ID})(?P<action>:download)?)?"
+)
+FILE_UPLOAD = "upload"
+FILE_DOWNLOAD = "download"
+
 GEMINI_HOST = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_HOST = "https://aiplatform.googleapis.com"
 
@@ -172,6 +183,8 @@ class ApiCall:
             return "interactions.cancel" if self.action == CANCEL else "interactions.get"
         if self.surface is Surface.OPENAI:
             return f"openai.{(self.resource or OPENAI_MODELS).replace('/', '.')}"
+        if self.surface is Surface.FILES:
+            return f"files.{self.action or ('item' if self.resource else 'list')}"
         return self.action or "list_models"
 
 
@@ -180,6 +193,8 @@ def parse_path(path: str) -> ApiCall | None:
     if "/interactions" in path and (found := _parse_interaction(path)) is not None:
         return found
     if ("/openai/" in path or "/openapi/" in path) and (found := _parse_openai(path)) is not None:
+        return found
+    if "/files" in path and (found := _parse_files(path)) is not None:
         return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
@@ -212,6 +227,25 @@ def _parse_interaction(path: str) -> ApiCall | None:
                 resource=groups.get("resource"),
             )
     return None
+
+
+def _parse_files(path: str) -> ApiCall | None:
+    match = _FILES.fullmatch(path)
+    if match is None:
+        return None
+    upload, download, name = match["upload"], match["download"], match["id"]
+    if upload is not None and name is not None:
+        return None  # uploads go to the collection
+    if (download is not None) != (match["action"] is not None):
+        return None  # :download only under /download/, and only there
+    return ApiCall(
+        family=Family.GEMINI,
+        version=match["version"],
+        model=None,
+        action=FILE_UPLOAD if upload else FILE_DOWNLOAD if download else None,
+        surface=Surface.FILES,
+        resource=f"files/{name}" if name is not None else None,
+    )
 
 
 def _parse_openai(path: str) -> ApiCall | None:
@@ -247,6 +281,10 @@ def allowed_methods(call: ApiCall) -> tuple[str, ...]:
         return ("GET", "DELETE") if call.resource is not None and call.action is None else ("POST",)
     if call.surface is Surface.OPENAI:
         return ("GET",) if call.resource == OPENAI_MODELS else ("POST",)
+    if call.surface is Surface.FILES:
+        if call.action == FILE_UPLOAD:
+            return ("POST",)
+        return ("GET", "DELETE") if call.resource is not None and call.action is None else ("GET",)
     return ("POST",) if call.action is not None else ("GET",)
 
 

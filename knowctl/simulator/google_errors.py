@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
 from knowctl.errors import error_body, retry_delay_text, retry_info
 from knowctl.policy.paths import ApiCall, Family
 from knowctl.simulator.quota import Refusal
@@ -133,3 +135,16 @@ def quota_error(call: ApiCall, refusal: Refusal) -> bytes:
 def in_array(body: bytes, array: bool) -> bytes:
     """Errors of a JSON-array stream come wrapped in ``[ ... ]``, as Google sends them."""
     return b"[" + body + b"]" if array else body
+
+
+# The Files API and context caches. Google answers an unknown file or cache as a denial, not a
+# 404, so that a name reveals nothing about other projects' resources.
+FILE_DENIED = "You do not have permission to access the File {id} or it may not exist."
+CACHE_DENIED = "CachedContent not found (or permission denied)"
+VERTEX_CACHE_NOT_FOUND = "Not found: cached content metadata for {id}."
+
+
+def status_error(code: int, status: str, message: str) -> bytes:
+    """An error whose ``status`` is not the one :data:`knowctl.errors.STATUS_NAMES` gives its code
+    (409 ``ALREADY_EXISTS`` rather than ``ABORTED``)."""
+    return orjson.dumps({"error": {"code": code, "message": message, "status": status}})

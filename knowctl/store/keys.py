@@ -278,3 +278,21 @@ def embedding(item_key: str) -> str:
     if not item_key:
         raise ValueError("item key must not be empty")
     return f"{PREFIX}{{e:{_tag_safe(item_key)}}}"
+
+
+# Who owns each file (and, later, cache or batch) created through the gateway, and the
+# deployment that holds it; and each resumable upload in progress. Each alone in its slot.
+
+
+def resource(name: str) -> str:
+    """The owner record of a resource by its API name ("files/abc")."""
+    if not name:
+        raise ValueError("resource name must not be empty")
+    return f"{PREFIX}r:{{{_tag_safe(name)}}}"
+
+
+def upload_session(upload_id: str) -> str:
+    """A resumable upload the gateway handed out: its owner and where its chunks go."""
+    if not upload_id:
+        raise ValueError("upload id must not be empty")
+    return f"{PREFIX}up:{{{_tag_safe(upload_id)}}}"

@@ -204,3 +204,33 @@ def test_other_surface_paths_are_not_api_calls(path: str) -> None:
 )
 def test_openai_model_names(named: str, model: str | None) -> None:
     assert openai_wire.model_name({"model": named}) == model
+
+
+@pytest.mark.parametrize(
+    ("path", "action", "resource", "methods"),
+    [
+        ("/upload/v1beta/files", "upload", None, ("POST",)),
+        ("/v1beta/files", None, None, ("GET",)),
+        ("/v1/files/abc123", None, "files/abc123", ("GET", "DELETE")),
+        ("/download/v1beta/files/abc-1:download", "download", "files/abc-1", ("GET",)),
+    ],
+)
+def test_file_paths(path: str, action: str | None, resource: str | None, methods: tuple[str, ...]) -> None:
+    call = parse_path(path)
+    assert call is not None and call.surface is Surface.FILES
+    assert (call.action, call.resource, allowed_methods(call)) == (action, resource, methods)
+    assert not call.spends_quota and not call.generates
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1beta/files/abc:download",
+        "/upload/v1beta/files/abc",
+        "/download/v1beta/files/abc",
+        "/v1beta/files/ABC",
+        "/v1beta/files/a/b",
+    ],
+)
+def test_malformed_file_paths_are_not_api_calls(path: str) -> None:
+    assert parse_path(path) is None

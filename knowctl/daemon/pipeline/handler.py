@@ -15,9 +15,11 @@ from knowctl.daemon.contracts import (
     EmbeddingItems,
     Interactions,
     QuotaGate,
+    Resources,
     ResponseCache,
 )
 from knowctl.daemon.pipeline.embedding import Embeddings
+from knowctl.daemon.pipeline.files import FileCalls, FilesConfig
 from knowctl.daemon.pipeline.generation import Generation
 from knowctl.daemon.pipeline.interactions import InteractionCalls
 from knowctl.daemon.pipeline.replies import send_error, send_refusal, send_upstream_error
@@ -39,7 +41,7 @@ from knowctl.net.asgi import (
     respond_error,
 )
 from knowctl.policy.fallback import Fallbacks
-from knowctl.policy.paths import OPENAI_MODELS, PREDICT, ApiCall, Surface, allowed_methods
+from knowctl.policy.paths import FILE_UPLOAD, OPENAI_MODELS, PREDICT, ApiCall, Surface, allowed_methods
 from knowctl.policy.priority import Priority, effective_priority
 from knowctl.policy.quota import provider_counted
 from knowctl.policy.requests import body_problem
@@ -99,6 +101,7 @@ class ModelCallHandler:
         quota: QuotaGate,
         interactions: Interactions,
         items: EmbeddingItems,
+        resources: Resources,
         only_known_actions: bool = False,
     ) -> None:
         self._max_body = config.max_body_bytes
@@ -114,6 +117,7 @@ class ModelCallHandler:
             upstream, quota, items, callers.upstream_answered, config.batch_as_one_call, retries
         )
         self._interactions = InteractionCalls(interactions, self._generate, self._pass_on, quota.reconcile)
+        self._files = FileCalls(FilesConfig(config.max_body_bytes), resources, upstream, self._pass_on)
         self._allowed = config.allowed_actions
         self._batch_as_one = config.batch_as_one_call
         # Set where the gateway calls Google with its own credentials (keys mode); callers
@@ -163,6 +167,8 @@ class ModelCallHandler:
             if method == "POST":
                 refusal.headers.append((b"connection", b"close"))
             return await send_refusal(send, ctx, refusal)
+        if call.surface is Surface.FILES:
+            return await self._file_call(ctx, receive, send)
         if method == "POST":
             try:
                 ctx.body = await read_body(receive, self._max_body, header.get("content-length"))
@@ -176,6 +182,11 @@ class ModelCallHandler:
                 problem = self._name_model(ctx)
             if problem is not None:
                 return await send_error(send, call, 400, problem)
+            if b"files/" in ctx.body and ctx.payload is not None:
+                try:
+                    await self._files.check_named(ctx)
+                except CallRefused as refusal:
+                    return await send_refusal(send, ctx, refusal)
         if not self._upstream.serves(ctx.call):
             model = ctx.call.model or "this call"
             return await send_error(
@@ -200,6 +211,19 @@ class ModelCallHandler:
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
         return await self._forward(ctx, send)
+
+    async def _file_call(self, ctx: CallContext, receive: Receive, send: Send) -> int:
+        """Files: bodies read (an upload's start) or streamed (its chunks) by the flow itself.
+        Each call counts against its caller's limits but an upload's chunks: an upload is one
+        request, however many chunks it takes."""
+        if not self._upstream.serves(ctx.call):
+            return await send_error(send, ctx.call, 404, "No upstream of this gateway serves files.")
+        try:
+            if not (ctx.call.action == FILE_UPLOAD and "upload_id=" in ctx.query):
+                await self._check_limits(ctx)
+            return await self._files(ctx, receive, send)
+        except CallRefused as refusal:
+            return await send_refusal(send, ctx, refusal)
 
     async def _generate(self, ctx: CallContext, send: Send) -> int:
         return await self._generation(ctx, send, self._check_limits)

@@ -101,6 +101,8 @@ class OutgoingCall:
     body: bytes
     deployment: str | None = None  # the pool's deployment that admitted it; None: the first that serves it
     priority: Priority | None = None  # the caller's: the deployment's service tier for it, if mapped
+    # A body passed on as it arrives instead of ``body`` (an upload's chunk): its length and pieces.
+    stream: tuple[int, AsyncIterator[bytes]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,20 @@ class UpstreamClient:
             raise UpstreamFailure(404, f"no upstream deployment serves {call.model or 'this call'}")
         return found
 
+    def deployment_name(self, call: ApiCall, deployment: str | None = None) -> str:
+        """The deployment ``send`` takes ``call`` to (``deployment``, else the first that serves it)."""
+        return self._deployment(call, deployment).name
+
+    def path_at(self, url: str, call: ApiCall, deployment: str | None) -> str | None:
+        """``url`` (an absolute URL an answer named, such as an upload's) as a path and query
+        on the deployment, or None when it points anywhere else: the gateway sends nothing
+        to a host an answer made up."""
+        found = self._deployment(call, deployment)
+        base = found.origin(call).rstrip("/")
+        if not url.startswith(base + "/"):
+            return None
+        return url[len(base) :]
+
     def own_credentials(self, call: ApiCall, deployment: str | None = None) -> bool:
         """Whether ``call`` goes upstream with the gateway's credentials (as ``send`` does at
         ``deployment``): then what comes back is about the gateway's account, not the caller's."""
@@ -247,8 +263,13 @@ class UpstreamClient:
             else deployment.target_path(outgoing.call, outgoing.raw_path)
         )
         target = prefix + path + (f"?{query}" if query else "")
+        exchange = (
+            self._pool.request(outgoing.method, origin, target, headers, body)
+            if outgoing.stream is None
+            else self._pool.request_streamed(outgoing.method, origin, target, headers, *outgoing.stream)
+        )
         try:
-            async with self._pool.request(outgoing.method, origin, target, headers, body) as response:
+            async with exchange as response:
                 if tier is not None and tiers.downgraded(tier, response.header(tiers.SERVED_HEADER)):
                     metrics.UPSTREAM_TIER_DOWNGRADES_BY(deployment.name, metrics.MODELS(model)).inc()
                 if counted:
