@@ -251,8 +251,9 @@ class Resources(Protocol):
         """Record an upload in progress; its id, for the URL the client sends chunks to."""
         ...
 
-    async def upload(self, upload_id: str, owner: str) -> Upload | None:
-        """The upload if ``owner`` started it, else None; CallRefused(503) when unknown now."""
+    async def upload(self, upload_id: str, owner: str | None) -> Upload | None:
+        """The upload if ``owner`` started it (None: whoever holds its id), else None;
+        CallRefused(503) when it cannot be looked up now."""
         ...
 
     async def close_upload(self, upload_id: str) -> None: ...

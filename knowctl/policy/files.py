@@ -1,5 +1,5 @@
-"""The files a request body names (``fileData.fileUri`` and the like), so the gateway can
-refuse a call that uses another tenant's file before it goes upstream."""
+"""The files and context caches a request body names (``fileData.fileUri``, ``cachedContent``),
+so the gateway can refuse a call that uses another tenant's before it goes upstream."""
 
 from __future__ import annotations
 
@@ -34,3 +34,19 @@ def named_files(payload: Any) -> set[str]:
         elif isinstance(node, list):
             stack.extend((item, depth + 1) for item in node if isinstance(item, dict | list))
     return found
+
+
+# A cache by its name: cachedContents/{id}, or Vertex's projects/…/cachedContents/{id}.
+_CACHE = re.compile(r"(?:projects/[^/]+/locations/[^/]+/)?(cachedContents/[a-z0-9][a-z0-9-]{0,39})")
+
+
+def named_caches(payload: Any) -> set[str]:
+    """The context cache a generation body names (``cachedContent``), as cachedContents/{id}."""
+    if not isinstance(payload, dict):
+        return set()
+    named = payload.get("cachedContent", payload.get("cached_content"))
+    if not isinstance(named, str):
+        return set()
+    match = _CACHE.fullmatch(named)
+    # A name that is not a cache's is kept whole: no owner has it, so it is refused.
+    return {match.group(1) if match is not None else named}

@@ -38,6 +38,7 @@ class Surface(StrEnum):
     INTERACTIONS = "interactions"
     OPENAI = "openai"
     FILES = "files"  # the Gemini API's Files: resumable uploads, listing, reading, deleting
+    CACHES = "cachedContents"  # context caches: created, read, listed, updated, deleted
 
 
 class Action(StrEnum):
@@ -125,6 +126,14 @@ _FILES = re.compile(
 )
 FILE_UPLOAD = "upload"
 FILE_DOWNLOAD = "download"
+# Context caches, on the Gemini API and Vertex (one project and location): ``resource`` is
+# "cachedContents/{id}", the part of the name both families share.
+_CACHES = rf"/cachedContents(?:/(?P<id>{_FILE_ID}))?"
+_CACHE_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
+    (Family.GEMINI, re.compile(rf"/(?P<version>v1|v1beta|v1alpha){_CACHES}")),
+    (Family.VERTEX, re.compile(_VERTEX_PROJECT + _CACHES)),
+)
+CACHE_PREFIX = "cachedContents/"
 
 GEMINI_HOST = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_HOST = "https://aiplatform.googleapis.com"
@@ -185,6 +194,8 @@ class ApiCall:
             return f"openai.{(self.resource or OPENAI_MODELS).replace('/', '.')}"
         if self.surface is Surface.FILES:
             return f"files.{self.action or ('item' if self.resource else 'list')}"
+        if self.surface is Surface.CACHES:
+            return "caches.item" if self.resource else "caches.collection"
         return self.action or "list_models"
 
 
@@ -195,6 +206,8 @@ def parse_path(path: str) -> ApiCall | None:
     if ("/openai/" in path or "/openapi/" in path) and (found := _parse_openai(path)) is not None:
         return found
     if "/files" in path and (found := _parse_files(path)) is not None:
+        return found
+    if "/cachedContents" in path and (found := _parse_caches(path)) is not None:
         return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
@@ -248,6 +261,24 @@ def _parse_files(path: str) -> ApiCall | None:
     )
 
 
+def _parse_caches(path: str) -> ApiCall | None:
+    for family, pattern in _CACHE_PATTERNS:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            groups = match.groupdict()
+            return ApiCall(
+                family=family,
+                version=groups["version"],
+                model=None,
+                action=None,
+                project=groups.get("project"),
+                location=groups.get("location"),
+                surface=Surface.CACHES,
+                resource=f"{CACHE_PREFIX}{groups['id']}" if groups.get("id") else None,
+            )
+    return None
+
+
 def _parse_openai(path: str) -> ApiCall | None:
     match = _OPENAI.fullmatch(path)
     if match is None:
@@ -281,6 +312,8 @@ def allowed_methods(call: ApiCall) -> tuple[str, ...]:
         return ("GET", "DELETE") if call.resource is not None and call.action is None else ("POST",)
     if call.surface is Surface.OPENAI:
         return ("GET",) if call.resource == OPENAI_MODELS else ("POST",)
+    if call.surface is Surface.CACHES:
+        return ("GET", "PATCH", "DELETE") if call.resource is not None else ("GET", "POST")
     if call.surface is Surface.FILES:
         if call.action == FILE_UPLOAD:
             return ("POST",)

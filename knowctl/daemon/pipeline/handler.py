@@ -22,6 +22,7 @@ from knowctl.daemon.pipeline.embedding import Embeddings
 from knowctl.daemon.pipeline.files import FileCalls, FilesConfig
 from knowctl.daemon.pipeline.generation import Generation
 from knowctl.daemon.pipeline.interactions import InteractionCalls
+from knowctl.daemon.pipeline.owned import OwnedCalls
 from knowctl.daemon.pipeline.replies import send_error, send_refusal, send_upstream_error
 from knowctl.daemon.upstream.client import (
     OutgoingCall,
@@ -40,6 +41,7 @@ from knowctl.net.asgi import (
     respond,
     respond_error,
 )
+from knowctl.policy.callers import presented_credentials
 from knowctl.policy.fallback import Fallbacks
 from knowctl.policy.paths import FILE_UPLOAD, OPENAI_MODELS, PREDICT, ApiCall, Surface, allowed_methods
 from knowctl.policy.priority import Priority, effective_priority
@@ -87,6 +89,15 @@ class HandlerConfig:
     fallbacks: Fallbacks = field(default_factory=Fallbacks)  # model fallback chains, remedies' order
 
 
+def _upload_by_capability(ctx: CallContext) -> bool:
+    """An upload's chunk that names its upload and no credential."""
+    return (
+        ctx.call.action == FILE_UPLOAD
+        and "upload_id=" in ctx.query
+        and not presented_credentials(ctx.headers, ctx.query)
+    )
+
+
 class ModelCallHandler:
     """Entry of every model call: check it, identify and limit the caller, then either run
     the generation pipeline or forward the call as it is."""
@@ -117,7 +128,8 @@ class ModelCallHandler:
             upstream, quota, items, callers.upstream_answered, config.batch_as_one_call, retries
         )
         self._interactions = InteractionCalls(interactions, self._generate, self._pass_on, quota.reconcile)
-        self._files = FileCalls(FilesConfig(config.max_body_bytes), resources, upstream, self._pass_on)
+        self._owned = OwnedCalls(resources, upstream, self._pass_on)
+        self._files = FileCalls(FilesConfig(config.max_body_bytes), resources, upstream, self._owned)
         self._allowed = config.allowed_actions
         self._batch_as_one = config.batch_as_one_call
         # Set where the gateway calls Google with its own credentials (keys mode); callers
@@ -158,6 +170,10 @@ class ModelCallHandler:
             client_ip=client[0] if client else "",
             notes=notes_of(scope),
         )
+        if call.surface is Surface.FILES and _upload_by_capability(ctx):
+            # The SDK sends an upload's chunks without its key, as to Google: the upload URL's
+            # id, unguessable and handed to its starter alone, is the credential.
+            return await self._file_call(ctx, receive, send)
         try:
             # Who is calling is known from the head alone: a caller the gateway refuses costs
             # it no body read, no parse and no buffer (the body is left unread, and the
@@ -169,7 +185,7 @@ class ModelCallHandler:
             return await send_refusal(send, ctx, refusal)
         if call.surface is Surface.FILES:
             return await self._file_call(ctx, receive, send)
-        if method == "POST":
+        if method in ("POST", "PATCH"):
             try:
                 ctx.body = await read_body(receive, self._max_body, header.get("content-length"))
             except BodyTooLarge:
@@ -182,9 +198,9 @@ class ModelCallHandler:
                 problem = self._name_model(ctx)
             if problem is not None:
                 return await send_error(send, call, 400, problem)
-            if b"files/" in ctx.body and ctx.payload is not None:
+            if ctx.payload is not None and (b"files/" in ctx.body or b"achedContent" in ctx.body):
                 try:
-                    await self._files.check_named(ctx)
+                    await self._owned.check_named(ctx)
                 except CallRefused as refusal:
                     return await send_refusal(send, ctx, refusal)
         if not self._upstream.serves(ctx.call):
@@ -193,6 +209,9 @@ class ModelCallHandler:
                 send, call, 404, f"No upstream of this gateway serves {model} on this API."
             )
         try:
+            if call.surface is Surface.CACHES:
+                await self._check_limits(ctx)
+                return await self._owned.access(ctx, send)
             if call.surface is Surface.INTERACTIONS:
                 if call.generates:
                     return await self._interactions.create(ctx, send)
@@ -244,6 +263,8 @@ class ModelCallHandler:
         """An interaction's or OpenAI call's model is in its body: named on the call once read
         (quota, cache and metrics read it there). A problem with it, or None."""
         call = ctx.call
+        if call.surface is Surface.CACHES:
+            return None  # a cache names its model in its body, but spends no generation quota
         if call.surface is Surface.INTERACTIONS:
             if not call.generates:
                 return None

@@ -313,7 +313,12 @@ class ProviderQuota:
         lane.streak = 0
         if not lane.tokens:
             return
-        metrics.TOKEN_ESTIMATE_ERROR.observe(actual - ticket.estimated_tokens)
+        # A context cache's tokens count in the usage but are not in the body the estimate
+        # read: not an error of the estimate's.
+        cached = usage.get("cachedContentTokenCount", 0) if usage is not None else 0
+        metrics.TOKEN_ESTIMATE_ERROR.observe(
+            actual - (cached if isinstance(cached, int) else 0) - ticket.estimated_tokens
+        )
         if actual == ticket.estimated_tokens:
             return
         returned = actual < ticket.estimated_tokens

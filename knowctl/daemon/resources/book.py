@@ -106,7 +106,7 @@ class ResourceBook:
             ) from None
         return upload_id
 
-    async def upload(self, upload_id: str, owner: str) -> Upload | None:
+    async def upload(self, upload_id: str, owner: str | None) -> Upload | None:
         try:
             raw = await self._store.get(keys.upload_session(upload_id))
         except StoreUnavailable:
@@ -119,7 +119,7 @@ class ResourceBook:
             found_owner, deployment, target = orjson.loads(raw)
         except (orjson.JSONDecodeError, ValueError, TypeError):
             return None
-        if found_owner != owner:
+        if owner is not None and found_owner != owner:
             return None
         return Upload(str(found_owner), None if deployment is None else str(deployment), str(target))
 

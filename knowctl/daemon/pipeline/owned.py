@@ -1,0 +1,206 @@
+"""Resources a caller creates through the gateway, each its creator's alone (files, context
+caches; docs/architecture.md, "Resources per caller").
+
+Where the gateway calls Google with its own credentials: a creation's answer names the
+resource, recorded with its owner and the deployment that holds it; reading, updating,
+downloading and deleting one is for its owner, at that deployment; a listing shows the
+caller's own only; a body that names another's (a file URI, a cache) is refused before it
+leaves. With the caller's own credentials the resources are its project's: Google decides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from knowctl.daemon.context import CallContext
+from knowctl.daemon.contracts import CallRefused, Held, Resources
+from knowctl.daemon.pipeline.interactions import owner_of
+from knowctl.daemon.upstream.client import OutgoingCall, UpstreamClient, UpstreamFailure, response_headers
+from knowctl.net.asgi import Message, Send, respond
+from knowctl.policy.files import named_caches, named_files
+from knowctl.policy.paths import CACHE_PREFIX, Surface
+
+# Forwards a call as it is and says what came of it (ModelCallHandler._pass_on).
+PassOn = Callable[[CallContext, Send], Awaitable[Any]]
+
+# What a listing or a creation's answer may hold to be read (a page is far smaller).
+MAX_READ_BYTES = 8 * 1024 * 1024
+# Google keeps an uploaded file for 48 hours; its owner is remembered as long.
+FILE_TTL_S = 48 * 3600.0
+# A cache whose expiry cannot be read is remembered this long (Google's default TTL is 1 h).
+CACHE_TTL_S = 3600.0
+# Past its expiry, a cache's record stays a little longer: a clock apart must not free it early.
+EXPIRY_MARGIN_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of owned resource: its listing's key, and Google's answer for one that does
+    not exist or is not the caller's (the same answer for both: nothing to learn from it)."""
+
+    listed_as: str
+    missing: str  # with {name}
+
+    def gone(self, name: str) -> CallRefused:
+        return CallRefused(403, self.missing.format(name=name))
+
+
+FILES = Kind("files", "You do not have permission to access the File {name} or it may not exist.")
+CACHES = Kind("cachedContents", "CachedContent not found (or permission denied): {name}")
+KINDS = {Surface.FILES: FILES, Surface.CACHES: CACHES}
+
+
+class OwnedCalls:
+    def __init__(self, resources: Resources, upstream: UpstreamClient, pass_on: PassOn) -> None:
+        self._resources = resources
+        self._upstream = upstream
+        self._pass_on = pass_on
+
+    def guarded(self, ctx: CallContext) -> bool:
+        """Whether the gateway keeps the owners (it calls Google with its own credentials)."""
+        return self._upstream.own_credentials(ctx.call, ctx.deployment)
+
+    async def access(self, ctx: CallContext, send: Send) -> int:
+        """A listing (filtered), or one resource read, downloaded, updated or deleted."""
+        call, kind = ctx.call, KINDS[ctx.call.surface]
+        guarded = self.guarded(ctx)
+        if call.resource is None:
+            if ctx.method == "POST":
+                return await self.create(ctx, send, guarded)
+            if not guarded:
+                return int((await self._pass_on(ctx, send)).sent)
+            return await self._list(ctx, send, kind)
+        if guarded:
+            held = await self._resources.find(call.resource, owner_of(ctx))
+            if held is None:
+                raise kind.gone(call.resource)
+            ctx.deployment = held.deployment
+        if ctx.method == "GET":
+            return int((await self._pass_on(ctx, send)).sent)
+        status, body = await self._pass_watching(ctx, send)
+        if status == 200 and guarded and ctx.method == "DELETE":
+            await self._resources.forget(call.resource)
+        elif status == 200 and guarded:  # updated: a cache's new expiry
+            await self.record(ctx, body, owner_of(ctx))
+        return status
+
+    async def create(self, ctx: CallContext, send: Send, guarded: bool) -> int:
+        status, body = await self._pass_watching(ctx, send)
+        if status == 200 and guarded:
+            await self.record(ctx, body, owner_of(ctx))
+        return status
+
+    async def record(self, ctx: CallContext, body: bytes, owner: str) -> None:
+        """Remember the owner of the resource an answer describes, for as long as it lives."""
+        found = _json(body)
+        item = found.get("file", found) if ctx.call.surface is Surface.FILES else found
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
+            return
+        if ctx.call.surface is Surface.FILES:
+            key, ttl = name, FILE_TTL_S
+        else:
+            key, ttl = CACHE_PREFIX + name.rpartition("/")[2], _cache_ttl(item)
+        held = Held(owner, ctx.deployment or self._upstream.deployment_name(ctx.call))
+        await self._resources.remember(key, held, ttl)
+
+    async def check_named(self, ctx: CallContext) -> None:
+        """Refuse a call whose body names a file or a cache its caller does not own."""
+        if not self.guarded(ctx):
+            return
+        for kind, names in ((FILES, named_files(ctx.payload)), (CACHES, named_caches(ctx.payload))):
+            ordered = sorted(names)
+            if not ordered:
+                continue
+            owned = await self._resources.owned(ordered, owner_of(ctx))
+            for name, mine in zip(ordered, owned, strict=True):
+                if not mine:
+                    raise kind.gone(name)
+
+    async def _pass_watching(self, ctx: CallContext, send: Send) -> tuple[int, bytes]:
+        """Pass the call on; its status, and its answer's body (to read it after) when small."""
+        status = 0
+        body = bytearray()
+
+        async def watching(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif status == 200 and len(body) < MAX_READ_BYTES:
+                body.extend(message.get("body", b""))
+            await send(message)
+
+        await self._pass_on(ctx, watching)
+        return status, bytes(body)
+
+    async def _list(self, ctx: CallContext, send: Send, kind: Kind) -> int:
+        outgoing = OutgoingCall(
+            ctx.method, ctx.call, ctx.raw_path, ctx.query, ctx.headers, ctx.body, ctx.deployment, ctx.priority
+        )
+        try:
+            async with self._upstream.send(outgoing) as response:
+                body = await response.read()
+                headers = response_headers(response, True)
+        except UpstreamFailure as failure:
+            raise CallRefused(failure.status, failure.message) from None
+        if response.status == 200:
+            body = await self._only_owned(body, owner_of(ctx), kind) if len(body) <= MAX_READ_BYTES else b"{}"
+        return await answer(send, response.status, response.header(b"content-type"), body, headers)
+
+    async def _only_owned(self, body: bytes, owner: str, kind: Kind) -> bytes:
+        """The listing with only ``owner``'s resources (the page token stays: the next page is
+        filtered alike). An answer the gateway cannot read leaks nothing: it is empty."""
+        page = _json(body)
+        items = page.get(kind.listed_as)
+        out: dict[str, Any] = {}
+        if isinstance(items, list):
+            names = [item.get("name") if isinstance(item, dict) else None for item in items]
+            keys = [_key(kind, n) for n in names]
+            owned = iter(await self._resources.owned([k for k in keys if k], owner))
+            kept = [item for item, k in zip(items, keys, strict=True) if k and next(owned)]
+            if kept:
+                out[kind.listed_as] = kept
+        if isinstance(page.get("nextPageToken"), str):
+            out["nextPageToken"] = page["nextPageToken"]
+        return orjson.dumps(out)
+
+
+def _key(kind: Kind, name: object) -> str | None:
+    if not isinstance(name, str) or not name:
+        return None
+    return name if kind is FILES else CACHE_PREFIX + name.rpartition("/")[2]
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        found = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _cache_ttl(item: dict[str, Any]) -> float:
+    """Seconds until the cache an answer describes expires (its ``expireTime``), plus a margin."""
+    expires = item.get("expireTime")
+    if isinstance(expires, str):
+        try:
+            at = dt.datetime.fromisoformat(expires.replace("Z", "+00:00"))
+            left = (at - dt.datetime.now(dt.UTC)).total_seconds()
+            return max(left, 0.0) + EXPIRY_MARGIN_S
+        except ValueError:
+            pass
+    return CACHE_TTL_S + EXPIRY_MARGIN_S
+
+
+async def answer(
+    send: Send, status: int, content_type: bytes | None, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> int:
+    """An upstream answer passed on with the headers kept (the gateway does its own framing)."""
+    kept = [(k, v) for k, v in headers if k != b"content-type"]
+    await respond(send, status, body, content_type or b"application/json", kept)
+    return status
