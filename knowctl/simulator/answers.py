@@ -11,6 +11,10 @@ can be exact):
 - ``candidatesTokenCount`` = ceil(UTF-8 bytes of the answer text / 4);
 - ``totalTokenCount`` = their sum. countTokens answers the prompt count with the same rule.
 
+A context cache (``cachedContent``) counts its texts by the same rule once, when it is made;
+a call that uses it adds that count to ``promptTokenCount`` and reports it as
+``cachedContentTokenCount``, as Google does.
+
 The answer text is a few dozen words chosen by a SHA-512 of the model and the prompt text.
 ``generationConfig.maxOutputTokens`` cuts it to ``4 * maxOutputTokens`` bytes (the answer is
 ASCII, so no character is split) and the finish reason becomes ``MAX_TOKENS``. A prompt that
@@ -58,6 +62,18 @@ class Answer:
     candidates_tokens: int
     response_id: str
     blocked: bool
+    cached_tokens: int = 0  # the part of prompt_tokens a context cache supplied
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPrefix:
+    """What a context cache adds to a prompt: its tokens, a digest of its texts (the answer
+    depends on them, as a model's would, without the cache keeping them) and whether they hold
+    :data:`BLOCK_MARKER`."""
+
+    tokens: int
+    digest: str
+    blocked: bool = False
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -99,6 +115,33 @@ def prompt_texts(request: dict[str, Any]) -> list[str]:
             raise BadRequest("* GenerateContentRequest.contents: each content must be an object")
         _texts(content, out)
     return out
+
+
+def cache_texts(request: dict[str, Any]) -> list[str]:
+    """The texts of a cachedContents create body: its ``systemInstruction`` and ``contents``,
+    either of which may be absent, though not both (raises :class:`BadRequest`)."""
+    contents = request.get("contents")
+    if isinstance(contents, dict):
+        contents = [contents]
+    system = request.get("systemInstruction", request.get("system_instruction"))
+    if contents is None and system is None:
+        raise BadRequest("* CachedContent: contents or system_instruction must be set")
+    if contents is not None and not isinstance(contents, list):
+        raise BadRequest("* CachedContent.contents: must be a list of contents")
+    out: list[str] = []
+    if system is not None:
+        _texts(system, out)
+    for content in contents or ():
+        if not isinstance(content, dict):
+            raise BadRequest("* CachedContent.contents: each content must be an object")
+        _texts(content, out)
+    return out
+
+
+def cached_prefix(texts: list[str]) -> CachedPrefix:
+    """A cache of these texts, counted by the prompt rule."""
+    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+    return CachedPrefix(prompt_tokens(texts), digest, any(BLOCK_MARKER in t for t in texts))
 
 
 def token_count(nbytes: int) -> int:
@@ -147,27 +190,35 @@ def response_id(model: str, body: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def make_answer(model: str, request: dict[str, Any], body: bytes) -> Answer:
-    """The answer to a generateContent request (raises :class:`BadRequest`)."""
+def make_answer(
+    model: str, request: dict[str, Any], body: bytes, cached: CachedPrefix | None = None
+) -> Answer:
+    """The answer to a generateContent request (raises :class:`BadRequest`); ``cached``: the
+    context cache it names, whose tokens join the prompt's and whose texts steer the answer."""
     texts = prompt_texts(request)
     limit = max_output_tokens(request)
-    p_tokens = prompt_tokens(texts)
+    c_tokens = cached.tokens if cached is not None else 0
+    p_tokens = prompt_tokens(texts) + c_tokens
     rid = response_id(model, body)
-    if any(BLOCK_MARKER in t for t in texts):
-        return Answer(model, "", "", p_tokens, 0, rid, blocked=True)
-    text, cut = truncate(answer_text(model, texts), limit)
+    if any(BLOCK_MARKER in t for t in texts) or (cached is not None and cached.blocked):
+        return Answer(model, "", "", p_tokens, 0, rid, blocked=True, cached_tokens=c_tokens)
+    text, cut = truncate(answer_text(model, [cached.digest, *texts] if cached else texts), limit)
     finish = "MAX_TOKENS" if cut else "STOP"
-    return Answer(model, text, finish, p_tokens, token_count(len(text)), rid, blocked=False)
+    return Answer(model, text, finish, p_tokens, token_count(len(text)), rid, False, c_tokens)
 
 
 def usage(answer: Answer) -> dict[str, int]:
     if answer.blocked:
-        return {"promptTokenCount": answer.prompt_tokens, "totalTokenCount": answer.prompt_tokens}
-    return {
-        "promptTokenCount": answer.prompt_tokens,
-        "candidatesTokenCount": answer.candidates_tokens,
-        "totalTokenCount": answer.prompt_tokens + answer.candidates_tokens,
-    }
+        out = {"promptTokenCount": answer.prompt_tokens, "totalTokenCount": answer.prompt_tokens}
+    else:
+        out = {
+            "promptTokenCount": answer.prompt_tokens,
+            "candidatesTokenCount": answer.candidates_tokens,
+            "totalTokenCount": answer.prompt_tokens + answer.candidates_tokens,
+        }
+    if answer.cached_tokens:
+        out["cachedContentTokenCount"] = answer.cached_tokens
+    return out
 
 
 def _blocked_response(answer: Answer) -> dict[str, Any]:

@@ -9,20 +9,31 @@ mount one in-process; it needs no lifespan events.
 Control endpoints (not part of Google's API; :mod:`knowctl.simulator.control`):
 
 - ``GET /_simulator/stats``: counters (see :meth:`SimulatorApp.stats_json`).
-- ``POST /_simulator/reset``: zero counters and the quota log, drop pending faults.
+- ``POST /_simulator/reset``: zero counters and the quota log, drop pending faults, stored
+  interactions, files, upload sessions and caches.
 - ``GET|POST /_simulator/config``: read or change ``latency_ms``, ``chunk_delay_ms``, ``chunks``,
   ``rpm``, ``tpm``, ``window_s``, ``models`` (the models it serves and lists), ``any_model`` and
-  ``background_ms`` (how long a ``background: true`` interaction stays ``in_progress``);
+  ``background_ms`` (how long a ``background: true`` interaction stays ``in_progress``),
+  ``cache_min_tokens`` (the smallest context cache it makes; default 0);
   ``{"fault": KIND, "count": N}`` makes the next N generate/stream calls fail as KIND (see
-  :data:`~knowctl.simulator.state.FAULTS`); ``{"fault": null}`` clears it.
+  :data:`~knowctl.simulator.state.FAULTS`); ``{"fault": null}`` clears it;
+  ``{"generated_file": {"bytes_b64": ..., "mime_type": ..., "display_name": ...}}`` stores a
+  downloadable GENERATED file and answers it under ``generated_file``.
 
 Like Google, it serves only the models it lists (:data:`MODELS` by default): any other model
 is Google's 404 ``NOT_FOUND``. ``any_model`` serves every name, for tests that give each case a
 model of its own (a quota window apart) and listing shows the configured models.
 
-Besides the model calls it serves the Interactions API (:mod:`~knowctl.simulator.interactions`)
-and the OpenAI-compatible endpoint (:mod:`~knowctl.simulator.openai_compat`); docs/wire.md.
-Injected faults apply to generate/stream calls only.
+Besides the model calls it serves the Interactions API (:mod:`~knowctl.simulator.interactions`),
+the OpenAI-compatible endpoint (:mod:`~knowctl.simulator.openai_compat`), the Files API with
+resumable uploads (:mod:`~knowctl.simulator.files`) and context caches
+(:mod:`~knowctl.simulator.caches`); docs/wire.md. Files and caches are routed by path before
+``parse_path``, which knows the gateway's metered calls only. Injected faults apply to
+generate/stream calls only.
+
+Mounted under a prefix by a host app, the simulator takes ``root_path`` as the prefix: the
+absolute URLs it answers (the upload URL, file URIs) start with it, and a ``path`` that still
+carries it (ASGI servers differ on this) is routed without it.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from knowctl.net.asgi import (
 )
 from knowctl.policy.paths import Action, ApiCall, Family, Surface, allowed_methods, parse_path
 from knowctl.policy.wire import openai
-from knowctl.simulator import handlers, interactions, openai_compat
+from knowctl.simulator import caches, files, handlers, interactions, openai_compat
 from knowctl.simulator.catalogue import MODELS, check_models, model_description
 from knowctl.simulator.control import CONTROL_PREFIX, control
 from knowctl.simulator.google_errors import SIMULATED_PROJECT, in_array, not_found_error
@@ -60,8 +71,17 @@ class SimulatorApp(SimulatorState):
                 await self._lifespan(receive, send)
             return
         path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root + "/"):
+            path = path[len(root) :]
         if path.startswith(CONTROL_PREFIX):
-            await control(self, path, scope["method"], receive, send)
+            await control(self, path, scope, receive, send)
+            return
+        if (file_route := files.route(path)) is not None:
+            await files.handle(self, file_route, scope, receive, send)
+            return
+        if (cache_route := caches.route(path)) is not None:
+            await caches.handle(self, cache_route, scope, receive, send)
             return
         call = parse_path(path)
         if call is None:

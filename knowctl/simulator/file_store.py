@@ -90,6 +90,11 @@ class Upload:
     hasher: Any = field(default_factory=hashlib.sha256)  # hashlib's type is private
     final_file: str | None = None  # the file it made, once finalized
 
+    @property
+    def limit(self) -> int:
+        """The most bytes this upload may hold: what was declared, or Google's per-file limit."""
+        return self.declared if self.declared is not None else MAX_FILE_BYTES
+
     def take(self, piece: bytes | memoryview) -> None:
         """Count and hash one piece of a chunk; the piece itself is not kept."""
         self.hasher.update(piece)

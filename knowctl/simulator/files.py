@@ -222,21 +222,29 @@ def _start_fields(scope: Scope, body: bytes) -> tuple[str | None, str | None, st
                 "not starting or ending with a dash."
             )
     display_name = metadata.get("displayName", metadata.get("display_name"))
-    if display_name is not None and (not isinstance(display_name, str) or len(display_name) > MAX_DISPLAY_NAME):
+    if display_name is not None and (
+        not isinstance(display_name, str) or len(display_name) > MAX_DISPLAY_NAME
+    ):
         raise answers.BadRequest(f"display_name must be a string of at most {MAX_DISPLAY_NAME} characters.")
-    mime_type = header(scope, b"x-goog-upload-header-content-type") or metadata.get("mimeType")
+    # The headers win; google-genai sends both, its body in snake_case (Google reads either case).
+    mime_type = header(scope, b"x-goog-upload-header-content-type") or metadata.get(
+        "mimeType", metadata.get("mime_type")
+    )
     if not isinstance(mime_type, str) or not mime_type.strip():
         mime_type = "application/octet-stream"
     raw_size = header(scope, b"x-goog-upload-header-content-length")
-    if raw_size is None and metadata.get("sizeBytes") is not None:
-        raw_size = str(metadata["sizeBytes"])
+    body_size = metadata.get("sizeBytes", metadata.get("size_bytes"))
+    if raw_size is None and body_size is not None:
+        raw_size = str(body_size)
     declared = None
     if raw_size is not None:
         if not raw_size.strip().isdigit():
             raise answers.BadRequest(f"Invalid X-Goog-Upload-Header-Content-Length: {raw_size!r}.")
         declared = int(raw_size)
         if declared > MAX_FILE_BYTES:
-            raise answers.BadRequest(f"File size {declared} exceeds the limit of {MAX_FILE_BYTES} bytes (2 GB).")
+            raise answers.BadRequest(
+                f"File size {declared} exceeds the limit of {MAX_FILE_BYTES} bytes (2 GB)."
+            )
     return file_id, display_name, mime_type.strip(), declared
 
 
@@ -270,17 +278,19 @@ async def _chunk(
         return
     offset = header(scope, b"x-goog-upload-offset")
     if offset is None or not offset.strip().isdigit():
-        await _upload_error(state, send, 400, "A chunk needs X-Goog-Upload-Offset: bytes sent before it.", ACTIVE)
+        await _upload_error(
+            state, send, 400, "A chunk needs X-Goog-Upload-Offset: bytes sent before it.", ACTIVE
+        )
         return
     if int(offset) != upload.received:
         message = f"Invalid upload offset {int(offset)}: the upload has received {upload.received} bytes."
         await _upload_error(state, send, 400, message, ACTIVE, [received])
         return
     length = header(scope, b"content-length")
-    if upload.declared is not None and length is not None and length.strip().isdigit():
-        if upload.received + int(length) > upload.declared:
-            await _too_many(state, upload, send)
-            return
+    # A Content-Length that says the chunk passes the declared size is refused before it is read.
+    if length is not None and length.strip().isdigit() and upload.received + int(length) > upload.limit:
+        await _too_many(state, upload, send)
+        return
     upload.busy = True
     try:
         outcome = await _stream_into(state, upload, receive)
@@ -313,15 +323,15 @@ async def _chunk(
 
 async def _stream_into(state: SimulatorState, upload: Upload, receive: Receive) -> str:
     """Hash and count the request body piece by piece: ``complete``, ``disconnected`` (the client
-    went before its body was whole; what arrived is kept) or ``too_many`` (past the declared size;
-    the rest is not read)."""
+    went before its body was whole; what arrived is kept) or ``too_many`` (past the declared
+    size, or 2 GB when none was declared; the rest is not read)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return "disconnected"
         piece = message.get("body", b"")
         if piece:
-            if upload.declared is not None and upload.received + len(piece) > upload.declared:
+            if upload.received + len(piece) > upload.limit:
                 return "too_many"
             upload.take(piece)
             state.counters.upload_bytes += len(piece)
@@ -332,14 +342,19 @@ async def _stream_into(state: SimulatorState, upload: Upload, receive: Receive) 
 async def _too_many(state: SimulatorState, upload: Upload, send: Send) -> None:
     state.files.drop_upload(upload.id)
     message = (
-        f"The upload passed its declared size of {upload.declared} bytes "
-        "(X-Goog-Upload-Header-Content-Length); the session is closed."
+        f"The upload passed its declared size of {upload.limit} bytes "
+        "(X-Goog-Upload-Header-Content-Length, or the 2 GB limit); the session is closed."
     )
     await _upload_error(state, send, 400, message, FINAL)
 
 
 async def _on_final(
-    state: SimulatorState, where: FileRoute, upload: Upload, commands: frozenset[str], scope: Scope, send: Send
+    state: SimulatorState,
+    where: FileRoute,
+    upload: Upload,
+    commands: frozenset[str],
+    scope: Scope,
+    send: Send,
 ) -> None:
     """A session that already made its file: a query answers the file again, anything else is refused."""
     assert upload.final_file is not None
@@ -382,7 +397,9 @@ async def _list(state: SimulatorState, where: FileRoute, scope: Scope, send: Sen
 async def _download(state: SimulatorState, record: StoredFile, send: Send) -> None:
     if record.data is None:
         state.counters.bad_requests += 1
-        await respond_error(send, 400, f"Only generated files can be downloaded; files/{record.id} was uploaded.")
+        await respond_error(
+            send, 400, f"Only generated files can be downloaded; files/{record.id} was uploaded."
+        )
         return
     await respond(send, 200, record.data, record.mime_type.encode())
 
@@ -414,7 +431,9 @@ def generated_file_spec(value: Any) -> GeneratedFileSpec:
     display_name = value.get("display_name")
     if not isinstance(mime_type, str) or not mime_type:
         raise answers.BadRequest("generated_file.mime_type must be a MIME type such as video/mp4")
-    if display_name is not None and (not isinstance(display_name, str) or len(display_name) > MAX_DISPLAY_NAME):
+    if display_name is not None and (
+        not isinstance(display_name, str) or len(display_name) > MAX_DISPLAY_NAME
+    ):
         raise answers.BadRequest(f"generated_file.display_name must be at most {MAX_DISPLAY_NAME} characters")
     return GeneratedFileSpec(data, mime_type, display_name)
 

@@ -10,7 +10,7 @@ import orjson
 from knowctl.errors import error_body
 from knowctl.net.asgi import Receive, Scope, Send, respond, respond_error, respond_json
 from knowctl.policy.paths import Action, ApiCall, Family
-from knowctl.simulator import answers
+from knowctl.simulator import answers, caches
 from knowctl.simulator.faults import inject
 from knowctl.simulator.google_errors import in_array, quota_error
 from knowctl.simulator.state import SimulatorState
@@ -39,9 +39,14 @@ async def generate(
         request = answers.parse_json_object(body)
         if call.family is Family.VERTEX and not _roles_given(request):
             raise answers.BadRequest("Please use a valid role: user, model.")  # Vertex's words
-        answer = answers.make_answer(model, request, body)
+        cached = caches.cached_prefix(state, call, model, request)
+        answer = answers.make_answer(model, request, body, cached)
     except answers.BadRequest as exc:
         await bad_request(state, send, str(exc), array)
+        return
+    except caches.CacheRefused as exc:
+        state.counters.not_found += 1
+        await respond(send, exc.status, in_array(exc.body, array))
         return
     fault = state.take_fault()
     refusal = None if fault else state.quota.admit(state.clock(), answer.prompt_tokens)
@@ -57,6 +62,7 @@ async def generate(
     counters.served += 1
     counters.prompt_tokens += answer.prompt_tokens
     counters.candidates_tokens += answer.candidates_tokens
+    counters.cached_content_tokens += answer.cached_tokens
     state.by_model[model] = state.by_model.get(model, 0) + 1
     tier = asked_tier(call, request, scope)
     state.by_tier[tier] = state.by_tier.get(tier, 0) + 1
@@ -91,14 +97,27 @@ def asked_tier(call: ApiCall, request: dict[str, Any], scope: Scope) -> str:
 
 
 async def count_tokens(state: SimulatorState, call: ApiCall, body: bytes, send: Send) -> None:
-    """countTokens, with Vertex's totalBillableCharacters beside the token count."""
+    """countTokens, with Vertex's totalBillableCharacters beside the token count; a request
+    (or its ``generateContentRequest``) naming a context cache counts the cache's tokens in
+    ``totalTokens`` and reports them as ``cachedContentTokenCount``."""
     try:
         request = answers.parse_json_object(body)
         result: dict[str, int] = {"totalTokens": answers.count_tokens_request(request)}
+        inner = request.get("generateContentRequest", request.get("generate_content_request"))
+        cached = caches.cached_prefix(
+            state, call, call.model or "", inner if isinstance(inner, dict) else request
+        )
+        if cached is not None:
+            result["totalTokens"] += cached.tokens
+            result["cachedContentTokenCount"] = cached.tokens
         if call.family is not Family.GEMINI:
             result["totalBillableCharacters"] = answers.billable_characters(request)
     except answers.BadRequest as exc:
         await bad_request(state, send, str(exc))
+        return
+    except caches.CacheRefused as exc:
+        state.counters.not_found += 1
+        await respond(send, exc.status, exc.body)
         return
     state.counters.count_tokens += 1
     await _latency(state)

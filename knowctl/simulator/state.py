@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from knowctl.simulator import answers
+from knowctl.simulator.cache_store import CacheBook
 from knowctl.simulator.catalogue import MODEL_METHODS, MODELS, check_models, supported_methods
+from knowctl.simulator.file_store import FileBook
 from knowctl.simulator.interaction_store import InteractionBook
 from knowctl.simulator.quota import SlidingWindowQuota
 
@@ -32,6 +34,9 @@ class SimulatorConfig:
     # Serve calls that ask for the priority tier at standard, as Google does past the priority
     # limit (saying so in x-gemini-service-tier).
     downgrade_priority: bool = False
+    # The fewest tokens a context cache may hold: Google refuses smaller ones (its minimum is
+    # per model, 1024 to 4096); 0, the default, lets tests make small caches.
+    cache_min_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -53,6 +58,15 @@ class Counters:
     interaction_accesses: int = 0  # gets, resumes, cancels and deletes of one interaction
     openai_chats: int = 0  # OpenAI-compatible chat completions answered
     embedded_items: int = 0  # texts embedded (a batch of N counts N), on every surface
+    uploads_started: int = 0  # resumable upload sessions opened
+    uploads_finished: int = 0  # uploads finalized into a file
+    upload_bytes: int = 0  # chunk bytes received, cut-short chunks' included
+    files_listed: int = 0  # files.list pages answered
+    files_deleted: int = 0
+    caches_created: int = 0  # context caches (cachedContents) created
+    caches_updated: int = 0
+    caches_deleted: int = 0
+    cached_content_tokens: int = 0  # prompt tokens that served generation calls came from caches
 
 
 class SimulatorState:
@@ -68,6 +82,8 @@ class SimulatorState:
         self.fault: str | None = None
         self.fault_count = 0
         self.interaction_book = InteractionBook()
+        self.files = FileBook()
+        self.caches = CacheBook()
 
     def serves(self, model: str, method: str | None) -> bool:
         """Whether a call of ``method`` (None: a GET of the model) on ``model`` is answered."""
@@ -99,6 +115,9 @@ class SimulatorState:
             "in_window": now_requests,
             "tokens_in_window": now_tokens,
             "stored_interactions": len(self.interaction_book),
+            "stored_files": len(self.files),
+            "pending_uploads": self.files.pending_uploads,
+            "stored_caches": len(self.caches),
             "config": self.config_json(),
         }
 
@@ -111,6 +130,8 @@ class SimulatorState:
         self.by_tier.clear()
         self.quota.reset()
         self.interaction_book.clear()
+        self.files.clear()
+        self.caches.clear()
         self.fault, self.fault_count = None, 0
 
     def configure(self, changes: dict[str, Any]) -> None:
@@ -126,7 +147,7 @@ class SimulatorState:
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                     raise answers.BadRequest(f"{name} must be a number >= 0")
                 setattr(new, name, float(value))
-        for name in ("rpm", "tpm", "chunks", "max_body_bytes"):
+        for name in ("rpm", "tpm", "chunks", "max_body_bytes", "cache_min_tokens"):
             if name in changes:
                 value = changes[name] if changes[name] is not None else 0
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
