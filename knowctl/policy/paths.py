@@ -39,6 +39,8 @@ class Surface(StrEnum):
     OPENAI = "openai"
     FILES = "files"  # the Gemini API's Files: resumable uploads, listing, reading, deleting
     CACHES = "cachedContents"  # context caches: created, read, listed, updated, deleted
+    BATCHES = "batches"  # batch jobs (Vertex: batchPredictionJobs): read, listed, cancelled, deleted
+    OPERATIONS = "operations"  # long-running operations (a video's): polled
 
 
 class Action(StrEnum):
@@ -134,6 +136,31 @@ _CACHE_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
     (Family.VERTEX, re.compile(_VERTEX_PROJECT + _CACHES)),
 )
 CACHE_PREFIX = "cachedContents/"
+# Batch jobs: the Gemini API's batches, Vertex's batchPredictionJobs (of one project and
+# location). ``resource`` is "batches/{id}" or "batchPredictionJobs/{id}", ``action`` "cancel".
+_BATCH_ID = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+_BATCH_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
+    (
+        Family.GEMINI,
+        re.compile(
+            rf"/(?P<version>v1|v1beta|v1alpha)/(?P<kind>batches)(?:/(?P<id>{_BATCH_ID})(?::(?P<action>cancel))?)?"
+        ),
+    ),
+    (
+        Family.VERTEX,
+        re.compile(
+            _VERTEX_PROJECT
+            + rf"/(?P<kind>batchPredictionJobs)(?:/(?P<id>{_BATCH_ID})(?::(?P<action>cancel))?)?"
+        ),
+    ),
+)
+# A long-running operation, polled by its name: models/{m}/operations/{id} or operations/{id}
+# (Vertex: under a project, location and publisher model). ``resource`` is "operations/{id}".
+_OPERATION = rf"(?:/models/{_NAME}|/publishers/google/models/{_NAME})?/operations/(?P<id>{_BATCH_ID})"
+_OPERATION_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
+    (Family.GEMINI, re.compile(rf"/(?P<version>v1|v1beta|v1alpha){_OPERATION}")),
+    (Family.VERTEX, re.compile(_VERTEX_PROJECT + _OPERATION)),
+)
 
 GEMINI_HOST = "https://generativelanguage.googleapis.com"
 VERTEX_GLOBAL_HOST = "https://aiplatform.googleapis.com"
@@ -196,6 +223,10 @@ class ApiCall:
             return f"files.{self.action or ('item' if self.resource else 'list')}"
         if self.surface is Surface.CACHES:
             return "caches.item" if self.resource else "caches.collection"
+        if self.surface is Surface.BATCHES:
+            return f"batches.{self.action or ('item' if self.resource else 'collection')}"
+        if self.surface is Surface.OPERATIONS:
+            return "operations.get"
         return self.action or "list_models"
 
 
@@ -208,6 +239,10 @@ def parse_path(path: str) -> ApiCall | None:
     if "/files" in path and (found := _parse_files(path)) is not None:
         return found
     if "/cachedContents" in path and (found := _parse_caches(path)) is not None:
+        return found
+    if ("/batches" in path or "/batchPredictionJobs" in path) and (found := _parse_batches(path)) is not None:
+        return found
+    if "/operations/" in path and (found := _parse_operations(path)) is not None:
         return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
@@ -279,6 +314,49 @@ def _parse_caches(path: str) -> ApiCall | None:
     return None
 
 
+def _parse_batches(path: str) -> ApiCall | None:
+    for family, pattern in _BATCH_PATTERNS:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            groups = match.groupdict()
+            return ApiCall(
+                family=family,
+                version=groups["version"],
+                model=None,
+                action=groups.get("action"),
+                project=groups.get("project"),
+                location=groups.get("location"),
+                surface=Surface.BATCHES,
+                resource=f"{groups['kind']}/{groups['id']}" if groups.get("id") else None,
+            )
+    return None
+
+
+def _parse_operations(path: str) -> ApiCall | None:
+    for family, pattern in _OPERATION_PATTERNS:
+        match = pattern.fullmatch(path)
+        if match is not None:
+            groups = match.groupdict()
+            return ApiCall(
+                family=family,
+                version=groups["version"],
+                model=None,
+                action=None,
+                project=groups.get("project"),
+                location=groups.get("location"),
+                surface=Surface.OPERATIONS,
+                resource=f"operations/{groups['id']}",
+            )
+    return None
+
+
+def owned_name(name: str) -> str:
+    """What the gateway records a resource's owner under: the last two parts of its name
+    ("files/abc", "cachedContents/x", "batches/b", "operations/o" of models/m/operations/o),
+    the part every spelling of it (Gemini's, Vertex's with a project number) shares."""
+    return "/".join(name.rsplit("/", 2)[-2:])
+
+
 def _parse_openai(path: str) -> ApiCall | None:
     match = _OPENAI.fullmatch(path)
     if match is None:
@@ -314,6 +392,13 @@ def allowed_methods(call: ApiCall) -> tuple[str, ...]:
         return ("GET",) if call.resource == OPENAI_MODELS else ("POST",)
     if call.surface is Surface.CACHES:
         return ("GET", "PATCH", "DELETE") if call.resource is not None else ("GET", "POST")
+    if call.surface is Surface.BATCHES:
+        if call.action is not None:
+            return ("POST",)
+        # Vertex creates a batch job by POST to its collection; Gemini by a model action.
+        return ("GET", "DELETE") if call.resource is not None else ("GET", "POST")
+    if call.surface is Surface.OPERATIONS:
+        return ("GET",)
     if call.surface is Surface.FILES:
         if call.action == FILE_UPLOAD:
             return ("POST",)

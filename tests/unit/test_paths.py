@@ -234,3 +234,50 @@ def test_file_paths(path: str, action: str | None, resource: str | None, methods
 )
 def test_malformed_file_paths_are_not_api_calls(path: str) -> None:
     assert parse_path(path) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "surface", "resource", "action", "methods"),
+    [
+        ("/v1beta/batches", Surface.BATCHES, None, None, ("GET", "POST")),
+        ("/v1beta/batches/b-1", Surface.BATCHES, "batches/b-1", None, ("GET", "DELETE")),
+        ("/v1beta/batches/b-1:cancel", Surface.BATCHES, "batches/b-1", "cancel", ("POST",)),
+        (
+            "/v1/projects/p/locations/l/batchPredictionJobs/42",
+            Surface.BATCHES,
+            "batchPredictionJobs/42",
+            None,
+            ("GET", "DELETE"),
+        ),
+        ("/v1beta/models/veo-3/operations/op9", Surface.OPERATIONS, "operations/op9", None, ("GET",)),
+        (
+            "/v1beta1/projects/p/locations/l/publishers/google/models/veo/operations/7",
+            Surface.OPERATIONS,
+            "operations/7",
+            None,
+            ("GET",),
+        ),
+        ("/v1beta/cachedContents/c1", Surface.CACHES, "cachedContents/c1", None, ("GET", "PATCH", "DELETE")),
+        ("/v1/projects/p/locations/l/cachedContents", Surface.CACHES, None, None, ("GET", "POST")),
+    ],
+)
+def test_owned_resource_paths(
+    path: str, surface: Surface, resource: str | None, action: str | None, methods: tuple[str, ...]
+) -> None:
+    call = parse_path(path)
+    assert call is not None
+    assert (call.surface, call.resource, call.action, allowed_methods(call)) == (
+        surface,
+        resource,
+        action,
+        methods,
+    )
+    assert not call.spends_quota
+
+
+def test_an_owned_name_is_what_every_spelling_shares() -> None:
+    from knowctl.policy.paths import owned_name
+
+    assert owned_name("models/veo-3/operations/op9") == "operations/op9"
+    assert owned_name("projects/123/locations/l/cachedContents/c1") == "cachedContents/c1"
+    assert owned_name("files/abc") == "files/abc"

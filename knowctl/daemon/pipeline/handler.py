@@ -22,7 +22,7 @@ from knowctl.daemon.pipeline.embedding import Embeddings
 from knowctl.daemon.pipeline.files import FileCalls, FilesConfig
 from knowctl.daemon.pipeline.generation import Generation
 from knowctl.daemon.pipeline.interactions import InteractionCalls
-from knowctl.daemon.pipeline.owned import OwnedCalls
+from knowctl.daemon.pipeline.owned import CREATING_ACTIONS, OwnedCalls
 from knowctl.daemon.pipeline.replies import send_error, send_refusal, send_upstream_error
 from knowctl.daemon.upstream.client import (
     OutgoingCall,
@@ -87,6 +87,12 @@ class HandlerConfig:
     allowed_actions: frozenset[str]  # actions forwarded beyond the known ones
     batch_as_one_call: frozenset[str] = frozenset()  # models whose embedding batch counts once
     fallbacks: Fallbacks = field(default_factory=Fallbacks)  # model fallback chains, remedies' order
+
+
+# Bodies that name a resource hold one of these; only they are searched (policy/resources.py).
+NAMING_MARKERS = (b"files/", b"achedContent", b"perationName", b"peration_name")
+# Collections of resources their creators own, served by pipeline/owned.py once the body is read.
+OWNED_SURFACES = frozenset({Surface.CACHES, Surface.BATCHES, Surface.OPERATIONS})
 
 
 def _upload_by_capability(ctx: CallContext) -> bool:
@@ -198,7 +204,7 @@ class ModelCallHandler:
                 problem = self._name_model(ctx)
             if problem is not None:
                 return await send_error(send, call, 400, problem)
-            if ctx.payload is not None and (b"files/" in ctx.body or b"achedContent" in ctx.body):
+            if ctx.payload is not None and any(marker in ctx.body for marker in NAMING_MARKERS):
                 try:
                     await self._owned.check_named(ctx)
                 except CallRefused as refusal:
@@ -209,7 +215,7 @@ class ModelCallHandler:
                 send, call, 404, f"No upstream of this gateway serves {model} on this API."
             )
         try:
-            if call.surface is Surface.CACHES:
+            if call.surface in OWNED_SURFACES:
                 await self._check_limits(ctx)
                 return await self._owned.access(ctx, send)
             if call.surface is Surface.INTERACTIONS:
@@ -226,6 +232,10 @@ class ModelCallHandler:
             if call.spends_quota:
                 if call.action == PREDICT:
                     return await self._whole_batch(ctx, send)
+                if call.action in CREATING_ACTIONS:  # a batch or an operation: its caller's
+                    return await self._owned.creating(
+                        ctx, send, lambda watched: self._forward_with_quota(ctx, watched, self._quota)
+                    )
                 return await self._forward_with_quota(ctx, send, self._quota)
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
@@ -263,7 +273,7 @@ class ModelCallHandler:
         """An interaction's or OpenAI call's model is in its body: named on the call once read
         (quota, cache and metrics read it there). A problem with it, or None."""
         call = ctx.call
-        if call.surface is Surface.CACHES:
+        if call.surface in OWNED_SURFACES:
             return None  # a cache names its model in its body, but spends no generation quota
         if call.surface is Surface.INTERACTIONS:
             if not call.generates:

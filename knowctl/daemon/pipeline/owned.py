@@ -1,5 +1,5 @@
 """Resources a caller creates through the gateway, each its creator's alone (files, context
-caches; docs/architecture.md, "Resources per caller").
+caches, batch jobs, long-running operations; docs/architecture.md, "Resources per caller").
 
 Where the gateway calls Google with its own credentials: a creation's answer names the
 resource, recorded with its owner and the deployment that holds it; reading, updating,
@@ -22,8 +22,8 @@ from knowctl.daemon.contracts import CallRefused, Held, Resources
 from knowctl.daemon.pipeline.interactions import owner_of
 from knowctl.daemon.upstream.client import OutgoingCall, UpstreamClient, UpstreamFailure, response_headers
 from knowctl.net.asgi import Message, Send, respond
-from knowctl.policy.files import named_caches, named_files
-from knowctl.policy.paths import CACHE_PREFIX, Surface
+from knowctl.policy.paths import Surface, owned_name
+from knowctl.policy.resources import named_caches, named_files, named_operations
 
 # Forwards a call as it is and says what came of it (ModelCallHandler._pass_on).
 PassOn = Callable[[CallContext, Send], Awaitable[Any]]
@@ -34,25 +34,42 @@ MAX_READ_BYTES = 8 * 1024 * 1024
 FILE_TTL_S = 48 * 3600.0
 # A cache whose expiry cannot be read is remembered this long (Google's default TTL is 1 h).
 CACHE_TTL_S = 3600.0
+# Batch jobs run up to a day or two and are read for their results after; operations alike.
+JOB_TTL_S = 30 * 86400.0
+# The model actions whose answer names a resource the caller now owns (a batch, an operation).
+CREATING_ACTIONS = frozenset({"batchGenerateContent", "asyncBatchEmbedContent", "predictLongRunning"})
 # Past its expiry, a cache's record stays a little longer: a clock apart must not free it early.
 EXPIRY_MARGIN_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
 class Kind:
-    """One kind of owned resource: its listing's key, and Google's answer for one that does
-    not exist or is not the caller's (the same answer for both: nothing to learn from it)."""
+    """One kind of owned resource: its listings' keys, how long its owner is remembered, and
+    Google's answer for one that does not exist or is not the caller's (the same for both:
+    nothing to learn from it)."""
 
-    listed_as: str
+    listed_as: tuple[str, ...]
     missing: str  # with {name}
+    status: int = 403
+    ttl_s: float = JOB_TTL_S
 
     def gone(self, name: str) -> CallRefused:
-        return CallRefused(403, self.missing.format(name=name))
+        return CallRefused(self.status, self.missing.format(name=name))
 
 
-FILES = Kind("files", "You do not have permission to access the File {name} or it may not exist.")
-CACHES = Kind("cachedContents", "CachedContent not found (or permission denied): {name}")
-KINDS = {Surface.FILES: FILES, Surface.CACHES: CACHES}
+FILES = Kind(
+    ("files",), "You do not have permission to access the File {name} or it may not exist.", 403, FILE_TTL_S
+)
+CACHES = Kind(("cachedContents",), "CachedContent not found (or permission denied): {name}")
+# The Gemini API lists batches as operations; Vertex as batchPredictionJobs.
+BATCHES = Kind(("operations", "batchPredictionJobs"), "Batch {name} was not found.", 404)
+OPERATIONS = Kind(("operations",), "Operation {name} was not found.", 404)
+KINDS = {
+    Surface.FILES: FILES,
+    Surface.CACHES: CACHES,
+    Surface.BATCHES: BATCHES,
+    Surface.OPERATIONS: OPERATIONS,
+}
 
 
 class OwnedCalls:
@@ -80,7 +97,7 @@ class OwnedCalls:
             if held is None:
                 raise kind.gone(call.resource)
             ctx.deployment = held.deployment
-        if ctx.method == "GET":
+        if ctx.method == "GET" or call.action is not None:  # a read, a download, a cancel
             return int((await self._pass_on(ctx, send)).sent)
         status, body = await self._pass_watching(ctx, send)
         if status == 200 and guarded and ctx.method == "DELETE":
@@ -95,25 +112,50 @@ class OwnedCalls:
             await self.record(ctx, body, owner_of(ctx))
         return status
 
+    async def creating(self, ctx: CallContext, send: Send, forward: Callable[[Send], Awaitable[int]]) -> int:
+        """A model action whose answer names a new batch or operation (``CREATING_ACTIONS``),
+        forwarded by ``forward`` (with its quota); the resource recorded as its caller's."""
+        status = 0
+        body = bytearray()
+
+        async def watching(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif status == 200 and len(body) < MAX_READ_BYTES:
+                body.extend(message.get("body", b""))
+            await send(message)
+
+        sent = await forward(watching)
+        if status == 200 and self.guarded(ctx):
+            await self.record(ctx, bytes(body), owner_of(ctx))
+        return sent
+
     async def record(self, ctx: CallContext, body: bytes, owner: str) -> None:
         """Remember the owner of the resource an answer describes, for as long as it lives."""
         found = _json(body)
         item = found.get("file", found) if ctx.call.surface is Surface.FILES else found
         name = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(name, str):
+        if not isinstance(name, str) or "/" not in name:
             return
-        if ctx.call.surface is Surface.FILES:
-            key, ttl = name, FILE_TTL_S
+        surface = ctx.call.surface
+        if surface is Surface.CACHES:
+            ttl = _cache_ttl(item)
         else:
-            key, ttl = CACHE_PREFIX + name.rpartition("/")[2], _cache_ttl(item)
+            ttl = KINDS[surface].ttl_s if surface in KINDS else JOB_TTL_S
         held = Held(owner, ctx.deployment or self._upstream.deployment_name(ctx.call))
-        await self._resources.remember(key, held, ttl)
+        await self._resources.remember(owned_name(name), held, ttl)
 
     async def check_named(self, ctx: CallContext) -> None:
         """Refuse a call whose body names a file or a cache its caller does not own."""
         if not self.guarded(ctx):
             return
-        for kind, names in ((FILES, named_files(ctx.payload)), (CACHES, named_caches(ctx.payload))):
+        named = (
+            (FILES, named_files(ctx.payload)),
+            (CACHES, named_caches(ctx.payload)),
+            (OPERATIONS, named_operations(ctx.payload)),
+        )
+        for kind, names in named:
             ordered = sorted(names)
             if not ordered:
                 continue
@@ -156,24 +198,20 @@ class OwnedCalls:
         """The listing with only ``owner``'s resources (the page token stays: the next page is
         filtered alike). An answer the gateway cannot read leaks nothing: it is empty."""
         page = _json(body)
-        items = page.get(kind.listed_as)
         out: dict[str, Any] = {}
-        if isinstance(items, list):
+        for listed_as in kind.listed_as:
+            items = page.get(listed_as)
+            if not isinstance(items, list):
+                continue
             names = [item.get("name") if isinstance(item, dict) else None for item in items]
-            keys = [_key(kind, n) for n in names]
+            keys = [owned_name(n) if isinstance(n, str) and n else None for n in names]
             owned = iter(await self._resources.owned([k for k in keys if k], owner))
             kept = [item for item, k in zip(items, keys, strict=True) if k and next(owned)]
             if kept:
-                out[kind.listed_as] = kept
+                out[listed_as] = kept
         if isinstance(page.get("nextPageToken"), str):
             out["nextPageToken"] = page["nextPageToken"]
         return orjson.dumps(out)
-
-
-def _key(kind: Kind, name: object) -> str | None:
-    if not isinstance(name, str) or not name:
-        return None
-    return name if kind is FILES else CACHE_PREFIX + name.rpartition("/")[2]
 
 
 def _json(body: bytes) -> dict[str, Any]:
