@@ -189,3 +189,45 @@ async def probe(url: str, paths: list[str], rounds: int, pause_s: float = 0.02) 
     finally:
         await conn.close()
     return times
+
+
+MIB = 1024 * 1024
+UPLOAD_CHUNK = 8 * MIB  # what google-genai sends per request (_api_client.CHUNK_SIZE)
+
+
+def upload_mb_s(base_url: str, size: int) -> float:
+    """One resumable upload of ``size`` bytes in the SDK's chunks, as the SDK makes it
+    (start, then upload / upload, finalize at the URL the start named); its MB/s."""
+    import httpx
+
+    chunk = b"k" * UPLOAD_CHUNK
+    started = time.perf_counter()
+    with httpx.Client(timeout=60) as client:
+        start = client.post(
+            f"{base_url}/upload/v1beta/files",
+            headers={
+                "x-goog-upload-protocol": "resumable",
+                "x-goog-upload-command": "start",
+                "x-goog-upload-header-content-length": str(size),
+                "x-goog-upload-header-content-type": "application/octet-stream",
+                "x-goog-api-key": "bench",
+            },
+            json={"file": {"display_name": "bench"}},
+        )
+        start.raise_for_status()
+        url = start.headers["x-goog-upload-url"]
+        offset = 0
+        while offset < size:
+            piece = chunk[: min(UPLOAD_CHUNK, size - offset)]
+            last = offset + len(piece) >= size
+            answer = client.post(
+                url,
+                headers={
+                    "x-goog-upload-command": "upload, finalize" if last else "upload",
+                    "x-goog-upload-offset": str(offset),
+                },
+                content=piece,
+            )
+            answer.raise_for_status()
+            offset += len(piece)
+    return size / 1e6 / (time.perf_counter() - started)

@@ -13,6 +13,8 @@ the same load generator for gateway and baseline:
   surfaces the other call families, each vs the simulator directly, wrk c32: Interactions API
            create (miss; hit of a store:false interaction), OpenAI-compatible chat (miss), and
            a batchEmbedContents of 100 texts of which 90 were embedded before
+  files    a 128 MiB resumable upload in 8 MiB chunks through the gateway vs the simulator
+           direct: MB/s, the gateway's CPU per MiB, its RSS growth
   pool     a pool of three deployments beside one deployment (the same simulator behind
            each): cache hit and miss, wrk c32, CPU per request of each
   ops      /api/health, ready, metrics, quota/stats, cache/stats while wrk loads the gateway
@@ -38,6 +40,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from clients import fill, generate_body, probe, ttfb, ttfb_pair
+from clients import MIB, fill, generate_body, probe, ttfb, ttfb_pair, upload_mb_s
 from harness import (
     EMBED_BATCH,
     GENERATE,
@@ -55,6 +58,7 @@ from harness import (
     Service,
     baseline_app,
     configure_simulator,
+    cpu_seconds,
     gateway,
     machine_state,
     percentile,
@@ -68,7 +72,7 @@ from harness import (
 )
 
 HERE = Path(__file__).resolve().parent
-CASES = ("hit", "miss", "slow", "stream", "surfaces", "pool", "ops", "memory", "cli")
+CASES = ("hit", "miss", "slow", "stream", "surfaces", "files", "pool", "ops", "memory", "cli")
 BUSY_WARNING = 0.25  # CPU busy fraction, sampled while our processes idle
 OPS = ("/api/health", "/api/ready", "/api/metrics", "/api/quota/stats", "/api/cache/stats")
 OPS_TARGET_MS = {"/api/health": 10, "/api/ready": 10, "/api/metrics": 50}
@@ -323,6 +327,58 @@ class Bench:
                 b, g = self.pair_wrk(label, sim, gw, 32, same=same, path=path, shape=shape)
                 self.rows.append(self.throughput_row(f"{label} (vs simulator direct)", b, g, target))
 
+    def files(self, sim: Service, store: str) -> None:
+        """A resumable upload streamed through, in the SDK's 8 MiB chunks: throughput beside
+        the simulator direct, the gateway's CPU per MiB, and its RSS before and at the peak."""
+        size, rounds = 128 * MIB, 3
+        with gateway(sim.url, store) as gw:
+            self.state("files")
+            upload_mb_s(sim.url, MIB)  # warm up both
+            upload_mb_s(gw.url, MIB)
+            direct = max(upload_mb_s(sim.url, size) for _ in range(rounds))
+            cpu_before, rss_before = cpu_seconds(gw.pid), rss_mb(gw.pid)
+            peak = [rss_before]
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.wait(0.02):
+                    peak[0] = max(peak[0], rss_mb(gw.pid))
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                through = max(upload_mb_s(gw.url, size) for _ in range(rounds))
+            finally:
+                stop.set()
+                sampler.join()
+            cpu_per_mib = (cpu_seconds(gw.pid) - cpu_before) * 1e6 / (rounds * size / MIB)
+            print(
+                f"  files: {size // MIB} MiB upload, direct {direct:.0f} MB/s, through the gateway "
+                f"{through:.0f} MB/s, {cpu_per_mib:.0f} µs CPU/MiB, RSS {rss_before:.0f} -> peak {peak[0]:.0f} MB",
+                flush=True,
+            )
+            self.rows.append(
+                Row(
+                    f"files upload {size // MIB} MiB, 8 MiB chunks (MB/s, vs simulator direct)",
+                    "MB/s",
+                    direct,
+                    through,
+                    target=">= 50%",
+                    met=through >= 0.5 * direct,
+                    extra={"gateway_cpu_us_per_mib": cpu_per_mib, "rss_mb": [rss_before, peak[0]]},
+                )
+            )
+            self.rows.append(
+                Row(
+                    f"gateway RSS growth during {size // MIB} MiB uploads (MB)",
+                    "MB",
+                    None,
+                    peak[0] - rss_before,
+                    target="< 48 MB",
+                    met=peak[0] - rss_before < 48,
+                )
+            )
+
     def ops(self, sim_url: str, store: str) -> None:
         with gateway(sim_url, store) as gw:
             self.state("ops")
@@ -534,6 +590,7 @@ def main() -> None:
             "stream": lambda: bench.stream(sim.url, store, sim, args.streams),
             "surfaces": lambda: bench.surfaces(sim, store),
             "pool": lambda: bench.pool(sim, store),
+            "files": lambda: bench.files(sim, store),
             "ops": lambda: bench.ops(sim.url, store),
             "memory": lambda: bench.memory(sim.url, store),
             "cli": bench.cli,
