@@ -47,9 +47,27 @@ CORS_EXPOSE_HEADERS = (
     "RateLimit",
     "RateLimit-Policy",
     "Retry-After",
+    "X-Goog-Upload-Size-Received",
+    "X-Goog-Upload-Status",
+    "X-Goog-Upload-URL",
     "X-Knowctl-Cache",
+    "X-Knowctl-Model",
+    "X-Knowctl-Upstream",
     "X-Request-Id",
 )
+# What a browser may send: the SDKs' headers, an upload's, and the caches' PATCH and DELETE.
+CORS_ALLOW_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "x-goog-api-key",
+    "x-goog-user-project",
+    "x-goog-upload-command",
+    "x-goog-upload-header-content-length",
+    "x-goog-upload-header-content-type",
+    "x-goog-upload-offset",
+    "x-goog-upload-protocol",
+)
+CORS_ALLOW_METHODS = ("GET", "POST", "PATCH", "DELETE", "OPTIONS")
 # nginx's own default for idle upstream connections; never at or above the daemon's.
 NGINX_UPSTREAM_KEEPALIVE_S = 60
 
@@ -141,6 +159,8 @@ def _context(target: Target, values: Values) -> dict[str, Any]:
         "redis_host": redis_host(values, target),
         "network": compose_network(values),
         "cors_expose_headers": ", ".join(CORS_EXPOSE_HEADERS),
+        "cors_allow_headers": ", ".join(CORS_ALLOW_HEADERS),
+        "cors_allow_methods": ", ".join(CORS_ALLOW_METHODS),
         "upstream_keepalive": upstream_keepalive(settings),
         "metadata_egress": _metadata_egress(values, settings),
     }
