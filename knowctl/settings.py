@@ -293,6 +293,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the daemon listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the daemon listens on.")
     workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port.")
+    tls_cert_file: Path | None = Field(
+        None,
+        description="Serve HTTPS (and wss:// for the Live API, which google-genai always opens "
+        "over TLS) with this PEM certificate chain; set with tls_key_file.",
+    )
+    tls_key_file: Path | None = Field(
+        None, description="The PEM private key of tls_cert_file (a secret: a file only)."
+    )
     simulate: bool = Field(
         False, description="Run the built-in simulator in-process and use it as the upstream."
     )
@@ -549,6 +557,32 @@ class Settings(BaseSettings):
         "cancel, delete or continue it); Google keeps stored interactions up to 55 days.",
     )
 
+    # --- Live API (WebSocket) --------------------------------------------------------------
+    live_max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest Live API WebSocket message, in bytes, either way; a larger one "
+        "closes the session (1009).",
+    )
+    live_max_session_s: float = Field(
+        900.0,
+        gt=0,
+        description="Longest a Live API session may stay open, in seconds; then it is closed "
+        "(1008, with the reason).",
+    )
+    live_max_sessions_per_user: int = Field(
+        5,
+        ge=1,
+        description="Live API sessions one caller may hold open at once on one daemon; one more "
+        "is refused with close code 1008 and the reason.",
+    )
+    live_setup_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a new Live API session may take to send its setup message before "
+        "it is closed (1008).",
+    )
+
     # --- topics -----------------------------------------------------------------------
     topics_model: str = Field("gemini-2.5-flash", description="Model that generates topic content.")
     topics_prompt_template: str = Field(
@@ -659,6 +693,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is not a model name")
         check_chains(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        if self.tls_cert_file is not None and self.simulate:
+            raise ValueError("--simulate serves its built-in upstream over plain HTTP: leave TLS unset")
+        return self
 
     @field_validator("cdn_purge_url")
     @classmethod

@@ -30,7 +30,7 @@ from knowctl.daemon.topics.service import TopicService
 from knowctl.daemon.upstream.client import UpstreamClient
 from knowctl.daemon.upstream.credentials import UpstreamCredentials
 from knowctl.net.asgi import Receive, Scope, Send, respond, respond_error, respond_json, transport_status
-from knowctl.policy.paths import KNOWN_ACTIONS, Surface, parse_path
+from knowctl.policy.paths import KNOWN_ACTIONS, Surface, parse_live_path, parse_path
 from knowctl.settings import Settings
 from knowctl.store import Store, StoreUnavailable, open_store
 
@@ -141,6 +141,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.phase = Phase.DRAINING
+        await self.model_calls.live_calls.drain()
         for component in reversed(self._components()):
             await component.close()
         await self.upstream.close()
@@ -152,6 +153,8 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -208,6 +211,24 @@ class Gateway:
             metrics.HTTP_DURATION_BY(route).observe(elapsed)
             if self._access_log:
                 access_log(scope, route, status, elapsed)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Live API (pipeline/live.py); any other WebSocket path is refused at the
+        handshake (a 403: the HTTP answer to an upgrade that is not taken)."""
+        started = time.perf_counter()
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        call = parse_live_path(scope["path"])
+        if call is None or self.phase is not Phase.READY:
+            await send({"type": "websocket.close", "code": 1008})
+            code = 1008
+        else:
+            code = await self.model_calls.live(scope, receive, send, call)
+        elapsed = time.perf_counter() - started
+        metrics.HTTP_REQUESTS_BY("live", f"ws{code}").inc()
+        if self._access_log:
+            access_log({**scope, "method": "GET"}, "live", code, elapsed)  # the handshake's
 
     async def _ops(self, route: str, scope: Scope, send: Send) -> int:
         if scope["method"] not in ("GET", "HEAD"):

@@ -10,6 +10,7 @@ from knowctl.daemon.cache.items import ItemsConfig
 from knowctl.daemon.callers.registry import CallersConfig, Tier
 from knowctl.daemon.interactions.book import InteractionsConfig
 from knowctl.daemon.pipeline.handler import HandlerConfig
+from knowctl.daemon.pipeline.live import LiveConfig
 from knowctl.daemon.quota.provider import ProviderConfig
 from knowctl.daemon.resources.book import ResourcesConfig
 from knowctl.daemon.topics.cdn import CdnConfig
@@ -113,6 +114,7 @@ def transport_limits(settings: Settings) -> TransportLimits:
         body_timeout=settings.client_body_timeout,
         max_connections_per_client=settings.max_connections_per_client,
         exempt=parse_networks(settings.trusted_proxies),
+        max_ws_message_bytes=settings.live_max_message_bytes,
     )
 
 
@@ -163,6 +165,12 @@ def handler_config(settings: Settings) -> HandlerConfig:
         fallbacks=Fallbacks(
             chains={m: tuple(chain) for m, chain in settings.fallbacks.items()},
             order={Priority[p]: tuple(order) for p, order in settings.overflow_order.items()},
+        ),
+        live=LiveConfig(
+            max_session_s=settings.live_max_session_s,
+            max_sessions_per_user=settings.live_max_sessions_per_user,
+            setup_timeout_s=settings.live_setup_timeout_s,
+            max_message_bytes=settings.live_max_message_bytes,
         ),
     )
 

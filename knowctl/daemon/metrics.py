@@ -197,6 +197,33 @@ TOKEN_ESTIMATE_ERROR = Histogram(
     registry=REGISTRY,
 )
 
+# --- Live API -----------------------------------------------------------------------------------
+LIVE_SESSIONS = Gauge(
+    "knowctl_live_sessions",
+    "Live API sessions open on this daemon.",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+LIVE_SESSIONS_ENDED = Counter(
+    "knowctl_live_sessions_ended",
+    "Live API sessions by how they ended: closed (by either side), refused (before the "
+    "upstream), expired (the session length limit), failed (the upstream), draining.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+LIVE_FRAMES = Counter(
+    "knowctl_live_frames",
+    "Live API messages relayed, by direction (upstream: client to Google; downstream).",
+    ["direction"],
+    registry=REGISTRY,
+)
+LIVE_BYTES = Counter(
+    "knowctl_live_bytes",
+    "Live API message bytes relayed, by direction.",
+    ["direction"],
+    registry=REGISTRY,
+)
+
 # --- cache ------------------------------------------------------------------------------------
 # Each cacheable lookup counts once at l1; only l1 misses are counted at l2.
 CACHE_REQUESTS = Counter(
@@ -208,6 +235,9 @@ CACHE_REQUESTS = Counter(
 
 # The children the request path labels on every call.
 HTTP_REQUESTS_BY = Children(HTTP_REQUESTS)  # (route, status)
+LIVE_FRAMES_BY = Children(LIVE_FRAMES)  # (direction,)
+LIVE_BYTES_BY = Children(LIVE_BYTES)  # (direction,)
+LIVE_SESSIONS_ENDED_BY = Children(LIVE_SESSIONS_ENDED)  # (outcome,)
 HTTP_DURATION_BY = Children(HTTP_DURATION)  # (route,)
 UPSTREAM_REQUESTS_BY = Children(UPSTREAM_REQUESTS)  # (model, outcome)
 UPSTREAM_DURATION_BY = Children(UPSTREAM_DURATION)  # (model,)

@@ -25,6 +25,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _server_config(app: Any, settings: Settings, **extra: Any) -> Any:
+    if settings.tls_cert_file is not None:
+        extra.update(ssl_certfile=str(settings.tls_cert_file), ssl_keyfile=str(settings.tls_key_file))
     return server_config(
         app,
         transport_limits(settings),
@@ -85,7 +87,8 @@ def print_banner(settings: Settings, port: int, gateway: Gateway) -> None:
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False)
-    console.print(f"[bold]knowctl serve[/] listening on http://{settings.host}:{port}")
+    scheme = "https" if settings.tls_cert_file is not None else "http"
+    console.print(f"[bold]knowctl serve[/] listening on {scheme}://{settings.host}:{port}")
     if settings.simulate:
         console.print(
             "[yellow]upstream: the built-in SIMULATOR (made-up answers, not Google; for trying knowctl)[/]"

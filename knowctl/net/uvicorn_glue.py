@@ -93,6 +93,7 @@ class TransportLimits:
     body_timeout: float
     max_connections_per_client: int  # 0: no cap
     exempt: tuple[IpNetwork, ...] = ()
+    max_ws_message_bytes: int = 16 * 1024 * 1024  # one WebSocket message (a Live frame)
     buffered: int = 0  # request body bytes held now, all connections together
     connections: dict[str, int] = field(default_factory=dict)  # open connections by peer address
 
@@ -173,6 +174,9 @@ class TurnTransport:
         return getattr(self._transport, name)
 
 
+# A WebSocket that answers no ping within this long is dead (a Live client gone silently).
+WS_PING_INTERVAL_S = 20.0
+
 # The parser callbacks below call uvicorn's own by name, not through super(): they run several
 # times for every request, and a super object each time costs about 0.2 µs.
 _base = HttpToolsProtocol
@@ -249,7 +253,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._read_size = len(data)
         _base.data_received(self, data)
         stage = self._stage
-        if stage == IDLE or self._refused:
+        if stage == IDLE or self._refused or self._plain_close:  # (closing: also upgraded)
             return  # the usual case: the whole request arrived in this read
         if stage == HEAD:
             self._head_bytes += len(data)
@@ -264,6 +268,35 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # A pipelined request's body waits (reading is paused) until the one before
             # it is answered: its deadline starts then (on_response_complete).
             self._timer = self.loop.call_later(self._limits.body_timeout, self._body_late)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The connection becomes the WebSocket protocol's (the Live API): this one's timers
+        # and body holds end here, and its client's connection count is given back when the
+        # socket closes, which only the new protocol sees.
+        self._plain_close = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._release()
+        peer, self._peer = self._peer, None
+        turn = cast(TurnTransport, self.transport)
+        turn.on_close = None  # a WebSocket closes by its own handshake, never lingering
+        _base.handle_websocket_upgrade(self)
+        if peer is None:
+            return
+        protocol = turn.get_protocol()
+        limits = self._limits
+        lost = protocol.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            left = limits.connections.get(peer, 1) - 1
+            if left > 0:
+                limits.connections[peer] = left
+            else:
+                limits.connections.pop(peer, None)
+            lost(exc)
+
+        protocol.connection_lost = connection_lost
 
     def shutdown(self) -> None:
         self._plain_close = True  # a stopping server waits for its connections: none lingers
@@ -518,9 +551,12 @@ def server_config(
         loop="uvloop",
         # httptools, with Google-shaped refusals and the transport's limits (above)
         http=cast(type[asyncio.Protocol], protocol_factory(limits)),
-        # No WebSocket routes: an upgrade would hand the connection to a protocol that
-        # keeps none of those limits.
-        ws="none",
+        # The Live API's WebSocket: the upgrade hands the connection over (above); a message
+        # is bounded by ws_max_size, and the session by the Live flow's own limits.
+        ws="websockets-sansio",
+        ws_max_size=limits.max_ws_message_bytes,
+        ws_ping_interval=WS_PING_INTERVAL_S,
+        ws_ping_timeout=WS_PING_INTERVAL_S,
         lifespan="on",
         access_log=False,
         log_config=None,

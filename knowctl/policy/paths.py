@@ -41,6 +41,7 @@ class Surface(StrEnum):
     CACHES = "cachedContents"  # context caches: created, read, listed, updated, deleted
     BATCHES = "batches"  # batch jobs (Vertex: batchPredictionJobs): read, listed, cancelled, deleted
     OPERATIONS = "operations"  # long-running operations (a video's): polled
+    LIVE = "live"  # the Live API's WebSocket (BidiGenerateContent); the model comes in its setup
 
 
 class Action(StrEnum):
@@ -121,7 +122,7 @@ _VERTEX_OPENAI = re.compile(rf"{_VERTEX_PROJECT}/endpoints/openapi/(?P<resource>
 
 # The Gemini API's Files: ``resource`` is "files/{id}", ``action`` "upload" (a resumable upload's
 # start and its chunks, told apart by X-Goog-Upload-Command) or "download".
-_FILE_ID = r"[a-z0-9][a-z0-9-]{0,39}"
+_FILE_ID = r"[a-z0-9][a-z0-9-]{0,63}"
 _FILES = re.compile(
     rf"/(?:(?P<upload>upload)/|(?P<download>download)/)?(?P<version>v1|v1beta|v1alpha)/files"
     rf"(?:/(?P<id>{_FILE_ID})(?P<action>:download)?)?"
@@ -227,6 +228,8 @@ class ApiCall:
             return f"batches.{self.action or ('item' if self.resource else 'collection')}"
         if self.surface is Surface.OPERATIONS:
             return "operations.get"
+        if self.surface is Surface.LIVE:
+            return "live"
         return self.action or "list_models"
 
 
@@ -348,6 +351,38 @@ def _parse_operations(path: str) -> ApiCall | None:
                 resource=f"operations/{groups['id']}",
             )
     return None
+
+
+# The Live API's WebSocket paths, as google-genai's live.py connects: the Gemini API's (and the
+# Constrained form an ephemeral token uses), and Vertex AI's.
+_LIVE = re.compile(
+    r"/ws/google\.(?:ai\.generativelanguage\.(?P<gemini>v1|v1beta|v1alpha)\.GenerativeService\."
+    r"(?P<method>BidiGenerateContent(?:Constrained)?)"
+    r"|cloud\.aiplatform\.(?P<vertex>v1|v1beta1)\.LlmBidiService/BidiGenerateContent)"
+)
+LIVE_METHOD = "BidiGenerateContent"
+
+
+def parse_live_path(path: str) -> ApiCall | None:
+    """The Live API session a WebSocket path opens (its model unknown until the setup), or None."""
+    match = _LIVE.fullmatch(path)
+    if match is None:
+        return None
+    if match["gemini"] is not None:
+        return ApiCall(Family.GEMINI, match["gemini"], None, match["method"], surface=Surface.LIVE)
+    return ApiCall(Family.VERTEX, match["vertex"], None, LIVE_METHOD, surface=Surface.LIVE)
+
+
+def live_model(family: Family, named: str) -> tuple[str, str | None, str | None] | None:
+    """The model a Live setup names ("models/m", Vertex's "projects/p/locations/l/publishers/
+    google/models/m"), with Vertex's project and location, or None if it names none."""
+    if family is Family.VERTEX:
+        found = re.fullmatch(
+            rf"projects/({_NAME})/locations/({_NAME})/publishers/google/models/({_NAME})", named
+        )
+        return (found[3], found[1], found[2]) if found else None
+    found = re.fullmatch(rf"(?:models/)?({_NAME})", named)
+    return (found[1], None, None) if found else None
 
 
 def owned_name(name: str) -> str:

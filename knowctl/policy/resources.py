@@ -9,7 +9,7 @@ from typing import Any
 
 # A Files API URI: https://…/v1beta/files/abc123, or files/abc123 (not gs://…/files/x: Cloud
 # Storage objects are not the Files API's).
-_NAMED = re.compile(r"(?:https?://[^/?#]+(?:/[^?#]*)?/v1(?:beta|alpha)?/)?(files/[a-z0-9][a-z0-9-]{0,39})")
+_NAMED = re.compile(r"(?:https?://[^/?#]+(?:/[^?#]*)?/v1(?:beta|alpha)?/)?(files/[a-z0-9][a-z0-9-]{0,63})")
 # Keys whose string values are file URIs in the surfaces' bodies (Gemini's fileData, the
 # Interactions API's and the SDK's spellings).
 _URI_KEYS = frozenset({"fileUri", "file_uri", "uri", "fileName", "file_name"})
@@ -38,7 +38,7 @@ def named_files(payload: Any) -> set[str]:
 
 
 # A cache by its name: cachedContents/{id}, or Vertex's projects/…/cachedContents/{id}.
-_CACHE = re.compile(r"(?:projects/[^/]+/locations/[^/]+/)?(cachedContents/[a-z0-9][a-z0-9-]{0,39})")
+_CACHE = re.compile(r"(?:projects/[^/]+/locations/[^/]+/)?(cachedContents/[a-z0-9][a-z0-9-]{0,63})")
 
 
 def named_caches(payload: Any) -> set[str]:

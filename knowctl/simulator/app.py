@@ -10,11 +10,12 @@ Control endpoints (not part of Google's API; :mod:`knowctl.simulator.control`):
 
 - ``GET /_simulator/stats``: counters (see :meth:`SimulatorApp.stats_json`).
 - ``POST /_simulator/reset``: zero counters and the quota log, drop pending faults, stored
-  interactions, files, upload sessions and caches.
+  interactions, files, upload sessions, caches, batches and operations.
 - ``GET|POST /_simulator/config``: read or change ``latency_ms``, ``chunk_delay_ms``, ``chunks``,
   ``rpm``, ``tpm``, ``window_s``, ``models`` (the models it serves and lists), ``any_model`` and
   ``background_ms`` (how long a ``background: true`` interaction stays ``in_progress``),
-  ``cache_min_tokens`` (the smallest context cache it makes; default 0);
+  ``cache_min_tokens`` (the smallest context cache it makes; default 0), ``batch_ms`` and
+  ``operation_ms`` (how long a batch job and a long-running operation run; default 300);
   ``{"fault": KIND, "count": N}`` makes the next N generate/stream calls fail as KIND (see
   :data:`~knowctl.simulator.state.FAULTS`); ``{"fault": null}`` clears it;
   ``{"generated_file": {"bytes_b64": ..., "mime_type": ..., "display_name": ...}}`` stores a
@@ -26,10 +27,13 @@ model of its own (a quota window apart) and listing shows the configured models.
 
 Besides the model calls it serves the Interactions API (:mod:`~knowctl.simulator.interactions`),
 the OpenAI-compatible endpoint (:mod:`~knowctl.simulator.openai_compat`), the Files API with
-resumable uploads (:mod:`~knowctl.simulator.files`) and context caches
-(:mod:`~knowctl.simulator.caches`); docs/wire.md. Files and caches are routed by path before
-``parse_path``, which knows the gateway's metered calls only. Injected faults apply to
-generate/stream calls only.
+resumable uploads (:mod:`~knowctl.simulator.files`), context caches
+(:mod:`~knowctl.simulator.caches`), batch jobs (:mod:`~knowctl.simulator.batches`) and
+long-running operations (:mod:`~knowctl.simulator.operations`); docs/wire.md. Files, caches,
+batches and operations are routed by their own paths before ``parse_path`` (whose calls carry
+less than their handlers need: an operation's model, say); the model actions that create a
+batch or start or poll an operation come through ``parse_path`` as the other model actions do.
+Injected faults apply to generate/stream calls only.
 
 Mounted under a prefix by a host app, the simulator takes ``root_path`` as the prefix: the
 absolute URLs it answers (the upload URL, file URIs) start with it, and a ``path`` that still
@@ -38,6 +42,7 @@ carries it (ASGI servers differ on this) is routed without it.
 
 from __future__ import annotations
 
+from knowctl.errors import error_body
 from knowctl.net.asgi import (
     BodyTooLarge,
     ClientDisconnected,
@@ -51,10 +56,10 @@ from knowctl.net.asgi import (
 )
 from knowctl.policy.paths import Action, ApiCall, Family, Surface, allowed_methods, parse_path
 from knowctl.policy.wire import openai
-from knowctl.simulator import caches, files, handlers, interactions, openai_compat
+from knowctl.simulator import batches, caches, files, handlers, interactions, live, openai_compat, operations
 from knowctl.simulator.catalogue import MODELS, check_models, model_description
 from knowctl.simulator.control import CONTROL_PREFIX, control
-from knowctl.simulator.google_errors import SIMULATED_PROJECT, in_array, not_found_error
+from knowctl.simulator.google_errors import ENTITY_NOT_FOUND, SIMULATED_PROJECT, in_array, not_found_error
 from knowctl.simulator.state import SimulatorConfig, SimulatorState
 from knowctl.simulator.wire import is_sse
 
@@ -69,6 +74,8 @@ class SimulatorApp(SimulatorState):
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self._lifespan(receive, send)
+            elif scope["type"] == "websocket":
+                await live.session(scope, receive, send, self.live_counts)
             return
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
@@ -82,6 +89,12 @@ class SimulatorApp(SimulatorState):
             return
         if (cache_route := caches.route(path)) is not None:
             await caches.handle(self, cache_route, scope, receive, send)
+            return
+        if (batch_route := batches.route(path)) is not None:
+            await batches.handle(self, batch_route, scope, receive, send)
+            return
+        if (operation_route := operations.route(path)) is not None:
+            await operations.handle(self, operation_route, scope, receive, send)
             return
         call = parse_path(path)
         if call is None:
@@ -114,11 +127,20 @@ class SimulatorApp(SimulatorState):
             await handlers.generate(self, call, call.model, body, scope, receive, send)
         elif action == Action.COUNT_TOKENS.value:
             await handlers.count_tokens(self, call, body, send)
+        elif action in batches.CREATE_ACTIONS:
+            await batches.create(self, call, call.model, body, send)
+        elif action in operations.ACTIONS:
+            await operations.model_action(self, call, call.model, body, scope, send)
         else:
             await handlers.other(self, call, call.model, body, send)
 
     async def _surface(self, call: ApiCall, scope: Scope, receive: Receive, send: Send) -> None:
         """The Interactions API and the OpenAI-compatible endpoint, each with its own errors."""
+        if call.surface not in (Surface.INTERACTIONS, Surface.OPENAI):
+            # A files / caches / batches / operations path that their own routes do not take.
+            self.counters.not_found += 1
+            await respond(send, 404, error_body(404, ENTITY_NOT_FOUND))
+            return
         try:
             body = await read_body(receive, self.config.max_body_bytes, None)
         except BodyTooLarge:

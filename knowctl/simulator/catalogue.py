@@ -21,17 +21,24 @@ MODELS = (
     "gemini-flash-latest",
     "gemini-flash-lite-latest",
     "gemini-embedding-001",
+    "veo-3.1-generate-preview",
+    "veo-3.0-generate-001",
 )
-GENERATE_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
-EMBED_METHODS = ("embedContent", "batchEmbedContents", "countTokens")
-# Methods told apart by model kind; any other action on a listed model goes on to its handler.
-MODEL_METHODS = frozenset(GENERATE_METHODS + EMBED_METHODS)
+GENERATE_METHODS = ("generateContent", "streamGenerateContent", "countTokens", "batchGenerateContent")
+EMBED_METHODS = ("embedContent", "batchEmbedContents", "countTokens", "asyncBatchEmbedContent")
+VIDEO_METHODS = ("predictLongRunning",)  # Veo: a long-running operation per call
+# Methods told apart by model kind; any other action on a listed model goes on to its handler
+# (Vertex's fetchPredictOperation among them: it polls, on any model that started one).
+MODEL_METHODS = frozenset(GENERATE_METHODS + EMBED_METHODS + VIDEO_METHODS)
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 
 
 def supported_methods(model: str) -> tuple[str, ...]:
-    """What Google's model of that name answers: embedding models embed, the others generate."""
-    return EMBED_METHODS if "embedding" in model else GENERATE_METHODS
+    """What Google's model of that name answers: embedding models embed, Veo models make videos
+    (long-running), the others generate."""
+    if "embedding" in model:
+        return EMBED_METHODS
+    return VIDEO_METHODS if model.startswith("veo-") else GENERATE_METHODS
 
 
 def model_description(family: Family, model: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """The files and resumable uploads the simulator remembers: bounded books, oldest dropped first.
 
-Pure code with the time passed in. An uploaded file keeps its size and SHA-256 only, never its
-bytes (a test uploads hundreds of megabytes, and Google does not let uploaded files be
-downloaded anyway); only a GENERATED file, made through the control endpoint, keeps its bytes,
-and those are bounded in total. An upload streams: each piece of a chunk goes into the
-running hash and the byte count as it arrives.
+Pure code with the time passed in. An uploaded file keeps its size and SHA-256, and its bytes
+only when it is small (at most :data:`KEPT_UPLOAD_BYTES`): a test uploads hundreds of
+megabytes, and Google does not let uploaded files be downloaded anyway, but a batch job reads
+its JSONL input file (:mod:`knowctl.simulator.batches`). A GENERATED file (made through the
+control endpoint, or as a batch's responses or a video) keeps its bytes, to be downloaded.
+Both kinds of kept bytes are bounded in total. An upload streams: each piece of a chunk goes
+into the running hash and the byte count as it arrives.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ GENERATED = "GENERATED"
 DEFAULT_FILE_CAPACITY = 10_000
 DEFAULT_UPLOAD_CAPACITY = 1_000
 DEFAULT_GENERATED_BYTES = 64 * 1024 * 1024  # the generated files' bytes kept, in total
+KEPT_UPLOAD_BYTES = 1024 * 1024  # an uploaded file this small keeps its bytes (a batch's input)
+DEFAULT_KEPT_UPLOADS_BYTES = 64 * 1024 * 1024  # the uploaded files' kept bytes, in total
 
 _seq = count(1)  # orders records across books: the newest has the highest number
 
@@ -39,7 +43,8 @@ def google_sha256(hexdigest: str) -> str:
 
 @dataclass(slots=True)
 class StoredFile:
-    """One file: what it is and when it goes; ``data`` only for a GENERATED file."""
+    """One file: what it is and when it goes; ``data`` only for a GENERATED file (downloadable),
+    ``content`` only for a small uploaded one (readable by a batch job, never downloaded)."""
 
     id: str
     mime_type: str
@@ -49,6 +54,7 @@ class StoredFile:
     display_name: str | None = None
     source: str = UPLOADED
     data: bytes | None = None
+    content: bytes | None = None
     seq: int = field(default_factory=lambda: next(_seq))
 
     @property
@@ -89,6 +95,13 @@ class Upload:
     busy: bool = False  # a chunk is being received: a second one at once is refused
     hasher: Any = field(default_factory=hashlib.sha256)  # hashlib's type is private
     final_file: str | None = None  # the file it made, once finalized
+    # The bytes so far while they fit in KEPT_UPLOAD_BYTES (None once they do not, or when more
+    # was declared): a small file keeps them, for a batch job to read.
+    kept: bytearray | None = field(default_factory=bytearray)
+
+    def __post_init__(self) -> None:
+        if self.declared is not None and self.declared > KEPT_UPLOAD_BYTES:
+            self.kept = None
 
     @property
     def limit(self) -> int:
@@ -96,9 +109,15 @@ class Upload:
         return self.declared if self.declared is not None else MAX_FILE_BYTES
 
     def take(self, piece: bytes | memoryview) -> None:
-        """Count and hash one piece of a chunk; the piece itself is not kept."""
+        """Count and hash one piece of a chunk; the piece itself is kept only while the upload
+        stays within :data:`KEPT_UPLOAD_BYTES`."""
         self.hasher.update(piece)
         self.received += len(piece)
+        if self.kept is not None:
+            if self.received > KEPT_UPLOAD_BYTES:
+                self.kept = None
+            else:
+                self.kept += piece
 
 
 class FileBook:
@@ -109,10 +128,12 @@ class FileBook:
         capacity: int = DEFAULT_FILE_CAPACITY,
         upload_capacity: int = DEFAULT_UPLOAD_CAPACITY,
         generated_bytes: int = DEFAULT_GENERATED_BYTES,
+        kept_upload_bytes: int = DEFAULT_KEPT_UPLOADS_BYTES,
     ) -> None:
         self.capacity = capacity
         self.upload_capacity = upload_capacity
         self.generated_bytes = generated_bytes
+        self.kept_upload_bytes = kept_upload_bytes
         self._files: OrderedDict[str, StoredFile] = OrderedDict()
         self._uploads: OrderedDict[str, Upload] = OrderedDict()
 
@@ -140,6 +161,15 @@ class FileBook:
             if old.data is not None:
                 kept -= len(old.data)
                 del self._files[old.id]
+        # Past their budget the oldest uploaded files forget their bytes (a batch can no longer
+        # read them) but stay.
+        content = sum(len(f.content) for f in self._files.values() if f.content is not None)
+        for old in list(self._files.values()):
+            if content <= self.kept_upload_bytes or old is record:
+                break
+            if old.content is not None:
+                content -= len(old.content)
+                old.content = None
 
     def get(self, file_id: str, now: float) -> StoredFile | None:
         record = self._files.get(file_id)
@@ -162,10 +192,14 @@ class FileBook:
             if file_id not in self._files:
                 return file_id
 
-    def add_generated(self, data: bytes, mime_type: str, display_name: str | None, now: float) -> StoredFile:
-        """A file as a model would have generated it (a video, say): its bytes can be downloaded."""
+    def add_generated(
+        self, data: bytes, mime_type: str, display_name: str | None, now: float, file_id: str | None = None
+    ) -> StoredFile:
+        """A file as a model would have generated it (a video, a batch's responses): its bytes
+        can be downloaded. ``file_id``: the id it must have (Google names a batch's responses
+        ``batch-{batch id}``); a file of that id already there is replaced."""
         record = StoredFile(
-            id=self.unused_id(),
+            id=file_id or self.unused_id(),
             mime_type=mime_type,
             size=len(data),
             sha256=google_sha256(hashlib.sha256(data).hexdigest()),
@@ -211,8 +245,10 @@ class FileBook:
             sha256=google_sha256(upload.hasher.hexdigest()),
             created=now,
             display_name=upload.display_name,
+            content=bytes(upload.kept) if upload.kept is not None else None,
         )
         upload.final_file = record.id
         upload.hasher = None  # done with: a final session keeps no hash state
+        upload.kept = None
         self.put(record)
         return record

@@ -148,3 +148,18 @@ def status_error(code: int, status: str, message: str) -> bytes:
     """An error whose ``status`` is not the one :data:`knowctl.errors.STATUS_NAMES` gives its code
     (409 ``ALREADY_EXISTS`` rather than ``ABORTED``)."""
     return orjson.dumps({"error": {"code": code, "message": message, "status": status}})
+
+
+# Batch jobs and long-running operations. The Gemini API answers an unknown one with Google's
+# generic words for a missing resource; Vertex AI's wording here is the simulator's.
+ENTITY_NOT_FOUND = "Requested entity was not found."
+VERTEX_JOB_NOT_FOUND = "The BatchPredictionJob {name} does not exist."
+VERTEX_OPERATION_NOT_FOUND = "The operation {name} does not exist."
+# google.rpc.Status codes (gRPC's, not HTTP's), as an Operation's or a batch item's error has them.
+RPC_CODES = {400: 3, 403: 7, 404: 5, 429: 8, 500: 13}
+RPC_CANCELLED = 1
+
+
+def rpc_status(http_code: int, message: str) -> dict[str, Any]:
+    """A ``google.rpc.Status`` (an Operation's ``error``, a batch item's) for an HTTP error code."""
+    return {"code": RPC_CODES.get(http_code, 2), "message": message}

@@ -12,6 +12,7 @@ from knowctl.simulator.cache_store import CacheBook
 from knowctl.simulator.catalogue import MODEL_METHODS, MODELS, check_models, supported_methods
 from knowctl.simulator.file_store import FileBook
 from knowctl.simulator.interaction_store import InteractionBook
+from knowctl.simulator.job_store import JobBook, StoredBatch, StoredOperation
 from knowctl.simulator.quota import SlidingWindowQuota
 
 FAULTS = ("error500", "reset", "cut_stream", "invalid_json", "hang", "denied", "bad_key")
@@ -37,6 +38,11 @@ class SimulatorConfig:
     # The fewest tokens a context cache may hold: Google refuses smaller ones (its minimum is
     # per model, 1024 to 4096); 0, the default, lets tests make small caches.
     cache_min_tokens: int = 0
+    # How long a batch job runs: PENDING for the first half, RUNNING for the second, then
+    # SUCCEEDED with its results (Google takes minutes to hours).
+    batch_ms: float = 300.0
+    # How long a long-running operation (a Veo video) runs before it is done.
+    operation_ms: float = 300.0
 
 
 @dataclass(slots=True)
@@ -67,6 +73,13 @@ class Counters:
     caches_updated: int = 0
     caches_deleted: int = 0
     cached_content_tokens: int = 0  # prompt tokens that served generation calls came from caches
+    batches_created: int = 0  # Gemini API batches (generate and embed) and Vertex batch jobs
+    batches_succeeded: int = 0  # counted when their time comes, polled or not
+    batches_cancelled: int = 0  # cancels of a batch still pending or running
+    batches_deleted: int = 0
+    batch_requests: int = 0  # the requests of Gemini API batches, answered (errors too)
+    operations_started: int = 0  # long-running operations (predictLongRunning) started
+    operations_polled: int = 0  # gets and fetchPredictOperation calls on a known operation
 
 
 class SimulatorState:
@@ -79,11 +92,14 @@ class SimulatorState:
         self.counters = Counters()
         self.by_model: dict[str, int] = {}
         self.by_tier: dict[str, int] = {}  # generation calls by the service tier they asked for
+        self.live_counts: dict[str, int] = {}  # Live API sessions and turns (live.py)
         self.fault: str | None = None
         self.fault_count = 0
         self.interaction_book = InteractionBook()
         self.files = FileBook()
         self.caches = CacheBook()
+        self.batches: JobBook[StoredBatch] = JobBook(lambda b: b.name)
+        self.operations: JobBook[StoredOperation] = JobBook(lambda o: o.name)
 
     def serves(self, model: str, method: str | None) -> bool:
         """Whether a call of ``method`` (None: a GET of the model) on ``model`` is answered."""
@@ -104,12 +120,34 @@ class SimulatorState:
         self.counters.faults += 1
         return fault
 
+    def settle_jobs(self, now: float) -> None:
+        """Finish the batches and operations whose time has come: count the batches, and store
+        what they made as GENERATED files (a file-input batch's responses, named
+        ``batch-{id}`` as Google names them; a Gemini API video)."""
+        for batch in self.batches.settle(lambda b: b.finished(now)):
+            if batch.cancelled is not None:
+                continue  # counted when it was cancelled; it made nothing
+            self.counters.batches_succeeded += 1
+            if batch.responses is not None:
+                made = self.files.add_generated(
+                    batch.responses, "application/jsonl", None, batch.due, file_id=f"batch-{batch.id}"
+                )
+                batch.responses_file, batch.responses = f"files/{made.id}", None
+        for operation in self.operations.settle(lambda o: o.done(now)):
+            if not operation.vertex:  # Vertex answers the bytes (or a gs:// URI) in the operation
+                operation.video_files = [
+                    self.files.add_generated(video, "video/mp4", None, operation.due).id
+                    for video in operation.videos
+                ]
+
     def stats_json(self) -> dict[str, Any]:
+        self.settle_jobs(time.time())
         now_requests, now_tokens = self.quota.in_window(self.clock())
         return {
             **asdict(self.counters),
             "by_model": dict(self.by_model),
             "by_tier": dict(self.by_tier),
+            "live": dict(self.live_counts),
             "max_in_window": self.quota.max_in_window,
             "max_tokens_in_window": self.quota.max_tokens_in_window,
             "in_window": now_requests,
@@ -118,6 +156,8 @@ class SimulatorState:
             "stored_files": len(self.files),
             "pending_uploads": self.files.pending_uploads,
             "stored_caches": len(self.caches),
+            "stored_batches": len(self.batches),
+            "stored_operations": len(self.operations),
             "config": self.config_json(),
         }
 
@@ -128,10 +168,13 @@ class SimulatorState:
         self.counters = Counters()
         self.by_model.clear()
         self.by_tier.clear()
+        self.live_counts.clear()
         self.quota.reset()
         self.interaction_book.clear()
         self.files.clear()
         self.caches.clear()
+        self.batches.clear()
+        self.operations.clear()
         self.fault, self.fault_count = None, 0
 
     def configure(self, changes: dict[str, Any]) -> None:
@@ -141,7 +184,7 @@ class SimulatorState:
         if unknown:
             raise answers.BadRequest(f"unknown simulator setting(s): {', '.join(unknown)}")
         new = replace(self.config)
-        for name in ("latency_ms", "chunk_delay_ms", "window_s", "background_ms"):
+        for name in ("latency_ms", "chunk_delay_ms", "window_s", "background_ms", "batch_ms", "operation_ms"):
             if name in changes:
                 value = changes[name]
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

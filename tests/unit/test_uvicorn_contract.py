@@ -28,6 +28,7 @@ PROTOCOL_METHODS = (
     "connection_lost",
     "shutdown",
     "send_400_response",
+    "handle_websocket_upgrade",
 )
 PROTOCOL_ATTRIBUTES = ("transport", "flow", "cycle", "pipeline", "headers", "client", "loop", "server_state")
 CYCLE_ATTRIBUTES = (

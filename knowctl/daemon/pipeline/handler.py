@@ -22,6 +22,7 @@ from knowctl.daemon.pipeline.embedding import Embeddings
 from knowctl.daemon.pipeline.files import FileCalls, FilesConfig
 from knowctl.daemon.pipeline.generation import Generation
 from knowctl.daemon.pipeline.interactions import InteractionCalls
+from knowctl.daemon.pipeline.live import LiveCalls, LiveConfig
 from knowctl.daemon.pipeline.owned import CREATING_ACTIONS, OwnedCalls
 from knowctl.daemon.pipeline.replies import send_error, send_refusal, send_upstream_error
 from knowctl.daemon.upstream.client import (
@@ -87,6 +88,7 @@ class HandlerConfig:
     allowed_actions: frozenset[str]  # actions forwarded beyond the known ones
     batch_as_one_call: frozenset[str] = frozenset()  # models whose embedding batch counts once
     fallbacks: Fallbacks = field(default_factory=Fallbacks)  # model fallback chains, remedies' order
+    live: LiveConfig = field(default_factory=lambda: LiveConfig(900.0, 5, 10.0, 16 * 1024 * 1024))
 
 
 # Bodies that name a resource hold one of these; only they are searched (policy/resources.py).
@@ -136,6 +138,7 @@ class ModelCallHandler:
         self._interactions = InteractionCalls(interactions, self._generate, self._pass_on, quota.reconcile)
         self._owned = OwnedCalls(resources, upstream, self._pass_on)
         self._files = FileCalls(FilesConfig(config.max_body_bytes), resources, upstream, self._owned)
+        self.live_calls = LiveCalls(config.live, upstream, callers, quota, self._check_limits)
         self._allowed = config.allowed_actions
         self._batch_as_one = config.batch_as_one_call
         # Set where the gateway calls Google with its own credentials (keys mode); callers
@@ -162,20 +165,8 @@ class ModelCallHandler:
             # The gateway pays for what it forwards in keys mode: only actions it knows go.
             await respond_error(send, 404, f"The requested path {scope['path']} was not found.")
             return 404
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        header = dict(headers)
-        client = scope.get("client")
-        ctx = CallContext(
-            scope=scope,
-            call=call,
-            method=method,
-            raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
-            query=scope["query_string"].decode("latin-1"),
-            headers=headers,
-            header=header,
-            client_ip=client[0] if client else "",
-            notes=notes_of(scope),
-        )
+        ctx = self._context(scope, call, method)
+        header = ctx.header
         if call.surface is Surface.FILES and _upload_by_capability(ctx):
             # The SDK sends an upload's chunks without its key, as to Google: the upload URL's
             # id, unguessable and handed to its starter alone, is the credential.
@@ -241,6 +232,17 @@ class ModelCallHandler:
             return await send_refusal(send, ctx, refusal)
         return await self._forward(ctx, send)
 
+    async def live(self, scope: Scope, receive: Receive, send: Send, call: ApiCall) -> int:
+        """A Live API WebSocket, its handshake read: identified from its head as an HTTP call,
+        then relayed (pipeline/live.py). The close code."""
+        ctx = self._context(scope, call, "GET")
+        refused = None
+        try:
+            await self._identify(ctx)
+        except CallRefused as refusal:
+            refused = refusal  # told in the close, after the accept: clients read it there
+        return await self.live_calls(ctx, receive, send, refused)
+
     async def _file_call(self, ctx: CallContext, receive: Receive, send: Send) -> int:
         """Files: bodies read (an upload's start) or streamed (its chunks) by the flow itself.
         Each call counts against its caller's limits but an upload's chunks: an upload is one
@@ -253,6 +255,22 @@ class ModelCallHandler:
             return await self._files(ctx, receive, send)
         except CallRefused as refusal:
             return await send_refusal(send, ctx, refusal)
+
+    @staticmethod
+    def _context(scope: Scope, call: ApiCall, method: str) -> CallContext:
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        client = scope.get("client")
+        return CallContext(
+            scope=scope,
+            call=call,
+            method=method,
+            raw_path=(scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+            query=scope["query_string"].decode("latin-1"),
+            headers=headers,
+            header=dict(headers),
+            client_ip=client[0] if client else "",
+            notes=notes_of(scope),
+        )
 
     async def _generate(self, ctx: CallContext, send: Send) -> int:
         return await self._generation(ctx, send, self._check_limits)

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from knowctl.daemon import metrics
 from knowctl.daemon.upstream.credentials import UpstreamCredentials
@@ -197,6 +200,43 @@ class UpstreamClient:
         if not url.startswith(base + "/"):
             return None
         return url[len(base) :]
+
+    @asynccontextmanager
+    async def open_live(
+        self, call: ApiCall, raw_path: str, query: str, headers: list[tuple[str, str]], max_size: int
+    ) -> AsyncIterator[ClientConnection]:
+        """A Live API WebSocket to the deployment that serves ``call`` (the scheme of its base
+        URL made ws/wss), with its credentials, or the caller's where it forwards them.
+        Raises UpstreamFailure when it cannot be opened (the status Google answered, 503
+        unreachable, 504 too slow)."""
+        deployment = self._deployment(call, None)
+        own = await self._credentials[deployment.name].headers_for(deployment.as_sent(call))
+        sent = {k: v for k, v in _request_headers(headers, own).items() if k not in _WS_HANDSHAKE}
+        base = deployment.origin(call).rstrip("/")
+        scheme, _, rest = base.partition("://")
+        query = _strip_key_param(query) if own is not None else query
+        uri = f"{'wss' if scheme == 'https' else 'ws'}://{rest}{raw_path}" + (f"?{query}" if query else "")
+        try:
+            connection = await ws_connect(
+                uri,
+                additional_headers=sent,
+                max_size=max_size,
+                open_timeout=self._config.connect_timeout,
+                compression=None,
+                user_agent_header=None,
+            )
+        except InvalidStatus as exc:
+            raise UpstreamFailure(
+                exc.response.status_code, f"the upstream refused the session: {exc}"
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamFailure(504, "the upstream did not open the session in time") from exc
+        except (OSError, InvalidHandshake) as exc:
+            raise UpstreamFailure(503, f"the upstream's Live API is unreachable: {exc}") from exc
+        try:
+            yield connection
+        finally:
+            await connection.close()
 
     def own_credentials(self, call: ApiCall, deployment: str | None = None) -> bool:
         """Whether ``call`` goes upstream with the gateway's credentials (as ``send`` does at
@@ -380,6 +420,18 @@ def _request_headers(
 
 
 UPSTREAM_HEADER = b"x-knowctl-upstream"
+# The client's WebSocket handshake is its own with the gateway: the upstream gets a new one.
+_WS_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+        "origin",
+        "user-agent",
+    }
+)
 
 
 def response_headers(response: http1.Response, own_credentials: bool = False) -> list[tuple[bytes, bytes]]:
