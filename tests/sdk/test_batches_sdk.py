@@ -1,0 +1,84 @@
+"""Batch jobs and long-running operations through the gateway, with the official google-genai
+client: created through the provider quota, polled to completion, and each its creator's
+alone (another key's get, cancel, delete or listing finds nothing)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from google.genai import errors, types
+
+from tests.gateway.test_gateway_security import new_key
+from tests.sdk.test_files_sdk import client, daemons  # noqa: F401 (the module's two gateways)
+from tests.support.fixtures import Gateway, Simulator
+
+MODEL = "gemini-2.5-flash"
+VEO = "veo-3.1-generate-preview"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def gateway(daemons: tuple[Gateway, Gateway, int]) -> Gateway:  # noqa: F811
+    return daemons[0]
+
+
+def status_of(call: Any) -> int:
+    with pytest.raises(errors.APIError) as refused:
+        call()
+    return int(refused.value.code)
+
+
+def poll(fetch: Callable[[], T], finished: Callable[[T], bool], timeout: float = 10.0) -> T:
+    found = fetch()
+    deadline = time.monotonic() + timeout
+    while not finished(found):
+        assert time.monotonic() < deadline, f"not finished after {timeout} s: {found!r}"
+        time.sleep(0.05)
+        found = fetch()
+    return found
+
+
+def test_a_batch_is_its_creators_alone(gateway: Gateway, simulator: Simulator) -> None:
+    owner, stranger = client(gateway, new_key(gateway)), client(gateway, new_key(gateway))
+    job = owner.batches.create(
+        model=MODEL,
+        src=[{"contents": [{"parts": [{"text": "one"}], "role": "user"}]}],
+        config={"display_name": "mine"},
+    )
+    assert job.name is not None and job.name.startswith("batches/")
+    assert status_of(lambda: stranger.batches.get(name=job.name)) == 404
+    assert status_of(lambda: stranger.batches.cancel(name=job.name)) == 404
+    assert status_of(lambda: stranger.batches.delete(name=job.name)) == 404
+    assert job.name not in [b.name for b in stranger.batches.list()]
+    assert job.name in [b.name for b in owner.batches.list()]
+    done = poll(
+        lambda: owner.batches.get(name=job.name), lambda b: b.state == types.JobState.JOB_STATE_SUCCEEDED
+    )
+    assert done.dest is not None and done.dest.inlined_responses
+    owner.batches.delete(name=job.name)
+
+
+def test_an_operation_is_polled_by_its_creator_alone(gateway: Gateway, simulator: Simulator) -> None:
+    key, other = new_key(gateway), new_key(gateway)
+    # The SDK's generate_videos is Vertex-only in this version: the Gemini API's call by hand.
+    started = httpx.post(
+        f"{gateway.url}/v1beta/models/{VEO}:predictLongRunning",
+        headers={"x-goog-api-key": key},
+        json={"instances": [{"prompt": "a dog"}], "parameters": {"sampleCount": 1}},
+        timeout=10,
+    )
+    assert started.status_code == 200, started.text
+    name = started.json()["name"]
+    operation = types.GenerateVideosOperation(name=name)
+    stranger = client(gateway, other)
+    assert status_of(lambda: stranger.operations.get(operation)) == 404
+    owner = client(gateway, key)
+    finished = poll(lambda: owner.operations.get(operation), lambda o: bool(o.done))
+    assert finished.response is not None and finished.response.generated_videos
+    polled = simulator.stats()["operations_polled"]
+    assert status_of(lambda: stranger.operations.get(operation)) == 404
+    assert simulator.stats()["operations_polled"] == polled  # refused before it went upstream
