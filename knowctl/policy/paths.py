@@ -287,13 +287,13 @@ def _parse_files(path: str) -> ApiCall | None:
     upload, download, name = match["upload"], match["download"], match["id"]
     if upload is not None and name is not None:
         return None  # uploads go to the collection
-    if (download is not None) != (match["action"] is not None):
-        return None  # :download only under /download/, and only there
+    if download is not None and match["action"] is None:
+        return None  # /download/ is for :download alone (the SDK sends it without the prefix too)
     return ApiCall(
         family=Family.GEMINI,
         version=match["version"],
         model=None,
-        action=FILE_UPLOAD if upload else FILE_DOWNLOAD if download else None,
+        action=FILE_UPLOAD if upload else FILE_DOWNLOAD if match["action"] else None,
         surface=Surface.FILES,
         resource=f"files/{name}" if name is not None else None,
     )

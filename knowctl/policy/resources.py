@@ -65,3 +65,25 @@ def named_operations(payload: Any) -> set[str]:
         return set()
     match = _OPERATION.fullmatch(named)
     return {match.group(1) if match is not None else named}
+
+
+# A file named anywhere in an answer: files/{id}, alone or in a URI (…/files/{id}:download?alt=media).
+_PRODUCED = re.compile(r"(?:^|/)(files/[a-z0-9][a-z0-9-]{0,63})(?=$|[:?#])")
+
+
+def produced_files(answer: Any) -> set[str]:
+    """Every file a finished job's answer names (a batch's ``responsesFile``, a video's
+    ``uri``): what the job made, its owner's."""
+    found: set[str] = set()
+    stack: list[tuple[Any, int]] = [(answer, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            continue
+        values = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for value in values:
+            if isinstance(value, str):
+                found.update(match.group(1) for match in _PRODUCED.finditer(value))
+            elif isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+    return found

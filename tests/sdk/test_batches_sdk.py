@@ -82,3 +82,7 @@ def test_an_operation_is_polled_by_its_creator_alone(gateway: Gateway, simulator
     polled = simulator.stats()["operations_polled"]
     assert status_of(lambda: stranger.operations.get(operation)) == 404
     assert simulator.stats()["operations_polled"] == polled  # refused before it went upstream
+    # The video is a file the operation made: its creator's to fetch, nobody else's.
+    video = finished.response.generated_videos[0].video
+    assert video is not None and owner.files.download(file=video)
+    assert status_of(lambda: stranger.files.download(file=video)) == 403

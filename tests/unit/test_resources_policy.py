@@ -56,3 +56,19 @@ def test_a_batch_input_file_a_cache_and_an_operation_are_named() -> None:
         {"operationName": "projects/p/locations/l/publishers/google/models/veo/operations/o1"}
     ) == {"operations/o1"}
     assert named_operations({"contents": []}) == set()
+
+
+def test_the_files_a_finished_job_made_are_found() -> None:
+    from knowctl.policy.resources import produced_files
+
+    answer = {
+        "done": True,
+        "response": {
+            "generateVideoResponse": {
+                "generatedSamples": [{"video": {"uri": "https://h/v1beta/files/vid1:download?alt=media"}}]
+            }
+        },
+        "metadata": {"output": {"responsesFile": "files/batch-0123456789abcdef0123456789abcdef0123"}},
+        "note": "files/ in prose",
+    }
+    assert produced_files(answer) == {"files/vid1", "files/batch-0123456789abcdef0123456789abcdef0123"}

@@ -23,7 +23,7 @@ from knowctl.daemon.pipeline.interactions import owner_of
 from knowctl.daemon.upstream.client import OutgoingCall, UpstreamClient, UpstreamFailure, response_headers
 from knowctl.net.asgi import Message, Send, respond
 from knowctl.policy.paths import Surface, owned_name
-from knowctl.policy.resources import named_caches, named_files, named_operations
+from knowctl.policy.resources import named_caches, named_files, named_operations, produced_files
 
 # Forwards a call as it is and says what came of it (ModelCallHandler._pass_on).
 PassOn = Callable[[CallContext, Send], Awaitable[Any]]
@@ -97,6 +97,13 @@ class OwnedCalls:
             if held is None:
                 raise kind.gone(call.resource)
             ctx.deployment = held.deployment
+        if guarded and ctx.method == "GET" and call.surface in (Surface.BATCHES, Surface.OPERATIONS):
+            # A finished job names the files it made (a batch's responses, a video): its
+            # owner's, recorded as the owner reads it, so the owner alone may fetch them.
+            status, body = await self._pass_watching(ctx, send)
+            if status == 200 and (b"files/" in body):
+                await self._record_produced(ctx, body)
+            return status
         if ctx.method == "GET" or call.action is not None:  # a read, a download, a cancel
             return int((await self._pass_on(ctx, send)).sent)
         status, body = await self._pass_watching(ctx, send)
@@ -145,6 +152,12 @@ class OwnedCalls:
             ttl = KINDS[surface].ttl_s if surface in KINDS else JOB_TTL_S
         held = Held(owner, ctx.deployment or self._upstream.deployment_name(ctx.call))
         await self._resources.remember(owned_name(name), held, ttl)
+
+    async def _record_produced(self, ctx: CallContext, body: bytes) -> None:
+        owner, deployment = owner_of(ctx), ctx.deployment or self._upstream.deployment_name(ctx.call)
+        for name in sorted(produced_files(_json(body))):
+            if await self._resources.find(name, owner) is None:
+                await self._resources.remember(name, Held(owner, deployment), FILE_TTL_S)
 
     async def check_named(self, ctx: CallContext) -> None:
         """Refuse a call whose body names a file or a cache its caller does not own."""
