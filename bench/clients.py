@@ -231,3 +231,39 @@ def upload_mb_s(base_url: str, size: int) -> float:
             answer.raise_for_status()
             offset += len(piece)
     return size / 1e6 / (time.perf_counter() - started)
+
+
+LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+
+
+async def live_turns(base_url: str, sessions: int, turns: int) -> tuple[list[float], list[float]]:
+    """``sessions`` Live API sessions one after another, ``turns`` text turns each, as
+    google-genai sends them: each session's setup time (connect to setupComplete) and each
+    turn's time (sent to turnComplete), in seconds."""
+    from websockets.asyncio.client import connect
+
+    url = base_url.replace("http://", "ws://") + LIVE_PATH
+    setup = orjson.dumps({"setup": {"model": "models/gemini-live-bench"}})
+    turn = orjson.dumps(
+        {
+            "client_content": {
+                "turns": [{"role": "user", "parts": [{"text": "hello live"}]}],
+                "turnComplete": True,
+            }
+        }
+    )
+    opened: list[float] = []
+    answered: list[float] = []
+    for _ in range(sessions):
+        started = time.perf_counter()
+        async with connect(url, additional_headers={"x-goog-api-key": "bench"}, compression=None) as ws:
+            await ws.send(setup)
+            await ws.recv()  # setupComplete
+            opened.append(time.perf_counter() - started)
+            for _ in range(turns):
+                sent = time.perf_counter()
+                await ws.send(turn)
+                while b"turnComplete" not in (await ws.recv(decode=False)):
+                    pass
+                answered.append(time.perf_counter() - sent)
+    return opened, answered

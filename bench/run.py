@@ -15,6 +15,8 @@ the same load generator for gateway and baseline:
            a batchEmbedContents of 100 texts of which 90 were embedded before
   files    a 128 MiB resumable upload in 8 MiB chunks through the gateway vs the simulator
            direct: MB/s, the gateway's CPU per MiB, its RSS growth
+  live     Live API sessions (WebSocket) through the gateway vs the simulator direct: time to
+           open one and a text turn's round trip
   pool     a pool of three deployments beside one deployment (the same simulator behind
            each): cache hit and miss, wrk c32, CPU per request of each
   ops      /api/health, ready, metrics, quota/stats, cache/stats while wrk loads the gateway
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from clients import MIB, fill, generate_body, probe, ttfb, ttfb_pair, upload_mb_s
+from clients import MIB, fill, generate_body, live_turns, probe, ttfb, ttfb_pair, upload_mb_s
 from harness import (
     EMBED_BATCH,
     GENERATE,
@@ -72,7 +74,7 @@ from harness import (
 )
 
 HERE = Path(__file__).resolve().parent
-CASES = ("hit", "miss", "slow", "stream", "surfaces", "files", "pool", "ops", "memory", "cli")
+CASES = ("hit", "miss", "slow", "stream", "surfaces", "files", "live", "pool", "ops", "memory", "cli")
 BUSY_WARNING = 0.25  # CPU busy fraction, sampled while our processes idle
 OPS = ("/api/health", "/api/ready", "/api/metrics", "/api/quota/stats", "/api/cache/stats")
 OPS_TARGET_MS = {"/api/health": 10, "/api/ready": 10, "/api/metrics": 50}
@@ -379,6 +381,36 @@ class Bench:
                 )
             )
 
+    def live(self, sim: Service, store: str) -> None:
+        """Live API sessions through the gateway beside the simulator direct: the time to open
+        one (connect, setup, setupComplete) and a text turn's round trip, p50 and p99."""
+        sessions, turns = 20, 25
+        with gateway(sim.url, store) as gw:
+            self.state("live")
+            asyncio.run(live_turns(sim.url, 2, 2))  # warm up both
+            asyncio.run(live_turns(gw.url, 2, 2))
+            d_open, d_turn = asyncio.run(live_turns(sim.url, sessions, turns))
+            g_open, g_turn = asyncio.run(live_turns(gw.url, sessions, turns))
+            for label, d, g, budget in (
+                (f"live session open ({sessions} sessions)", d_open, g_open, 5.0),
+                (f"live text turn ({sessions * turns} turns)", d_turn, g_turn, 1.0),
+            ):
+                d50, g50 = percentile(d, 50) * 1000, percentile(g, 50) * 1000
+                d99, g99 = percentile(d, 99) * 1000, percentile(g, 99) * 1000
+                print(f"  {label}: direct p50 {d50:.2f} ms, gateway p50 {g50:.2f} ms", flush=True)
+                self.rows.append(
+                    Row(
+                        f"{label} (ms, vs simulator direct)",
+                        "ms",
+                        d50,
+                        g50,
+                        p50=pair(d50, g50),
+                        p99=pair(d99, g99),
+                        target=f"+ < {budget:g} ms",
+                        met=g50 - d50 < budget,
+                    )
+                )
+
     def ops(self, sim_url: str, store: str) -> None:
         with gateway(sim_url, store) as gw:
             self.state("ops")
@@ -591,6 +623,7 @@ def main() -> None:
             "surfaces": lambda: bench.surfaces(sim, store),
             "pool": lambda: bench.pool(sim, store),
             "files": lambda: bench.files(sim, store),
+            "live": lambda: bench.live(sim, store),
             "ops": lambda: bench.ops(sim.url, store),
             "memory": lambda: bench.memory(sim.url, store),
             "cli": bench.cli,

@@ -557,6 +557,13 @@ class Settings(BaseSettings):
         "cancel, delete or continue it); Google keeps stored interactions up to 55 days.",
     )
 
+    upload_bytes_per_day: int = Field(
+        20 * 1024**3,
+        ge=0,
+        description="File bytes one caller may upload in any 24 hours, counted per chunk across "
+        "every daemon (0: no limit); past it a chunk is refused with a 429 and Retry-After.",
+    )
+
     # --- Live API (WebSocket) --------------------------------------------------------------
     live_max_message_bytes: int = Field(
         16 * 1024 * 1024,

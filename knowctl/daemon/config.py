@@ -193,8 +193,7 @@ UPLOAD_TTL_S = 7 * 86400.0
 
 
 def resources_config(settings: Settings) -> ResourcesConfig:
-    del settings  # nothing configurable yet: the upload record lasts as Google's URL does
-    return ResourcesConfig(upload_ttl_s=UPLOAD_TTL_S)
+    return ResourcesConfig(upload_ttl_s=UPLOAD_TTL_S, upload_bytes_per_day=settings.upload_bytes_per_day)
 
 
 def holds_google_credentials(settings: Settings) -> bool:

@@ -256,6 +256,11 @@ class Resources(Protocol):
         CallRefused(503) when it cannot be looked up now."""
         ...
 
+    async def upload_allowance(self, owner: str, nbytes: int) -> float | None:
+        """Count an upload chunk's bytes against its owner's day window: None when they fit,
+        else the seconds until they would."""
+        ...
+
     async def close_upload(self, upload_id: str) -> None: ...
 
 

@@ -296,3 +296,10 @@ def upload_session(upload_id: str) -> str:
     if not upload_id:
         raise ValueError("upload id must not be empty")
     return f"{PREFIX}up:{{{_tag_safe(upload_id)}}}"
+
+
+def upload_scope(owner: str) -> str:
+    """Scope of one caller's upload byte window (its owner name, as resources record it)."""
+    if not owner:
+        raise ValueError("owner must not be empty")
+    return f"ub:{owner}"

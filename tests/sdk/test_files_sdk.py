@@ -292,3 +292,24 @@ def test_bad_uploads_get_clear_errors_and_the_daemon_stays_healthy(gateway: Gate
     query = httpx.post(url, headers={**headers, "x-goog-upload-command": "query"}, content=b"")
     assert query.status_code == 200 and int(query.headers["x-goog-upload-size-received"]) <= 300
     assert httpx.get(f"{gateway.url}/api/health").status_code == 200
+
+
+def test_a_callers_upload_bytes_are_bounded_per_day(
+    simulator_process: Simulator, redis_url: str, tmp_path: Path
+) -> None:
+    handle, process = start_gateway(
+        tmp_path,
+        "--upstream",
+        simulator_process.url,
+        "--store",
+        redis_url,
+        env={**_gateway_env(), "KNOWCTL_UPLOAD_BYTES_PER_DAY": str(3 * MB)},
+    )
+    with process:
+        mine, theirs = client(handle, new_key(handle)), client(handle, new_key(handle))
+        assert upload(mine, os.urandom(2 * MB)).size_bytes == 2 * MB
+        with pytest.raises(errors.APIError) as refused:
+            upload(mine, os.urandom(2 * MB))
+        assert refused.value.code == 429 and "24 hours" in str(refused.value)
+        assert int(refused.value.response.headers["retry-after"]) > 0  # type: ignore[union-attr]
+        assert upload(theirs, os.urandom(2 * MB)).size_bytes == 2 * MB  # a window per caller

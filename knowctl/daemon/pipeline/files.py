@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qsl, urlencode
 
@@ -115,6 +116,16 @@ class FileCalls:
                 413,
                 f"An upload chunk may hold at most {self._config.max_chunk_bytes} bytes: send smaller ones.",
             )
+        wait = await self._resources.upload_allowance(upload.owner, length)
+        if wait is not None:
+            seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else None
+            return await _upload_error(
+                send,
+                429,
+                "This caller's upload bytes for the last 24 hours are used up"
+                + (f"; retry in {seconds} s." if seconds is not None else ": this chunk can never fit."),
+                [(b"retry-after", str(seconds).encode())] if seconds is not None else [],
+            )
         ctx.deployment = upload.deployment
         path, _, query = upload.target.partition("?")
         outgoing = replace(_outgoing(ctx, path, query), body=b"", stream=(length, body_pieces(receive)))
@@ -151,7 +162,10 @@ def _public_upload_url(ctx: CallContext, upload_id: str) -> str:
     return f"{scheme}://{host}/upload/{ctx.call.version}/files?{query}"
 
 
-async def _upload_error(send: Send, status: int, message: str) -> int:
+async def _upload_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> int:
     # "final": the SDK stops at once instead of sending the next chunk or retrying this one.
-    await respond_error(send, status, message, extra_headers=[(UPLOAD_STATUS, b"final")])
+    extra = [(UPLOAD_STATUS, b"final"), *(headers or [])]
+    await respond_error(send, status, message, extra_headers=extra)
     return status

@@ -20,16 +20,19 @@ from typing import Protocol
 import orjson
 
 from knowctl.daemon.contracts import CallRefused, Held, Upload
+from knowctl.daemon.ids import unique_id
 from knowctl.daemon.lru import LRU
-from knowctl.store import Health, Keys, StoreUnavailable, keys
+from knowctl.policy.windows import Window
+from knowctl.store import Health, Keys, StoreUnavailable, Windows, keys
 
 log = logging.getLogger("knowctl.resources")
 
 LOCAL_RECORDS = 100_000
+UPLOAD_WINDOW_S = 86400.0  # the upload byte limit's window: any 24 hours
 RECORD_BYTES = 256
 
 
-class BookStore(Health, Keys, Protocol):
+class BookStore(Health, Keys, Windows, Protocol):
     """What the book needs of the store."""
 
 
@@ -38,6 +41,7 @@ class ResourcesConfig:
     """What the book needs of the settings (knowctl.daemon.config.resources_config)."""
 
     upload_ttl_s: float  # how long an upload may stay unfinished (Google's URLs last a week)
+    upload_bytes_per_day: int = 0  # one caller's upload bytes in any 24 hours (0: no limit)
 
 
 def _unreachable() -> CallRefused:
@@ -122,6 +126,23 @@ class ResourceBook:
         if owner is not None and found_owner != owner:
             return None
         return Upload(str(found_owner), None if deployment is None else str(deployment), str(target))
+
+    async def upload_allowance(self, owner: str, nbytes: int) -> float | None:
+        """Count ``nbytes`` more of ``owner``'s uploads in its day window: None when they fit,
+        else the seconds until they would. While the store is down uploads pass uncounted:
+        they spend no provider quota, and refusing them all would stop every upload."""
+        limit = self._config.upload_bytes_per_day
+        if not limit or not nbytes:
+            return None
+        window = Window("upload_bytes", UPLOAD_WINDOW_S, limit)
+        try:
+            admission = await self._store.acquire(
+                keys.upload_scope(owner), [window], [nbytes], reservation_id=unique_id()
+            )
+        except StoreUnavailable as exc:
+            log.warning("resources: an upload chunk passed uncounted: %s", exc)
+            return None
+        return None if admission.admitted else admission.retry_after
 
     async def close_upload(self, upload_id: str) -> None:
         try:
