@@ -51,8 +51,6 @@ CORS_EXPOSE_HEADERS = (
     "X-Goog-Upload-Status",
     "X-Goog-Upload-URL",
     "X-Knowctl-Cache",
-    "X-Knowctl-Model",
-    "X-Knowctl-Upstream",
     "X-Request-Id",
 )
 # What a browser may send: the SDKs' headers, an upload's, and the caches' PATCH and DELETE.

@@ -520,6 +520,43 @@ def cache_hits_and_streams(stack: Stack, seen: Seen) -> None:
             assert text.count("data: ") >= 2, text
 
 
+def an_upload_streams_through(stack: Stack, seen: Seen) -> None:
+    """A resumable upload as google-genai makes it, its chunks through nginx unbuffered: the
+    upload URL the gateway answers names the site as the client reached it, and the file is
+    its uploader's."""
+    data = os.urandom(3 * 1024 * 1024)
+    half = len(data) // 2
+    with client(stack, seen, key=new_key(stack, "erin")) as erin:
+        start = erin.post(
+            "/upload/v1beta/files",
+            headers={
+                "x-goog-upload-protocol": "resumable",
+                "x-goog-upload-command": "start",
+                "x-goog-upload-header-content-length": str(len(data)),
+                "x-goog-upload-header-content-type": "application/octet-stream",
+            },
+            json={"file": {"displayName": "erin's notes"}},
+        )
+        assert start.status_code == 200, start.text
+        url = start.headers["x-goog-upload-url"]
+        assert url.startswith(f"{stack.nginx_url}/upload/v1beta/files?upload_id="), url
+        first = erin.post(
+            url, headers={"x-goog-upload-command": "upload", "x-goog-upload-offset": "0"}, content=data[:half]
+        )
+        assert first.status_code == 200 and first.headers["x-goog-upload-status"] == "active", first.text
+        done = erin.post(
+            url,
+            headers={"x-goog-upload-command": "upload, finalize", "x-goog-upload-offset": str(half)},
+            content=data[half:],
+        )
+        assert done.status_code == 200 and done.headers["x-goog-upload-status"] == "final", done.text
+        name = done.json()["file"]["name"]
+        assert int(done.json()["file"]["sizeBytes"]) == len(data)
+        assert erin.get(f"/v1beta/{name}").status_code == 200
+    with client(stack, seen, key=new_key(stack, "frank")) as frank:
+        assert frank.get(f"/v1beta/{name}").status_code == 403  # not frank's
+
+
 def server_errors(stack: Stack, seen: Seen, user: str, count: int) -> None:
     """``count`` 5xx answers: the provider fails (the simulator's injected 500)."""
     stack.simulator.configure(fault="error500", count=count)
@@ -603,6 +640,7 @@ def _run(stack: Stack) -> None:
     # 1. Each visitor behind nginx has its own limits.
     visitors_get_their_own_limits(stack, seen)
     cache_hits_and_streams(stack, seen)
+    an_upload_streams_through(stack, seen)
     with client(stack, seen, key=new_key(stack, "alice")) as alice:
         a_call_queues_for_quota(stack, alice)
         # A rate needs a series' earlier sample: the first 5xx of each gateway, and its first

@@ -197,3 +197,59 @@ def test_a_client_that_vanishes_leaves_the_daemon_healthy(
         assert raw.recv(4096).startswith(b"HTTP/1.1 101")
     text, _ = asyncio.run(one_turn(client(gateway, new_key(gateway)), MODEL, "still here?"))
     assert text
+
+
+def test_an_oversized_frame_and_a_stop_close_sessions_cleanly(
+    simulator_process: Simulator, redis_url: str, tmp_path: Path
+) -> None:
+    """Plain ws:// (clients other than google-genai may skip TLS): a message past the limit is
+    1009, and a stopping daemon tells its open session to go away before it exits."""
+    port = free_port()
+    env = {
+        "KNOWCTL_LOG_FORMAT": "json",
+        "KNOWCTL_LIVE_MAX_MESSAGE_BYTES": str(64 * 1024),
+        "KNOWCTL_DRAIN_TIMEOUT": "5",
+        **keys_env(KNOWCTL_USER_LIMITS="none"),
+    }
+    argv = [
+        "serve",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--upstream",
+        simulator_process.url,
+        "--store",
+        redis_url,
+    ]
+    base = f"http://{LOOPBACK}:{port}"
+    url = (
+        f"ws://{LOOPBACK}:{port}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    )
+    setup = b'{"setup": {"model": "models/' + MODEL.encode() + b'"}}'
+    with knowctl_process(argv, f"{base}/api/health", env=env, log_path=tmp_path / "gateway.log") as proc:
+        key = new_key(Gateway(base, tmp_path / "gateway.log"))
+        headers = {"x-goog-api-key": key}
+
+        async def oversized() -> int | None:
+            async with connect(url, additional_headers=headers, max_size=None) as ws:
+                await ws.send(setup)
+                await ws.recv()
+                await ws.send(b"x" * (128 * 1024))
+                await ws.wait_closed()
+                return ws.close_code
+
+        assert asyncio.run(oversized()) == 1009
+
+        async def stopped() -> tuple[int | None, float]:
+            async with connect(url, additional_headers=headers) as ws:
+                await ws.send(setup)
+                await ws.recv()
+                began = time.monotonic()
+                proc.send_signal(15)
+                await ws.wait_closed()
+                return ws.close_code, time.monotonic() - began
+
+        code, took = asyncio.run(stopped())
+        assert code in (1001, 1012) and took < 5, (code, took)  # going away / service restart
+        assert proc.wait(timeout=10) == 0

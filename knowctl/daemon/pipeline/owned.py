@@ -72,6 +72,42 @@ KINDS = {
 }
 
 
+class _HeldAnswer:
+    """An answer kept back until the gateway has recorded what it says, up to
+    ``MAX_READ_BYTES``; a larger one goes on as it comes, and is not read."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+        self._held: list[Message] = []
+        self._size = 0
+        self._passing = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        if self._passing:
+            await self._send(message)
+            return
+        self._held.append(message)
+        self._size += len(message.get("body", b""))
+        if self._size > MAX_READ_BYTES:
+            self._passing = True
+            await self.release()
+
+    @property
+    def body(self) -> bytes | None:
+        """The whole answer's body, or None when it was too large to hold."""
+        if self._passing:
+            return None
+        return b"".join(m.get("body", b"") for m in self._held if m["type"] == "http.response.body")
+
+    async def release(self) -> None:
+        held, self._held = self._held, []
+        for message in held:
+            await self._send(message)
+
+
 class OwnedCalls:
     def __init__(self, resources: Resources, upstream: UpstreamClient, pass_on: PassOn) -> None:
         self._resources = resources
@@ -100,42 +136,46 @@ class OwnedCalls:
         if guarded and ctx.method == "GET" and call.surface in (Surface.BATCHES, Surface.OPERATIONS):
             # A finished job names the files it made (a batch's responses, a video): its
             # owner's, recorded as the owner reads it, so the owner alone may fetch them.
-            status, body = await self._pass_watching(ctx, send)
-            if status == 200 and (b"files/" in body):
-                await self._record_produced(ctx, body)
-            return status
+            kept = await self._pass_holding(ctx, send)
+            try:
+                if kept.status == 200 and kept.body is not None and b"files/" in kept.body:
+                    await self._record_produced(ctx, kept.body)
+            finally:
+                await kept.release()
+            return kept.status
         if ctx.method == "GET" or call.action is not None:  # a read, a download, a cancel
             return int((await self._pass_on(ctx, send)).sent)
-        status, body = await self._pass_watching(ctx, send)
-        if status == 200 and guarded and ctx.method == "DELETE":
-            await self._resources.forget(call.resource)
-        elif status == 200 and guarded:  # updated: a cache's new expiry
-            await self.record(ctx, body, owner_of(ctx))
-        return status
+        # Recorded (or forgotten) before the answer goes on: the caller's next call finds it so.
+        kept = await self._pass_holding(ctx, send)
+        try:
+            if kept.status == 200 and guarded and ctx.method == "DELETE":
+                await self._resources.forget(call.resource)
+            elif kept.status == 200 and guarded and kept.body is not None:  # a cache's new expiry
+                await self.record(ctx, kept.body, owner_of(ctx))
+        finally:
+            await kept.release()
+        return kept.status
 
     async def create(self, ctx: CallContext, send: Send, guarded: bool) -> int:
-        status, body = await self._pass_watching(ctx, send)
-        if status == 200 and guarded:
-            await self.record(ctx, body, owner_of(ctx))
-        return status
+        kept = await self._pass_holding(ctx, send)
+        try:
+            if kept.status == 200 and guarded and kept.body is not None:
+                await self.record(ctx, kept.body, owner_of(ctx))
+        finally:
+            await kept.release()
+        return kept.status
 
     async def creating(self, ctx: CallContext, send: Send, forward: Callable[[Send], Awaitable[int]]) -> int:
         """A model action whose answer names a new batch or operation (``CREATING_ACTIONS``),
-        forwarded by ``forward`` (with its quota); the resource recorded as its caller's."""
-        status = 0
-        body = bytearray()
-
-        async def watching(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif status == 200 and len(body) < MAX_READ_BYTES:
-                body.extend(message.get("body", b""))
-            await send(message)
-
-        sent = await forward(watching)
-        if status == 200 and self.guarded(ctx):
-            await self.record(ctx, bytes(body), owner_of(ctx))
+        forwarded by ``forward`` (with its quota); the resource recorded as its caller's
+        before the answer goes on, so the caller's next call finds it."""
+        kept = _HeldAnswer(send)
+        try:
+            sent = await forward(kept)
+            if kept.status == 200 and kept.body is not None and self.guarded(ctx):
+                await self.record(ctx, kept.body, owner_of(ctx))
+        finally:
+            await kept.release()
         return sent
 
     async def record(self, ctx: CallContext, body: bytes, owner: str) -> None:
@@ -177,21 +217,12 @@ class OwnedCalls:
                 if not mine:
                     raise kind.gone(name)
 
-    async def _pass_watching(self, ctx: CallContext, send: Send) -> tuple[int, bytes]:
-        """Pass the call on; its status, and its answer's body (to read it after) when small."""
-        status = 0
-        body = bytearray()
-
-        async def watching(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif status == 200 and len(body) < MAX_READ_BYTES:
-                body.extend(message.get("body", b""))
-            await send(message)
-
-        await self._pass_on(ctx, watching)
-        return status, bytes(body)
+    async def _pass_holding(self, ctx: CallContext, send: Send) -> _HeldAnswer:
+        """Pass the call on, its answer held back (released by the caller once it has
+        recorded what the answer says)."""
+        kept = _HeldAnswer(send)
+        await self._pass_on(ctx, kept)
+        return kept
 
     async def _list(self, ctx: CallContext, send: Send, kind: Kind) -> int:
         outgoing = OutgoingCall(
