@@ -47,6 +47,8 @@ CORS_EXPOSE_HEADERS = (
     "RateLimit",
     "RateLimit-Policy",
     "Retry-After",
+    "X-Goog-Upload-Chunk-Granularity",
+    "X-Goog-Upload-Control-URL",
     "X-Goog-Upload-Size-Received",
     "X-Goog-Upload-Status",
     "X-Goog-Upload-URL",

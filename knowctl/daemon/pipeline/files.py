@@ -36,6 +36,8 @@ from knowctl.policy.paths import FILE_UPLOAD
 CLIENT_CLOSED = 499
 UPLOAD_STATUS = b"x-goog-upload-status"
 _UPLOAD_URLS = (b"x-goog-upload-url", b"x-goog-upload-control-url")
+# Google's own upload tracking id: of the upload the gateway made, not the client's.
+_UPSTREAM_UPLOAD_ID = b"x-guploader-uploadid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ class FileCalls:
         try:
             async with self._upstream.send(outgoing) as response:
                 body = await response.read()
-                headers = response_headers(response, own)
+                headers = [(k, v) for k, v in response_headers(response, own) if k != _UPSTREAM_UPLOAD_ID]
                 named = response.header(_UPLOAD_URLS[0])
                 public = None
                 if named is not None:
@@ -133,7 +135,11 @@ class FileCalls:
         try:
             async with self._upstream.send(outgoing) as response:
                 body = await response.read()
-                headers = [(k, v) for k, v in response_headers(response, own) if k not in _UPLOAD_URLS]
+                headers = [
+                    (k, v)
+                    for k, v in response_headers(response, own)
+                    if k not in _UPLOAD_URLS and k != _UPSTREAM_UPLOAD_ID
+                ]
         except ClientDisconnected:
             return CLIENT_CLOSED  # what arrived went on; the client may query and resume
         except UpstreamFailure as failure:
