@@ -236,6 +236,9 @@ def test_quota_watch_prints_a_line_per_interval_into_a_pipe(tmp_path: Path) -> N
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # Ctrl-C as a terminal sends it: a runner started in the background (SIGINT
+            # ignored, which children inherit) must not make Python ignore it too.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         lines: list[str] = []
         started = time.monotonic()
