@@ -136,7 +136,6 @@ _CACHE_PATTERNS: tuple[tuple[Family, re.Pattern[str]], ...] = (
     (Family.GEMINI, re.compile(rf"/(?P<version>v1|v1beta|v1alpha){_CACHES}")),
     (Family.VERTEX, re.compile(_VERTEX_PROJECT + _CACHES)),
 )
-CACHE_PREFIX = "cachedContents/"
 # Batch jobs: the Gemini API's batches, Vertex's batchPredictionJobs (of one project and
 # location). ``resource`` is "batches/{id}" or "batchPredictionJobs/{id}", ``action`` "cancel".
 _BATCH_ID = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
@@ -241,12 +240,9 @@ def parse_path(path: str) -> ApiCall | None:
         return found
     if "/files" in path and (found := _parse_files(path)) is not None:
         return found
-    if "/cachedContents" in path and (found := _parse_caches(path)) is not None:
-        return found
-    if ("/batches" in path or "/batchPredictionJobs" in path) and (found := _parse_batches(path)) is not None:
-        return found
-    if "/operations/" in path and (found := _parse_operations(path)) is not None:
-        return found
+    for marker, patterns, surface, collection in _OWNED:
+        if marker in path and (found := _parse_owned(path, patterns, surface, collection)) is not None:
+            return found
     for family, pattern in _PATTERNS:
         match = pattern.fullmatch(path)
         if match is not None:
@@ -299,26 +295,12 @@ def _parse_files(path: str) -> ApiCall | None:
     )
 
 
-def _parse_caches(path: str) -> ApiCall | None:
-    for family, pattern in _CACHE_PATTERNS:
-        match = pattern.fullmatch(path)
-        if match is not None:
-            groups = match.groupdict()
-            return ApiCall(
-                family=family,
-                version=groups["version"],
-                model=None,
-                action=None,
-                project=groups.get("project"),
-                location=groups.get("location"),
-                surface=Surface.CACHES,
-                resource=f"{CACHE_PREFIX}{groups['id']}" if groups.get("id") else None,
-            )
-    return None
-
-
-def _parse_batches(path: str) -> ApiCall | None:
-    for family, pattern in _BATCH_PATTERNS:
+def _parse_owned(
+    path: str, patterns: tuple[tuple[Family, re.Pattern[str]], ...], surface: Surface, collection: str
+) -> ApiCall | None:
+    """A call on caches, batches or operations: ``resource`` is "{collection}/{id}" (the
+    pattern's ``kind`` group names the collection where it has one), None for the collection."""
+    for family, pattern in patterns:
         match = pattern.fullmatch(path)
         if match is not None:
             groups = match.groupdict()
@@ -329,29 +311,18 @@ def _parse_batches(path: str) -> ApiCall | None:
                 action=groups.get("action"),
                 project=groups.get("project"),
                 location=groups.get("location"),
-                surface=Surface.BATCHES,
-                resource=f"{groups['kind']}/{groups['id']}" if groups.get("id") else None,
+                surface=surface,
+                resource=f"{groups.get('kind') or collection}/{groups['id']}" if groups.get("id") else None,
             )
     return None
 
 
-def _parse_operations(path: str) -> ApiCall | None:
-    for family, pattern in _OPERATION_PATTERNS:
-        match = pattern.fullmatch(path)
-        if match is not None:
-            groups = match.groupdict()
-            return ApiCall(
-                family=family,
-                version=groups["version"],
-                model=None,
-                action=None,
-                project=groups.get("project"),
-                location=groups.get("location"),
-                surface=Surface.OPERATIONS,
-                resource=f"operations/{groups['id']}",
-            )
-    return None
-
+# The owned collections' paths: a marker a path must hold, its patterns, surface, collection.
+_OWNED = (
+    ("/cachedContents", _CACHE_PATTERNS, Surface.CACHES, "cachedContents"),
+    ("/batch", _BATCH_PATTERNS, Surface.BATCHES, "batches"),
+    ("/operations/", _OPERATION_PATTERNS, Surface.OPERATIONS, "operations"),
+)
 
 # The Live API's WebSocket paths, as google-genai's live.py connects: the Gemini API's (and the
 # Constrained form an ephemeral token uses), and Vertex AI's.

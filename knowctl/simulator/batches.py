@@ -36,12 +36,9 @@ import orjson
 
 from knowctl.errors import error_body
 from knowctl.net.asgi import (
-    BodyTooLarge,
-    ClientDisconnected,
     Receive,
     Scope,
     Send,
-    read_body,
     respond,
     respond_error,
 )
@@ -64,7 +61,7 @@ from knowctl.simulator.job_store import (
     SUCCEEDED,
     StoredBatch,
 )
-from knowctl.simulator.resources import header, new_id, page, page_size, query_params, rfc3339
+from knowctl.simulator.resources import new_id, page, page_size, query_params, request_body, rfc3339
 
 if TYPE_CHECKING:
     from knowctl.simulator.state import SimulatorState
@@ -138,15 +135,8 @@ async def handle(
 ) -> None:
     """Answer one batches / batchPredictionJobs call."""
     method = scope["method"]
-    if method not in _methods(where):
-        await respond_error(send, 405, f"Method {method} is not allowed for {scope['path']}.")
-        return
-    try:
-        body = await read_body(receive, state.config.max_body_bytes, header(scope, b"content-length"))
-    except BodyTooLarge:
-        await respond_error(send, 413, "Request payload size exceeds the limit.")
-        return
-    except ClientDisconnected:
+    body = await request_body(scope, receive, send, _methods(where), state.config.max_body_bytes)
+    if body is None:
         return
     now = time.time()
     state.settle_jobs(now)

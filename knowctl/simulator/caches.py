@@ -27,27 +27,23 @@ import orjson
 
 from knowctl.errors import error_body
 from knowctl.net.asgi import (
-    BodyTooLarge,
-    ClientDisconnected,
     Receive,
     Scope,
     Send,
-    read_body,
     respond,
-    respond_error,
 )
 from knowctl.policy.paths import ApiCall, Family
 from knowctl.simulator import answers
 from knowctl.simulator.cache_store import DEFAULT_TTL_S, GEMINI_SCOPE, MAX_DISPLAY_NAME, StoredCache
 from knowctl.simulator.google_errors import CACHE_DENIED, VERTEX_CACHE_NOT_FOUND, not_found_error
 from knowctl.simulator.resources import (
-    header,
     new_id,
     page,
     page_size,
     parse_duration,
     parse_rfc3339,
     query_params,
+    request_body,
 )
 
 if TYPE_CHECKING:
@@ -124,15 +120,9 @@ async def handle(
 ) -> None:
     """Answer one cachedContents call."""
     method = scope["method"]
-    if method not in _METHODS[where.cache_id is None]:
-        await respond_error(send, 405, f"Method {method} is not allowed for {scope['path']}.")
-        return
-    try:
-        body = await read_body(receive, state.config.max_body_bytes, header(scope, b"content-length"))
-    except BodyTooLarge:
-        await respond_error(send, 413, "Request payload size exceeds the limit.")
-        return
-    except ClientDisconnected:
+    allowed = _METHODS[where.cache_id is None]
+    body = await request_body(scope, receive, send, allowed, state.config.max_body_bytes)
+    if body is None:
         return
     now = time.time()
     try:

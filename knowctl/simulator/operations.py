@@ -33,12 +33,9 @@ import orjson
 
 from knowctl.errors import error_body
 from knowctl.net.asgi import (
-    BodyTooLarge,
-    ClientDisconnected,
     Receive,
     Scope,
     Send,
-    read_body,
     respond,
     respond_error,
 )
@@ -46,7 +43,7 @@ from knowctl.policy.paths import ApiCall, Family
 from knowctl.simulator import answers
 from knowctl.simulator.google_errors import ENTITY_NOT_FOUND, VERTEX_OPERATION_NOT_FOUND
 from knowctl.simulator.job_store import StoredOperation
-from knowctl.simulator.resources import header, new_id, public_base
+from knowctl.simulator.resources import new_id, public_base, request_body
 
 if TYPE_CHECKING:
     from knowctl.simulator.state import SimulatorState
@@ -95,15 +92,7 @@ async def handle(
     state: SimulatorState, where: OperationRoute, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """``GET`` of an operation: it as it stands now."""
-    if scope["method"] != "GET":
-        await respond_error(send, 405, f"Method {scope['method']} is not allowed for {scope['path']}.")
-        return
-    try:
-        await read_body(receive, 64 * 1024, header(scope, b"content-length"))
-    except BodyTooLarge:
-        await respond_error(send, 413, "Request payload size exceeds the limit.")
-        return
-    except ClientDisconnected:
+    if await request_body(scope, receive, send, ("GET",), 64 * 1024) is None:
         return
     await _answer(state, where.family, where.name, scope, send)
 

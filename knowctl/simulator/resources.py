@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 from urllib.parse import parse_qs
 
-from knowctl.net.asgi import Scope
+from knowctl.net.asgi import BodyTooLarge, ClientDisconnected, Receive, Scope, Send, read_body, respond_error
 from knowctl.simulator.answers import BadRequest
 
 T = TypeVar("T")
@@ -119,3 +119,21 @@ def page(
         return chosen, None
     following = str(seq(items[start + size])).encode()
     return chosen, base64.urlsafe_b64encode(following).rstrip(b"=").decode()
+
+
+async def request_body(
+    scope: Scope, receive: Receive, send: Send, methods: Sequence[str], limit: int
+) -> bytes | None:
+    """The body of a resource call whose method is one of ``methods``; None once the call
+    is answered (405, 413 in Google's shape) or its client has gone."""
+    method = scope["method"]
+    if method not in methods:
+        await respond_error(send, 405, f"Method {method} is not allowed for {scope['path']}.")
+        return None
+    try:
+        return await read_body(receive, limit, header(scope, b"content-length"))
+    except BodyTooLarge:
+        await respond_error(send, 413, "Request payload size exceeds the limit.")
+    except ClientDisconnected:
+        pass
+    return None

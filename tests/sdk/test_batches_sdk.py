@@ -4,42 +4,22 @@ alone (another key's get, cancel, delete or listing finds nothing)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import httpx
 import pytest
-from google.genai import errors, types
+from google.genai import types
 
 from tests.gateway.test_gateway_security import new_key
 from tests.sdk.test_files_sdk import client, daemons  # noqa: F401 (the module's two gateways)
 from tests.support.fixtures import Gateway, Simulator
+from tests.support.sdk import poll, status_of
 
 MODEL = "gemini-2.5-flash"
 VEO = "veo-3.1-generate-preview"
-T = TypeVar("T")
 
 
 @pytest.fixture
 def gateway(daemons: tuple[Gateway, Gateway, int]) -> Gateway:  # noqa: F811
     return daemons[0]
-
-
-def status_of(call: Any) -> int:
-    with pytest.raises(errors.APIError) as refused:
-        call()
-    return int(refused.value.code)
-
-
-def poll(fetch: Callable[[], T], finished: Callable[[T], bool], timeout: float = 10.0) -> T:
-    found = fetch()
-    deadline = time.monotonic() + timeout
-    while not finished(found):
-        assert time.monotonic() < deadline, f"not finished after {timeout} s: {found!r}"
-        time.sleep(0.05)
-        found = fetch()
-    return found
 
 
 def test_a_batch_is_its_creators_alone(gateway: Gateway, simulator: Simulator) -> None:

@@ -3,15 +3,14 @@ listed, updated and deleted by their creator alone, and usable by it alone."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from google import genai
-from google.genai import errors, types
+from google.genai import types
 
 from tests.gateway.test_gateway_security import new_key
 from tests.sdk.test_files_sdk import client, daemons  # noqa: F401 (the module's two gateways)
 from tests.support.fixtures import Gateway, Simulator
+from tests.support.sdk import status_of
 
 MODEL = "caches-model"
 CONTENTS = [types.Content(role="user", parts=[types.Part(text="A long shared context. " * 200)])]
@@ -20,12 +19,6 @@ CONTENTS = [types.Content(role="user", parts=[types.Part(text="A long shared con
 @pytest.fixture
 def gateway(daemons: tuple[Gateway, Gateway, int]) -> Gateway:  # noqa: F811
     return daemons[0]
-
-
-def status_of(call: Any) -> int:
-    with pytest.raises(errors.APIError) as refused:
-        call()
-    return int(refused.value.code)
 
 
 def create(c: genai.Client) -> types.CachedContent:

@@ -21,6 +21,7 @@ from google.genai import errors, types
 
 from tests.gateway.test_gateway_security import keys_env, new_key
 from tests.support.fixtures import Gateway, Simulator, start_gateway
+from tests.support.sdk import status_of
 
 MODEL = "files-model"
 MB = 1024 * 1024
@@ -67,12 +68,6 @@ def client(gateway: Gateway, key: str) -> genai.Client:
 def upload(c: genai.Client, data: bytes | io.IOBase, name: str = "notes") -> types.File:
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     return c.files.upload(file=source, config={"mime_type": "application/octet-stream", "display_name": name})
-
-
-def status_of(call: Any) -> int:
-    with pytest.raises(errors.APIError) as refused:
-        call()
-    return int(refused.value.code)
 
 
 def test_an_upload_is_its_uploaders_alone(gateway: Gateway, simulator: Simulator) -> None:

@@ -20,12 +20,12 @@ from google.genai import errors, types
 from websockets.asyncio.client import connect
 
 from tests.gateway.test_gateway_security import ADMIN_TOKEN, keys_env
-from tests.support.fixtures import Gateway, Simulator
-from tests.support.net import LOOPBACK, free_port, knowctl_process
+from tests.support.fixtures import Gateway, Simulator, start_gateway
 from tests.support.tls import self_signed
 
 MODEL = "live-model"
 LIMITED = "live-limited-model"
+LIVE_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +43,7 @@ def gateway(
     """A gateway serving TLS: google-genai opens the Live API over wss:// whatever the base URL."""
     config = tmp_path_factory.mktemp("live-config") / "knowctl.yaml"
     config.write_text(f"quota_models:\n  {LIMITED}: {{rpm: 1}}\n")
-    port = free_port()
-    url = f"https://{LOOPBACK}:{port}"
-    log = tmp_path_factory.mktemp("live") / "gateway.log"
     env = {
-        "KNOWCTL_LOG_FORMAT": "json",
         "KNOWCTL_TLS_CERT_FILE": str(certificate[0]),
         "KNOWCTL_TLS_KEY_FILE": str(certificate[1]),
         **keys_env(
@@ -60,19 +56,10 @@ def gateway(
             KNOWCTL_LIVE_SETUP_TIMEOUT_S="1",
         ),
     }
-    argv = [
-        "serve",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--upstream",
-        simulator_process.url,
-        "--store",
-        redis_url,
-    ]
-    with knowctl_process(argv, f"{url}/api/health", env=env, log_path=log):
-        yield Gateway(url, log)
+    where = ("--upstream", simulator_process.url, "--store", redis_url)
+    handle, process = start_gateway(tmp_path_factory.mktemp("live"), *where, env=env)
+    with process:
+        yield handle
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -151,9 +138,7 @@ def test_refusals_close_with_a_reason(gateway: Gateway, simulator: Simulator) ->
 def test_too_many_sessions_and_a_missing_setup(gateway: Gateway, certificate: tuple[Path, Path]) -> None:
     key = new_key(gateway)
     context = tls(certificate[0])
-    url = gateway.url.replace("https://", "wss://") + (
-        "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
-    )
+    url = gateway.url.replace("https://", "wss://") + LIVE_PATH
     headers = {"x-goog-api-key": key}
 
     async def scenario() -> tuple[int | None, str, int | None]:
@@ -182,7 +167,7 @@ def test_a_client_that_vanishes_leaves_the_daemon_healthy(
     gateway: Gateway, certificate: tuple[Path, Path]
 ) -> None:
     host, port = gateway.url.removeprefix("https://").split(":")
-    path = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    path = LIVE_PATH
     with (
         socket.create_connection((host, int(port)), timeout=5) as plain,
         tls(certificate[0]).wrap_socket(plain, server_hostname=host) as raw,
@@ -204,31 +189,18 @@ def test_an_oversized_frame_and_a_stop_close_sessions_cleanly(
 ) -> None:
     """Plain ws:// (clients other than google-genai may skip TLS): a message past the limit is
     1009, and a stopping daemon tells its open session to go away before it exits."""
-    port = free_port()
     env = {
-        "KNOWCTL_LOG_FORMAT": "json",
         "KNOWCTL_LIVE_MAX_MESSAGE_BYTES": str(64 * 1024),
         "KNOWCTL_DRAIN_TIMEOUT": "5",
         **keys_env(KNOWCTL_USER_LIMITS="none"),
     }
-    argv = [
-        "serve",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--upstream",
-        simulator_process.url,
-        "--store",
-        redis_url,
-    ]
-    base = f"http://{LOOPBACK}:{port}"
-    url = (
-        f"ws://{LOOPBACK}:{port}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+    handle, process = start_gateway(
+        tmp_path, "--upstream", simulator_process.url, "--store", redis_url, env=env
     )
+    url = handle.url.replace("http://", "ws://") + LIVE_PATH
     setup = b'{"setup": {"model": "models/' + MODEL.encode() + b'"}}'
-    with knowctl_process(argv, f"{base}/api/health", env=env, log_path=tmp_path / "gateway.log") as proc:
-        key = new_key(Gateway(base, tmp_path / "gateway.log"))
+    with process as proc:
+        key = new_key(handle)
         headers = {"x-goog-api-key": key}
 
         async def oversized() -> int | None:

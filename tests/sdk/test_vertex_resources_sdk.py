@@ -4,20 +4,18 @@ through fetchPredictOperation, at the paths the SDK builds under a project and l
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from google import genai
 from google.genai import types
 from google.oauth2.credentials import Credentials
 
 from tests.support.fixtures import Gateway, Simulator
+from tests.support.sdk import poll
 
 MODEL = "gemini-2.5-flash"
 VEO = "veo-3.0-generate-001"
-T = TypeVar("T")
 
 
 def vertex(gateway: Gateway) -> Any:  # the SDK's unions, untyped here
@@ -28,16 +26,6 @@ def vertex(gateway: Gateway) -> Any:  # the SDK's unions, untyped here
         credentials=Credentials(token="static-oauth-token"),  # type: ignore[no-untyped-call]
         http_options=types.HttpOptions(base_url=gateway.url),
     )
-
-
-def poll(fetch: Callable[[], T], finished: Callable[[T], bool], timeout: float = 10.0) -> T:
-    found = fetch()
-    deadline = time.monotonic() + timeout
-    while not finished(found):
-        assert time.monotonic() < deadline, f"not finished after {timeout} s: {found!r}"
-        time.sleep(0.05)
-        found = fetch()
-    return found
 
 
 def test_a_vertex_cache_batch_and_video_through_the_gateway(gateway: Gateway, simulator: Simulator) -> None:

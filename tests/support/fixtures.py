@@ -68,7 +68,8 @@ def simulator(simulator_process: Simulator) -> Iterator[Simulator]:
 def start_gateway(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[Gateway, Any]:
     """A context manager running ``knowctl serve ARGS`` on a free port."""
     port = free_port()
-    url = f"http://{LOOPBACK}:{port}"
+    scheme = "https" if env and "KNOWCTL_TLS_CERT_FILE" in env else "http"  # a daemon serving TLS
+    url = f"{scheme}://{LOOPBACK}:{port}"
     log = tmp_path / f"gateway-{port}.log"
     process = knowctl_process(
         ["serve", "--host", LOOPBACK, "--port", str(port), *args],

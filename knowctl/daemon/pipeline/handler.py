@@ -85,10 +85,10 @@ class HandlerConfig:
 
     max_body_bytes: int
     default_priority: Priority
+    live: LiveConfig  # the Live API's session limits
     allowed_actions: frozenset[str]  # actions forwarded beyond the known ones
     batch_as_one_call: frozenset[str] = frozenset()  # models whose embedding batch counts once
     fallbacks: Fallbacks = field(default_factory=Fallbacks)  # model fallback chains, remedies' order
-    live: LiveConfig = field(default_factory=lambda: LiveConfig(900.0, 5, 10.0, 16 * 1024 * 1024))
 
 
 # Bodies that name a resource hold one of these; only they are searched (policy/resources.py).
